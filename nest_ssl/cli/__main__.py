@@ -1,0 +1,5 @@
+import sys
+
+from nest_ssl.cli import main
+
+sys.exit(main())
