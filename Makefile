@@ -27,7 +27,7 @@ parity: install
 	test -x .venv-nemo/bin/python || $(PYTHON) -m venv .venv-nemo
 	test -f .venv-nemo/.installed || ( .venv-nemo/bin/pip install torch==2.9.1 && \
 	  .venv-nemo/bin/pip install 'nemo_toolkit[asr]==2.7.3' && \
-	  .venv-nemo/bin/pip install -r requirements.txt && \
+	  .venv-nemo/bin/pip install pytest torch==2.9.1 torchaudio==2.9.1 && \
 	  .venv-nemo/bin/pip install --no-deps -e . && touch .venv-nemo/.installed )
 	.venv-nemo/bin/python -m pytest -q -rs tests/parity
 

@@ -1,0 +1,223 @@
+"""NESTModel: NeMo's EncDecDenoiseMaskedTokenPredModel, without Lightning or NeMo's class hierarchy.
+
+One training example is a clean utterance and a noisy version of it (noise or another speaker mixed in). The clean
+features give the targets: every 8 frames (one encoder frame) go through a frozen random projection and are
+quantised to the nearest of 8192 random unit codewords. The noisy features are block-masked and encoded, and the
+decoder predicts the clean tokens at the masked positions. Submodule names, and so the state-dict keys, are NeMo's,
+so checkpoints move between the two toolkits unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from nest_ssl.config import ConfigError, instantiate
+
+log = logging.getLogger(__name__)
+
+# Keys of NeMo checkpoints written before NeMo dropped the unused duplicate decoder (NeMo PR #12390, Feb 2025).
+LEGACY_PREFIXES = ("decoder_ssl.",)
+
+
+@dataclass
+class StepOutput:
+    """What one forward pass with the loss gives the trainer."""
+
+    loss: torch.Tensor  # scalar; a graph-connected zero when no token was masked (empty_mask)
+    log_probs: torch.Tensor  # (B, T', num_classes, num_books)
+    encoded_len: torch.Tensor  # (B,)
+    masks: torch.Tensor  # (B, D, T) 1.0 on masked frames
+    tokens: torch.Tensor  # (B, T', num_books) target codes of the clean audio
+    num_masked_tokens: int  # tokens the loss is computed on
+    num_tokens: int  # valid (unpadded) tokens in the batch
+    empty_mask: bool  # no token passed the mask threshold: the loss is a flagged zero, not NaN
+
+
+class PostConvMasking(nn.Module):
+    """Masks the subsampled features (mask_position: post_conv) by standing in for the encoder's `pre_encode`.
+
+    Its submodule names (`pre_encode`, `masking`) are those NeMo's wrapper gives, so post_conv checkpoints load too.
+    """
+
+    def __init__(self, pre_encode: nn.Module, masking: nn.Module):
+        super().__init__()
+        self.pre_encode = pre_encode
+        self.masking = masking
+        self.apply_mask = False
+        self.current_mask: torch.Tensor | None = None
+        self.current_feats: torch.Tensor | None = None
+
+    def forward(self, x, lengths):
+        feats, lengths = self.pre_encode(x=x, lengths=lengths)
+        self.current_feats = feats.detach()
+        if not self.apply_mask:
+            self.current_mask = torch.zeros_like(feats)
+            return feats, lengths
+        masked, mask = self.masking(input_feats=feats.transpose(1, 2), input_lengths=lengths)
+        self.current_mask = mask
+        # The masked features are a fixed input: no gradient flows back into the subsampler through them.
+        return masked.transpose(1, 2).detach(), lengths
+
+
+class NESTModel(nn.Module):
+    def __init__(self, cfg: DictConfig):
+        super().__init__()
+        cfg = _post_conv_adjusted(cfg)
+        self.cfg = cfg
+        # Registration order gives NeMo's state-dict order: preprocessor, encoder, quantizer, mask_processor, decoder.
+        self.preprocessor = instantiate(cfg.preprocessor)
+        self.encoder = instantiate(cfg.encoder)
+        self.loss = instantiate(cfg.loss)
+        # NeMo builds SpecAugment but NEST never applies it (it has no state); kept so the config stays NeMo's.
+        self.spec_augmentation = instantiate(cfg.spec_augment) if cfg.get("spec_augment") is not None else None
+        self.quantizer = instantiate(cfg.quantizer)
+        self.mask_processor = instantiate(cfg.masking)
+        self.decoder = instantiate(cfg.decoder)
+        self.pre_encoder: PostConvMasking | None = None
+        if self.mask_position == "post_conv":
+            self.pre_encoder = PostConvMasking(self.encoder.pre_encode, self.mask_processor)
+            self.encoder.pre_encode = self.pre_encoder
+
+    # ----------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg_model: DictConfig | Mapping[str, Any]) -> "NESTModel":
+        """Builds the model from a `model:` config section (ours or NeMo's, a DictConfig or a plain dict)."""
+        if not isinstance(cfg_model, DictConfig):
+            cfg_model = OmegaConf.create(dict(cfg_model))
+        cfg_model = cfg_model.copy()
+        # `${model.*}` interpolations cannot resolve once the `model:` section stands alone: resolve them first.
+        for key in ("preprocessor", "encoder", "quantizer", "masking", "decoder", "loss"):
+            if cfg_model.get(key) is None:
+                raise ConfigError(f"model config has no `{key}` section; start from recipes/nest/conf/nest_fast-conformer.yaml")
+        OmegaConf.resolve(cfg_model)
+        return cls(cfg_model)
+
+    @property
+    def mask_position(self) -> str:
+        return self.cfg.get("mask_position", "pre_conv")
+
+    @property
+    def num_weights(self) -> int:
+        """Trainable parameters, as NeMo counts them (the frozen quantizer and mask vector are excluded)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_signal=None,
+        input_signal_length=None,
+        processed_signal=None,
+        processed_signal_length=None,
+        noise_signal=None,  # accepted as NeMo does; unused
+        noise_signal_length=None,
+        processed_noise_signal=None,
+        processed_noise_signal_length=None,
+        noisy_input_signal=None,
+        noisy_input_signal_length=None,
+        processed_noisy_input_signal=None,
+        processed_noisy_input_signal_length=None,
+        apply_mask=False,
+    ):
+        """Returns `(log_probs, encoded_len, masks, tokens)` with NeMo's shapes.
+
+        Give the clean audio (`input_signal`) or its features (`processed_signal`), and likewise the noisy one;
+        without noisy audio the clean audio is used for both (no denoising), which is what extraction wants.
+        """
+        clean, clean_len = self._features(input_signal, input_signal_length, processed_signal, processed_signal_length, "input")
+        if noisy_input_signal is None and processed_noisy_input_signal is None:
+            noisy, noisy_len = clean, clean_len
+        else:
+            noisy, noisy_len = self._features(
+                noisy_input_signal,
+                noisy_input_signal_length,
+                processed_noisy_input_signal,
+                processed_noisy_input_signal_length,
+                "noisy_input",
+            )
+
+        if self.pre_encoder is not None:
+            feats, _ = self.pre_encoder.pre_encode(x=clean, lengths=clean_len)
+            _, tokens = self.quantizer(input_signal=feats.transpose(1, 2))
+            self.pre_encoder.apply_mask = apply_mask
+            encoded, encoded_len = self.encoder(audio_signal=noisy, length=noisy_len)
+            masks = self.pre_encoder.current_mask
+        else:
+            _, tokens = self.quantizer(input_signal=clean)
+            if apply_mask:
+                masked, masks = self.mask_processor(input_feats=noisy, input_lengths=noisy_len)
+            else:
+                masked, masks = noisy, torch.zeros_like(noisy)
+            encoded, encoded_len = self.encoder(audio_signal=masked, length=noisy_len)
+
+        log_probs = self.decoder(encoder_output=encoded)
+        return log_probs, encoded_len, masks, tokens
+
+    def _features(self, signal, signal_len, processed, processed_len, name):
+        has_signal = signal is not None and signal_len is not None
+        has_processed = processed is not None and processed_len is not None
+        if has_signal == has_processed:
+            raise ValueError(
+                f"give either `{name}_signal` and `{name}_signal_length` or the processed (feature) pair, not both or neither"
+            )
+        if has_processed:
+            return processed, processed_len
+        return self.preprocessor(input_signal=signal, length=signal_len)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def training_output(self, batch, apply_mask: bool = True) -> StepOutput:
+        """Forward and loss on an AudioNoiseBatch (or anything with its fields), as NeMo's training_step."""
+        log_probs, encoded_len, masks, tokens = self.forward(
+            input_signal=batch.audio,
+            input_signal_length=batch.audio_len,
+            noisy_input_signal=batch.noisy_audio,
+            noisy_input_signal_length=batch.noisy_audio_len,
+            apply_mask=apply_mask,
+        )
+        loss = self.loss(masks=masks, decoder_outputs=log_probs, targets=tokens, decoder_lengths=encoded_len)
+        num_masked = int(self.loss.token_mask(masks).sum())
+        num_tokens = int(encoded_len.sum())
+        return StepOutput(
+            loss=loss,
+            log_probs=log_probs,
+            encoded_len=encoded_len,
+            masks=masks,
+            tokens=tokens,
+            num_masked_tokens=num_masked,
+            num_tokens=num_tokens,
+            empty_mask=num_masked == 0,
+        )
+
+    # ----------------------------------------------------------------------------------------------------------
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Loads ours or NeMo's state dict; legacy `decoder_ssl.*` keys of older NeMo checkpoints are dropped."""
+        legacy = [k for k in state_dict if k.startswith(LEGACY_PREFIXES)]
+        if legacy:
+            log.warning(
+                "dropping %d keys of the unused duplicate decoder (%s...) that NeMo checkpoints from before "
+                "February 2025 carry; the model has no such module",
+                len(legacy),
+                legacy[0],
+            )
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(LEGACY_PREFIXES)}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def _post_conv_adjusted(cfg: DictConfig) -> DictConfig:
+    """For post_conv masking NeMo rewrites four keys so that quantizer, masking and loss work at the encoder rate."""
+    position = cfg.get("mask_position", "pre_conv")
+    if position not in ("pre_conv", "post_conv"):
+        raise ConfigError(f"model.mask_position is {position!r}; choose pre_conv or post_conv")
+    if position == "pre_conv":
+        return cfg
+    cfg = cfg.copy()
+    cfg.quantizer.feat_in = cfg.encoder.d_model
+    cfg.masking.feat_in = cfg.encoder.d_model
+    cfg.masking.block_size = cfg.masking.block_size // cfg.encoder.subsampling_factor
+    cfg.loss.combine_time_steps = 1
+    return cfg
