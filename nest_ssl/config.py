@@ -169,7 +169,8 @@ def nearest_key(cfg: DictConfig, key: str) -> str | None:
 def _key_exists(cfg: DictConfig, key: str) -> bool:
     node: Any = cfg
     for part in key.split("."):
-        if not isinstance(node, DictConfig) or part not in node:
+        # `part in node` is False for a `???` value, which is a key all the same: ask for the node itself.
+        if not isinstance(node, DictConfig) or node._get_node(part) is None:
             return False
         node = node._get_node(part)
     return True
