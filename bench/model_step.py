@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""Seconds per NEST training step (forward with masking, loss, backward) of the 17-layer model, ours against NeMo.
+
+    .venv/bin/python bench/model_step.py [--threads 2] [--steps 5] [--warmup 2] [--repeats 2]
+
+CPU, 2 threads, a batch of 2 x 8 s (real LibriSpeech speech from ../shared/fixtures when present, else synthetic),
+median step time after warm-up and the process's peak memory. Each measurement runs in its own process so peaks
+do not mix; ours and NeMo's alternate (`--repeats` rounds) so that the machine's load affects both alike. NeMo runs
+where `.venv-nemo` (make parity) has it; the ratio ours / NeMo is printed (target <= 0.9). On a GPU it also times
+fp32 and bf16 and prints the model FLOPs utilisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "fixtures" / "real_audio"
+NEMO_PY = ROOT / ".venv-nemo" / "bin" / "python"
+
+# Dense peak FLOP/s by GPU name, for the utilisation figure (fp32 without tensor cores, bf16 with).
+PEAK_FLOPS = {"H100": {"fp32": 67e12, "bf16": 989e12}, "H200": {"fp32": 67e12, "bf16": 989e12},
+              "A100": {"fp32": 19.5e12, "bf16": 312e12}}
+
+
+def make_batch(batch_size=2, seconds=8.0):
+    import torch
+
+    n = int(seconds * 16000)
+    clips = []
+    for path in sorted(REAL.glob("2412-*.flac"))[:batch_size]:
+        import soundfile as sf
+
+        x, sr = sf.read(path, dtype="float32")
+        if sr == 16000 and len(x) >= n:
+            clips.append(torch.from_numpy(x[:n]))
+    g = torch.Generator().manual_seed(0)
+    while len(clips) < batch_size:
+        t = torch.arange(n) / 16000
+        clips.append(0.3 * torch.sin(2 * torch.pi * 180 * t) * torch.rand(1, generator=g) + 0.05 * torch.randn(n, generator=g))
+    audio = torch.stack(clips)
+    noisy = audio + 0.05 * torch.randn(audio.shape, generator=g)
+    lengths = torch.full((batch_size,), n, dtype=torch.int64)
+    return audio, lengths, noisy
+
+
+def build(impl):
+    from omegaconf import OmegaConf
+
+    sys.path.insert(0, str(ROOT))
+    from nest_ssl.config import NEMO_TARGETS, load_config
+
+    cfg = load_config(overrides=["model.train_ds.manifest_filepath=null", "model.validation_ds.manifest_filepath=null"])
+    if impl == "ours":
+        from nest_ssl.models import NESTModel
+
+        return NESTModel.from_config(cfg.model)
+    from nemo.collections.asr.models import EncDecDenoiseMaskedTokenPredModel
+
+    text = OmegaConf.to_yaml(cfg.model)
+    for nemo_path, ours in NEMO_TARGETS.items():
+        text = text.replace(f"_target_: {ours}\n", f"_target_: {nemo_path}\n")
+    model_cfg = OmegaConf.create(text)
+    del model_cfg["train_ds"], model_cfg["validation_ds"]
+    return EncDecDenoiseMaskedTokenPredModel(cfg=model_cfg, trainer=None)
+
+
+def measure(impl, threads, steps, warmup, device, precision):
+    """Runs inside the child process: returns median seconds per step and peak memory."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build(impl).to(device).train()
+    audio, lengths, noisy = (t.to(device) for t in make_batch())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+
+    def step():
+        with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+            log_probs, enc_len, masks, tokens = model(
+                input_signal=audio, input_signal_length=lengths, noisy_input_signal=noisy,
+                noisy_input_signal_length=lengths, apply_mask=True,
+            )
+            loss = model.loss(masks=masks, decoder_outputs=log_probs, targets=tokens, decoder_lengths=enc_len)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    result = {"median_s": statistics.median(times), "times": times,
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.startswith("cuda"):
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            step()
+        result["flops_per_step"] = counter.get_total_flops()
+    return result
+
+
+def run_child(python, impl, args, device="cpu", precision="fp32"):
+    cmd = [str(python), __file__, "--child", impl, "--threads", str(args.threads), "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--device", device, "--precision", precision]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"{impl} on {device} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def nemo_available():
+    if not NEMO_PY.exists():
+        return False
+    probe = subprocess.run([str(NEMO_PY), "-c", "import nemo.collections.asr"], capture_output=True)
+    return probe.returncode == 0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--child", choices=["ours", "nemo"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.threads, args.steps, args.warmup, args.device, args.precision)))
+        return
+
+    impls = {"ours": sys.executable}
+    if nemo_available():
+        impls["nemo"] = NEMO_PY
+    else:
+        print("NeMo is not importable (.venv-nemo missing: run `make parity` to build it); timing ours only")
+    print(f"17-layer NEST, batch 2 x 8 s, CPU, {args.threads} threads, {args.warmup} warm-up + {args.steps} timed steps"
+          f" x {args.repeats} rounds")
+    results = {name: [] for name in impls}
+    for round_ in range(args.repeats):
+        for name, python in impls.items():
+            r = run_child(python, name, args)
+            results[name].append(r)
+            print(f"  round {round_ + 1} {name:5s}: median {r['median_s']:.3f} s/step, peak RSS {r['peak_rss_mb']:.0f} MB")
+    summary = {}
+    for name, rs in results.items():
+        summary[name] = statistics.median([t for r in rs for t in r["times"]])
+        peak = max(r["peak_rss_mb"] for r in rs)
+        print(f"{name:5s}: {summary[name]:.3f} s/step (median of {sum(len(r['times']) for r in rs)} steps), "
+              f"peak RSS {peak:.0f} MB")
+    if "nemo" in summary:
+        ratio = summary["ours"] / summary["nemo"]
+        print(f"ratio ours / NeMo: {ratio:.3f} (target <= 0.9: {'met' if ratio <= 0.9 else 'NOT met'})")
+
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        peaks = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+        for precision in ("fp32", "bf16"):
+            for impl, python in impls.items():
+                r = run_child(python, impl, args, device="cuda", precision=precision)
+                mfu = r["flops_per_step"] / r["median_s"] / peaks[precision] if peaks else float("nan")
+                print(f"GPU {name} {precision} {impl}: {r['median_s'] * 1000:.1f} ms/step, peak "
+                      f"{r['peak_gpu_mb']:.0f} MB, {r['flops_per_step'] / r['median_s'] / 1e12:.1f} TFLOP/s, MFU {mfu:.1%}")
+
+
+if __name__ == "__main__":
+    main()
