@@ -1,1 +1,144 @@
-"""nest_ssl.data."""
+"""nest_ssl.data: the Lhotse pipeline (manifests, windows, sampler, dataset, augmentation).
+
+``build_dataloader(ds_cfg, ...)`` turns a ``train_ds``/``validation_ds`` config section into a DataLoader:
+lazy CutSet (``open_cutset``) -> lhotse sampler (``build_sampler``) -> ``AudioNoiseDataset`` (read, reject bad
+audio, reverb, NEST augmentation) -> ``AudioNoiseBatch``.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from nest_ssl.data.augment import MultiSpeakerNoiseAugmentation
+from nest_ssl.data.batch import AudioNoiseBatch
+from nest_ssl.data.dataset import AudioNoiseDataset, ReverbConfig, derive_seed
+from nest_ssl.data.noise import EmptyNoiseManifestError, NoiseSet
+
+__all__ = [
+    "AudioNoiseBatch",
+    "AudioNoiseDataset",
+    "EmptyNoiseManifestError",
+    "MultiSpeakerNoiseAugmentation",
+    "NestDataLoader",
+    "NoiseSet",
+    "ReverbConfig",
+    "build_augmentor",
+    "build_dataloader",
+    "build_dataset",
+    "make_dataloader",
+]
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+class NestDataLoader(DataLoader):
+    """A DataLoader that hands the sampler's epoch to the dataset at every ``iter()``.
+
+    The dataset seeds each batch from (seed, epoch, cut ids); workers are started per iteration
+    (``persistent_workers=False``) with a copy of the dataset, so the epoch must be set before they start.
+    """
+
+    def __iter__(self):
+        epoch = getattr(self.sampler, "epoch", None)
+        if epoch is not None and hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return super().__iter__()
+
+
+def _worker_init(base_seed: int, worker_id: int) -> None:
+    # One thread per worker (the workers already run in parallel), and seeded global RNGs for any third-party
+    # code; our own randomness does not use them.
+    torch.set_num_threads(1)
+    s = derive_seed("worker", base_seed, worker_id)
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def build_augmentor(node: Any) -> Optional[Any]:
+    """The ``batch_augmentor`` node (NeMo's or our ``_target_``; none means ours) -> augmentor, or None."""
+    if node is None:
+        return None
+    if isinstance(node, MultiSpeakerNoiseAugmentation):
+        return node
+    params = dict(node.items()) if hasattr(node, "items") else dict(node)
+    if not params:
+        return None
+    if "_target_" not in params:
+        params["_target_"] = "nest_ssl.data.augment.MultiSpeakerNoiseAugmentation"
+    from nest_ssl.config import instantiate  # maps NeMo's class path to ours
+
+    return instantiate(params)
+
+
+def build_dataset(ds_cfg: Any, *, sample_rate: int = 16000, seed: int = 0, training: bool = True) -> AudioNoiseDataset:
+    """``AudioNoiseDataset`` from the ``noise_manifest``, ``batch_augmentor`` and ``reverb`` keys of ``ds_cfg``."""
+    cfg_rate = _get(ds_cfg, "sample_rate")
+    if cfg_rate is not None and int(cfg_rate) != int(sample_rate):
+        raise ValueError(
+            f"dataset sample_rate {cfg_rate} differs from the model's {sample_rate}; set the dataset's sample_rate "
+            f"to ${{model.sample_rate}} (audio is resampled to the model's rate)"
+        )
+    return AudioNoiseDataset(
+        sample_rate=sample_rate,
+        noise=_get(ds_cfg, "noise_manifest"),
+        batch_augmentor=build_augmentor(_get(ds_cfg, "batch_augmentor")),
+        reverb=_get(ds_cfg, "reverb"),
+        seed=seed,
+        training=training,
+    )
+
+
+def make_dataloader(dataset: torch.utils.data.Dataset, sampler: Any, ds_cfg: Any = None, *, seed: int = 0) -> NestDataLoader:
+    """The DataLoader around a map-style dataset over sampler batches (lhotse's pattern: ``batch_size=None``)."""
+    num_workers = int(_get(ds_cfg, "num_workers", 0))
+    return NestDataLoader(
+        dataset,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=bool(_get(ds_cfg, "pin_memory", False)) and torch.cuda.is_available(),
+        worker_init_fn=functools.partial(_worker_init, int(seed)) if num_workers > 0 else None,
+        persistent_workers=False,
+    )
+
+
+def build_dataloader(
+    ds_cfg: Any,
+    *,
+    sample_rate: int = 16000,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    training: bool = True,
+) -> NestDataLoader:
+    """DataLoader for a ``train_ds``/``validation_ds`` section.
+
+    Keys read here: ``manifest_filepath``, ``noise_manifest`` (null), ``sample_rate``, ``batch_augmentor`` (null),
+    ``reverb`` ({enabled: false, prob: 0.5, rir_manifest: null, early_only: false, normalize_output: true}),
+    ``num_workers`` (0), ``pin_memory`` (false); batching keys are ``build_sampler``'s. With ``training=False``
+    the augmentation of every batch is fixed by ``seed`` and the cut ids, so val_loss compares across
+    checkpoints.
+    """
+    from nest_ssl.data.manifests import open_cutset
+    from nest_ssl.data.sampler import build_sampler
+
+    manifest = _get(ds_cfg, "manifest_filepath")
+    section = "train_ds" if training else "validation_ds"
+    if manifest is None:
+        raise ValueError(f"{section}.manifest_filepath is not set; point it at a manifest (NeMo JSON, lhotse, Shar)")
+    cuts = open_cutset(manifest, what=f"{section}.manifest_filepath", sample_rate=sample_rate)
+    sampler = build_sampler(cuts, ds_cfg, seed=seed, rank=rank, world_size=world_size, training=training)
+    dataset = build_dataset(ds_cfg, sample_rate=sample_rate, seed=seed, training=training)
+    return make_dataloader(dataset, sampler, ds_cfg, seed=seed)

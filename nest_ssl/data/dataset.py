@@ -1,0 +1,375 @@
+"""Map-style dataset over the CutSet batches a lhotse sampler yields (lhotse's own dataset pattern).
+
+``AudioNoiseDataset[cuts] -> AudioNoiseBatch``: reads every cut through lhotse (resampled to the model's rate,
+multi-channel downmixed by averaging), drops the cuts whose audio cannot be used (logged with the cut id, the
+file and what to do; listed in ``batch.rejected``), optionally reverberates, collates, and applies the NEST
+batch augmentation with noise drawn from the noise set.
+
+Determinism: every random choice in a batch comes from generators seeded by
+``hash(seed, epoch, the batch's cut ids)``. A batch therefore gets the same augmentation whichever DataLoader
+worker builds it, and with ``training=False`` the epoch is ignored, so validation batches are identical at
+every evaluation. ``batch.seed`` exposes the batch seed so the model can seed its validation masking too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from lhotse import CutSet, MonoCut, Recording
+from lhotse.cut import Cut, MultiCut
+from lhotse.utils import fastcopy
+
+from nest_ssl.data.augment import MultiSpeakerNoiseAugmentation
+from nest_ssl.data.batch import AudioNoiseBatch
+from nest_ssl.data.noise import NoiseSet, cut_source
+
+log = logging.getLogger("nest_ssl.data")
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any printable parts. Python's ``hash`` is salted per process, so it cannot be used:
+    workers must agree."""
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        h.update(str(p).encode())
+        h.update(b"\x1f")
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
+class CutRejected(Exception):
+    """A cut whose audio cannot be used; the message names the file and what to do."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading one cut
+
+
+def _file_sources(cut: Cut) -> List[str]:
+    rec = getattr(cut, "recording", None)
+    if rec is None:
+        return []
+    return [str(s.source) for s in rec.sources if s.type == "file"]
+
+
+def _diagnose(cut: Cut, err: BaseException) -> str:
+    """Turns a lhotse loading error into one line naming the file and the fix."""
+    where = cut_source(cut)
+    for path in _file_sources(cut):
+        if not os.path.exists(path):
+            return (f"audio file not found: {path}. Fix the path in the manifest (relative paths are resolved "
+                    f"against the manifest's folder) or remove the entry")
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            return f"audio file is empty (0 bytes): {path}. Re-create it or remove the entry from the manifest"
+        try:
+            import soundfile
+
+            info = soundfile.info(path)
+        except Exception as sf_err:  # lhotse's backends and soundfile both fail: corrupt or unsupported
+            detail = str(sf_err).splitlines()[0] if str(sf_err) else type(sf_err).__name__
+            return (f"cannot decode {path} ({detail}). The file is corrupt or in an unsupported format: "
+                    f"re-encode it (FLAC or WAV) or remove the entry")
+        rec = cut.recording
+        if info.samplerate != rec.sampling_rate:
+            return (f"the manifest declares {rec.sampling_rate} Hz for {path} but the file is {info.samplerate} Hz. "
+                    f"Regenerate the manifest entry from the file (it is resampled to the model rate when the "
+                    f"manifest states its true rate)")
+        if info.frames == 0:
+            return f"audio file has no samples: {path}. Remove the entry from the manifest"
+        if abs(info.frames - rec.num_samples) > 0:
+            return (f"the manifest declares {rec.num_samples} samples for {path} but the file has {info.frames}. "
+                    f"Regenerate the manifest entry from the file")
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"cannot read audio of {where} ({type(err).__name__}: {first}). Fix or remove the entry"
+
+
+_warned_rates: set = set()  # per process, only to throttle the warning below (bounded)
+
+
+def _reopen_at_true_rate(cut: Cut) -> Optional[Cut]:
+    """The same segment re-described from the file header when the manifest declared the wrong sampling rate.
+
+    NeMo manifests carry no sampling rate, so a line with ``duration`` is taken at the default rate without a
+    header read; NeMo itself would resample such a file, so we do too instead of dropping it.
+    """
+    paths = _file_sources(cut)
+    if len(paths) != 1 or not isinstance(cut, (MonoCut, MultiCut)):
+        return None
+    try:
+        import soundfile
+
+        info = soundfile.info(paths[0])
+    except Exception:
+        return None
+    if info.samplerate == cut.recording.sampling_rate:
+        return None
+    rec = Recording.from_file(paths[0], recording_id=cut.recording.id)
+    if cut.start >= rec.duration:
+        return None
+    whole = rec.to_cut()  # MultiCut for multi-channel files, so they get downmixed
+    fixed = whole.truncate(offset=cut.start, duration=min(cut.duration, rec.duration - cut.start), preserve_id=True)
+    if len(_warned_rates) < 1000 and paths[0] not in _warned_rates:
+        _warned_rates.add(paths[0])
+        log.warning(
+            "cut %s: the manifest declares %d Hz for %s but the file is %d Hz; reading it at its true rate and "
+            "resampling. Add the file's sampling_rate to the manifest line (or convert the manifest with "
+            "`nest-ssl manifest from-nemo`) to avoid the extra header read.",
+            cut.id, cut.recording.sampling_rate, paths[0], info.samplerate,
+        )
+    return fastcopy(fixed, id=cut.id)
+
+
+def _load_resampled(cut: Cut, sample_rate: int) -> np.ndarray:
+    if cut.sampling_rate != sample_rate:
+        try:
+            cut = cut.resample(sample_rate)
+        except Exception as err:
+            raise CutRejected(
+                f"cannot resample {cut_source(cut)} from {cut.sampling_rate} Hz to {sample_rate} Hz "
+                f"({type(err).__name__}: {err}). Convert the file to {sample_rate} Hz or remove the entry"
+            ) from None
+    return cut.load_audio()
+
+
+def load_cut_audio(cut: Cut, sample_rate: int) -> np.ndarray:
+    """Mono float32 samples of ``cut`` at ``sample_rate``; raises CutRejected with a clear reason."""
+    try:
+        audio = _load_resampled(cut, sample_rate)
+    except CutRejected:
+        raise
+    except Exception as err:  # every reading failure drops the cut; training never stops for one file
+        fixed = None
+        try:
+            fixed = _reopen_at_true_rate(cut)
+        except Exception:
+            fixed = None
+        if fixed is None:
+            raise CutRejected(_diagnose(cut, err)) from None
+        try:
+            audio = _load_resampled(fixed, sample_rate)
+        except CutRejected:
+            raise
+        except Exception as err2:
+            raise CutRejected(_diagnose(fixed, err2)) from None
+    if audio.ndim == 2:
+        # Downmix by averaging channels (what lhotse's collate_audio does with mono_downmix=True).
+        audio = audio[0] if audio.shape[0] == 1 else audio.mean(axis=0)
+    if audio.size == 0:
+        raise CutRejected(f"decoded 0 samples from {cut_source(cut)}. Remove the entry or fix its duration")
+    finite = np.isfinite(audio)
+    if not finite.all():
+        bad = int(audio.size - finite.sum())
+        raise CutRejected(
+            f"audio in {cut_source(cut)} has {bad} NaN/Inf samples of {audio.size}. Fix the file or remove the entry"
+        )
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reverberation
+
+
+@dataclass
+class ReverbConfig:
+    """``reverb`` key of train_ds/validation_ds. Off by default. ``rir_manifest: null`` uses lhotse's fast
+    random RIR generator; otherwise RIRs are drawn from that manifest (any form open_cutset reads)."""
+
+    enabled: bool = False
+    prob: float = 0.5
+    rir_manifest: Any = None
+    early_only: bool = False
+    normalize_output: bool = True
+
+    @classmethod
+    def from_config(cls, node: Any) -> "ReverbConfig":
+        if node is None:
+            return cls()
+        if isinstance(node, ReverbConfig):
+            return node
+        d = dict(node)
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown reverb key(s) {sorted(unknown)}; supported: {sorted(cls.__dataclass_fields__)}"
+            )
+        cfg = cls(**d)
+        if not 0.0 <= cfg.prob <= 1.0:
+            raise ValueError(f"reverb.prob must be in [0, 1], got {cfg.prob}")
+        return cfg
+
+
+class Reverberator:
+    """Applies lhotse's ``ReverbWithImpulseResponse`` transform to loaded samples with probability ``prob``.
+
+    We apply the transform to the samples ourselves rather than use the CutSet transform so that the room of a
+    generated RIR is seeded from the batch RNG (lhotse would seed it from a fresh uuid4 per call). The clean
+    audio is reverberated: reverberation is a property of the recording, and both the targets and the noisy
+    input see it.
+    """
+
+    def __init__(self, cfg: ReverbConfig, sample_rate: int):
+        self.cfg = cfg
+        self.sample_rate = sample_rate
+        self.rirs: List[Cut] = []
+        if cfg.rir_manifest not in (None, ""):
+            from nest_ssl.data.manifests import open_cutset
+
+            for c in open_cutset(cfg.rir_manifest, what="reverb.rir_manifest"):
+                if c.sampling_rate != sample_rate:
+                    c = c.resample(sample_rate)
+                self.rirs.append(c.drop_supervisions() if hasattr(c, "drop_supervisions") else c)
+            if not self.rirs:
+                raise ValueError(
+                    f"reverb.rir_manifest {cfg.rir_manifest} is empty. Point it at RIR recordings, or set "
+                    "reverb.rir_manifest: null to use generated impulse responses"
+                )
+
+    def __call__(self, audio: np.ndarray, rng: random.Random) -> np.ndarray:
+        if rng.random() >= self.cfg.prob:
+            return audio
+        from lhotse.augmentation.rir import ReverbWithImpulseResponse
+
+        if self.rirs:
+            transform = ReverbWithImpulseResponse(
+                rir=self.rirs[rng.randrange(len(self.rirs))],
+                normalize_output=self.cfg.normalize_output,
+                early_only=self.cfg.early_only,
+            )
+        else:
+            seed = rng.getrandbits(31)
+            transform = ReverbWithImpulseResponse(
+                rir_generator={"sr": self.sample_rate, "room_seed": seed, "source_seed": seed + 1},
+                normalize_output=self.cfg.normalize_output,
+                early_only=self.cfg.early_only,
+            )
+        out = transform(audio[None, :], self.sample_rate)
+        return np.ascontiguousarray(out[0], dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The dataset
+
+
+class AudioNoiseDataset(torch.utils.data.Dataset):
+    """``dataset[cuts] -> AudioNoiseBatch`` for NEST pretraining.
+
+    :param sample_rate: the model's rate; every cut is resampled to it.
+    :param noise: a NoiseSet, a ``noise_manifest`` spec (path, comma-separated paths, list, CutSet) or None.
+    :param batch_augmentor: a MultiSpeakerNoiseAugmentation (or any callable ``batch -> batch``) or None.
+        Without one, ``noisy_audio = audio + raw noise`` as in NeMo.
+    :param reverb: a ReverbConfig or its dict (``enabled``, ``prob``, ``rir_manifest``, ...); off by default.
+    :param seed: base seed of all per-batch randomness.
+    :param training: False ignores the epoch, so every evaluation sees the same batches.
+    """
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        noise: Any = None,
+        batch_augmentor: Optional[Callable[..., AudioNoiseBatch]] = None,
+        reverb: Any = None,
+        seed: int = 0,
+        training: bool = True,
+    ):
+        super().__init__()
+        self.sample_rate = int(sample_rate)
+        if noise is None or isinstance(noise, NoiseSet):
+            self.noise = noise
+        else:
+            self.noise = NoiseSet.from_manifest(noise, sample_rate=self.sample_rate)
+        self.batch_augmentor = batch_augmentor
+        self.reverb_cfg = ReverbConfig.from_config(reverb)
+        self.reverb = Reverberator(self.reverb_cfg, self.sample_rate) if self.reverb_cfg.enabled else None
+        self.seed = int(seed)
+        self.training = bool(training)
+        self.epoch = 0
+        self.num_rejected = 0  # in this process (each DataLoader worker counts its own); batches carry theirs
+        if (
+            self.noise is None
+            and isinstance(batch_augmentor, MultiSpeakerNoiseAugmentation)
+            and batch_augmentor.prob > 0
+            and batch_augmentor.noise_ratio > 0
+        ):
+            log.warning(
+                "no noise_manifest: speech-only mixing. Utterances that draw noise mode (noise_ratio=%s of the "
+                "augmented ones, and all in batches of one) stay clean, as in NeMo. Set noise_manifest to "
+                "mix noise too.",
+                batch_augmentor.noise_ratio,
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Changes the training augmentation between epochs (build_dataloader's loader calls it from the
+        sampler's epoch at every ``iter()``)."""
+        self.epoch = int(epoch)
+
+    def batch_seed(self, cut_ids: Sequence[str]) -> int:
+        epoch = self.epoch if self.training else "val"
+        return derive_seed("nest-batch", self.seed, epoch, *cut_ids)
+
+    def __getitem__(self, cuts: CutSet) -> AudioNoiseBatch:
+        cuts = list(cuts)
+        seed = self.batch_seed([c.id for c in cuts])
+        aug_rng = random.Random(derive_seed(seed, "augment"))
+        noise_rng = random.Random(derive_seed(seed, "noise"))
+        reverb_rng = random.Random(derive_seed(seed, "reverb"))
+
+        ids: List[str] = []
+        audios: List[np.ndarray] = []
+        rejected: List[Tuple[str, str]] = []
+        for cut in cuts:
+            try:
+                audio = load_cut_audio(cut, self.sample_rate)
+            except CutRejected as why:
+                rejected.append((cut.id, str(why)))
+                log.warning("dropped cut %s from its batch: %s", cut.id, why)
+                continue
+            if self.reverb is not None:
+                audio = self.reverb(audio, reverb_rng)
+            ids.append(cut.id)
+            audios.append(audio)
+        self.num_rejected += len(rejected)
+
+        lens = [a.shape[0] for a in audios]
+        width = max(lens, default=0)
+        audio = torch.zeros(len(audios), width)
+        for i, a in enumerate(audios):
+            audio[i, : lens[i]] = torch.from_numpy(a)
+        audio_len = torch.tensor(lens, dtype=torch.long)
+        batch = AudioNoiseBatch(sample_id=ids, audio=audio, audio_len=audio_len, rejected=rejected, seed=seed)
+        if not audios:
+            # Every cut was rejected: an empty batch (len 0) the trainer skips, rather than an exception.
+            empty = torch.zeros(0, 0)
+            return AudioNoiseBatch(
+                sample_id=[], audio=empty, audio_len=audio_len, noise=empty.clone(), noise_len=audio_len.clone(),
+                noisy_audio=empty.clone(), noisy_audio_len=audio_len.clone(), rejected=rejected, seed=seed,
+            )
+
+        def noise_source(i: int, n: int) -> Optional[torch.Tensor]:
+            return None if self.noise is None else self.noise.sample(n, noise_rng)
+
+        aug = self.batch_augmentor
+        if isinstance(aug, MultiSpeakerNoiseAugmentation):
+            # Noise is read only for the utterances the plan puts in noise mode, and only mix_len samples.
+            return aug(batch, rng=aug_rng, noise_source=noise_source)
+
+        # NeMo's convention: one noise clip per utterance of its own length, then the augmentor (or a plain sum).
+        noise = torch.zeros_like(audio)
+        if self.noise is not None:
+            for i, n in enumerate(lens):
+                noise[i, :n] = noise_source(i, n)
+        batch.noise, batch.noise_len = noise, audio_len.clone()
+        if aug is not None:
+            out = aug(batch)
+            out.rejected, out.seed = rejected, seed
+            out.noisy_audio_len = out.audio_len.clone()  # our fix, whatever the augmentor returned
+            return out
+        batch.noisy_audio = audio + noise
+        batch.noisy_audio_len = audio_len.clone()
+        return batch

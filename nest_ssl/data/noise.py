@@ -1,0 +1,198 @@
+"""The noise set NEST mixes into utterances (``noise_manifest``).
+
+Only metadata is kept in memory: one small entry per noise cut (a MUSAN-sized set is a few thousand). Audio
+is read on demand, and only the span that is needed, starting at a random offset; a clip shorter than the
+request is tiled. Semantics follow NeMo's ``sample_noise``/``load_noise_audio`` (nest_reference 4.2):
+uniformly random entry, random offset inside long files, retry another entry when a file cannot be read
+(at most ``max_tries``, then silence), retry the offset when the span is all zeros, and add faint white
+noise (-90 to -46 dB) when it stays silent.
+
+All draws come from the ``random.Random`` passed to :meth:`NoiseSet.sample`, so the noise a batch gets is a
+function of the batch seed, not of the worker that happens to build it. Deliberately nothing is remembered
+across calls (e.g. "this file is broken"), as that would make results depend on what a worker saw before.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Iterable, List, Optional
+
+import numpy as np
+import torch
+from lhotse import CutSet
+from lhotse.cut import Cut
+
+log = logging.getLogger("nest_ssl.data")
+
+
+class EmptyNoiseManifestError(ValueError):
+    """A noise manifest was given but holds no usable entries."""
+
+
+def cut_source(cut: Any) -> str:
+    """The audio file (or other source) behind a cut, for messages."""
+    try:
+        if hasattr(cut, "recording") and cut.recording is not None:
+            return ", ".join(str(s.source) for s in cut.recording.sources)
+        if hasattr(cut, "tracks"):  # MixedCut
+            return ", ".join(cut_source(t.cut) for t in cut.tracks if hasattr(t.cut, "recording"))
+    except Exception:  # a message helper must never raise
+        pass
+    return "<unknown source>"
+
+
+def _open_cutset(spec: Any, what: str, sample_rate: int) -> CutSet:
+    from nest_ssl.data.manifests import open_cutset  # the shared reader (NeMo JSON, lhotse jsonl(.gz), Shar)
+
+    return open_cutset(spec, what=what, sample_rate=sample_rate)
+
+
+def _split_spec(spec: Any) -> List[Any]:
+    """NeMo accepts a comma-separated string or a list of manifests for ``noise_manifest``."""
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        return [s.strip() for s in spec.split(",") if s.strip()]
+    if isinstance(spec, (list, tuple)) or type(spec).__name__ == "ListConfig":
+        return [s for s in spec if s not in (None, "")]
+    return [spec]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    cut: Cut  # supervisions and custom fields dropped: only recording, start, duration are used
+    duration: float
+
+
+class NoiseSet:
+    """Random noise clips from a set of cuts, read span by span.
+
+    Build it with :meth:`from_manifest` (``noise_manifest`` as in NeMo's config: a path, a comma-separated
+    string, a list, or a CutSet) or :meth:`from_cuts`.
+    """
+
+    def __init__(
+        self,
+        entries: List[_Entry],
+        *,
+        sample_rate: int,
+        source: str = "<cuts>",
+        max_tries: int = 20,
+        max_zero_tries: int = 10,
+        min_white_noise_db: float = -90.0,
+        max_white_noise_db: float = -46.0,
+    ):
+        if not entries:
+            raise EmptyNoiseManifestError(
+                f"noise manifest {source} has no usable entries (no cuts with a recording and a positive "
+                "duration). Point noise_manifest at a manifest with noise audio, or set noise_manifest: null "
+                "to train with speech-only mixing."
+            )
+        self.entries = entries
+        self.sample_rate = int(sample_rate)
+        self.source = source
+        self.max_tries = max_tries
+        self.max_zero_tries = max_zero_tries
+        self.min_white_noise_db = min_white_noise_db
+        self.max_white_noise_db = max_white_noise_db
+        # Only for log throttling (one warning per bad file and process); never consulted for sampling.
+        self._warned: set = set()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @classmethod
+    def from_cuts(cls, cuts: Iterable[Cut], *, sample_rate: int, source: str = "<cuts>", **kwargs) -> "NoiseSet":
+        return cls(_entries(cuts, source), sample_rate=sample_rate, source=source, **kwargs)
+
+    @classmethod
+    def from_manifest(cls, spec: Any, *, sample_rate: int, **kwargs) -> Optional["NoiseSet"]:
+        """None for ``noise_manifest: null`` (or an empty string); raises EmptyNoiseManifestError naming the
+        manifest when one of them holds nothing."""
+        if isinstance(spec, CutSet):
+            return cls.from_cuts(spec, sample_rate=sample_rate, source="<CutSet>", **kwargs)
+        parts = _split_spec(spec)
+        if not parts:
+            return None
+        entries: List[_Entry] = []
+        for part in parts:
+            part_entries = _entries(_open_cutset(part, "noise_manifest", sample_rate), str(part))
+            if not part_entries:
+                raise EmptyNoiseManifestError(
+                    f"noise manifest {part} is empty (no entries with audio). Fill it with noise recordings, "
+                    "remove it from noise_manifest, or set noise_manifest: null for speech-only mixing."
+                )
+            entries.extend(part_entries)
+        return cls(entries, sample_rate=sample_rate, source=",".join(str(p) for p in parts), **kwargs)
+
+    # ------------------------------------------------------------------------------------------------------
+
+    def _read(self, entry: _Entry, num_samples: int, rng: random.Random) -> np.ndarray:
+        cut = entry.cut
+        need = num_samples / self.sample_rate
+        if cut.sampling_rate != self.sample_rate:
+            cut = cut.resample(self.sample_rate)
+        for _ in range(max(1, self.max_zero_tries)):
+            if entry.duration > need:
+                offset = rng.uniform(0.0, entry.duration - need)
+                piece = cut.truncate(offset=offset, duration=need, preserve_id=True)
+            else:
+                piece = cut
+            audio = piece.load_audio()
+            audio = audio.mean(axis=0) if audio.ndim == 2 else audio
+            if not np.isfinite(audio).all():
+                raise ValueError("noise audio has NaN/Inf samples")
+            if audio.size and np.any(audio != 0):
+                return audio.astype(np.float32, copy=False)
+            if entry.duration <= need:
+                break  # the whole file is silent: another offset cannot help
+        return audio.astype(np.float32, copy=False)
+
+    def sample(self, num_samples: int, rng: random.Random) -> torch.Tensor:
+        """A float32 noise clip of exactly ``num_samples`` samples at ``sample_rate`` (tiled when the noise is
+        shorter). All zeros only when ``max_tries`` entries in a row cannot be read."""
+        num_samples = int(num_samples)
+        for _ in range(self.max_tries):
+            entry = self.entries[rng.randrange(len(self.entries))]
+            try:
+                audio = self._read(entry, num_samples, rng)
+            except Exception as err:  # any unreadable noise file: try another, never stop training
+                key = cut_source(entry.cut)
+                if key not in self._warned:
+                    self._warned.add(key)
+                    log.warning(
+                        "noise: cannot read %s (%s: %s); drawing another noise clip. Fix or remove it from %s.",
+                        key, type(err).__name__, str(err).splitlines()[0] if str(err) else "", self.source,
+                    )
+                continue
+            clip = torch.from_numpy(np.ascontiguousarray(audio))
+            if clip.numel() == 0:
+                continue
+            if not torch.any(clip != 0):
+                # NeMo's fallback for silent noise: faint white noise, so the noise energy is never zero.
+                level_db = rng.uniform(self.min_white_noise_db, self.max_white_noise_db)
+                gen = torch.Generator().manual_seed(rng.getrandbits(63))
+                clip = torch.randn(clip.numel(), generator=gen) * (10.0 ** (level_db / 20.0))
+            if clip.numel() < num_samples:
+                reps = -(-num_samples // clip.numel())
+                clip = clip.repeat(reps)
+            return clip[:num_samples].float()
+        log.warning("noise: %d noise clips in a row could not be read from %s; using silence", self.max_tries,
+                    self.source)
+        return torch.zeros(num_samples)
+
+
+def _entries(cuts: Iterable[Cut], source: str) -> List[_Entry]:
+    entries = []
+    skipped = 0
+    for cut in cuts:
+        if not getattr(cut, "has_recording", False) or not cut.duration or cut.duration <= 0:
+            skipped += 1
+            continue
+        slim = cut.drop_supervisions() if hasattr(cut, "drop_supervisions") else cut
+        entries.append(_Entry(slim, float(cut.duration)))
+    if skipped:
+        log.warning("noise manifest %s: skipped %d entries without audio or with zero duration", source, skipped)
+    return entries
