@@ -1,0 +1,418 @@
+"""Batch sampling over lazy CutSets: Lhotse's dynamic samplers, configured with NeMo's dataloading keys.
+
+`build_sampler(cuts, ds_cfg, seed=, rank=, world_size=, training=)` returns a Lhotse `CutSampler`:
+
+* `use_bucketing: true`  -> `DynamicBucketingSampler` (buckets of similar duration; `bucket_duration_bins` given or
+  estimated from the first `num_cuts_for_bins_estimate` cuts; `nest-ssl cuts estimate-bins` precomputes them);
+* otherwise              -> `DynamicCutSampler` (NeMo's choice when bucketing is off).
+
+Batches hold `batch_duration` seconds of audio (padding included, `quadratic_duration` optional) and/or at most
+`batch_size` cuts; with no `batch_duration` the batch size alone decides. Cuts outside [min_duration, max_duration]
+are skipped, as in NeMo; when that leaves nothing a ManifestError says so.
+
+Two modes, decided by `uses_iterable_dataset(cuts, ds_cfg, training)` and exposed as `sampler.iterable_dataset`:
+
+map-style (default; lazy JSONL manifests, every validation set):
+    the sampler lives in the training process. With `rank`/`world_size` it draws `world_size` batches per step and
+    keeps the `rank`-th, so ranks get disjoint batches and the same number of steps. Everything random is a
+    function of (seed, epoch) only: the order of manifest files, the streaming shuffle of cuts (`shuffle_buffer_size`)
+    and Lhotse's bucket choice. So `sampler.state_dict()` saved mid-epoch and loaded into a freshly built sampler
+    (same data, config, seed, world_size) continues with exactly the batches the uninterrupted run would have
+    produced (Lhotse's fast-forward replays the consumed batches' metadata; no audio is read).
+
+iterable (Shar input, or `force_iterable_dataset: true`; training only):
+    the dataloader owner wraps the sampler in `lhotse.dataset.IterableDatasetWrapper`, so each DataLoader worker
+    runs its own copy. As Lhotse recommends for large sharded data, the sampler itself has rank=0, world_size=1 and
+    de-duplication comes from the data order: every (rank, worker) reads the shards (Shar shards or manifest files)
+    in its own shuffled order, seeded from `shard_seed` (default "randomized": derived from `seed`, the rank and the
+    worker id, so a run is reproducible; "trng": OS entropy; an int: that base) and reshuffled on every pass; the
+    stream is infinite (`force_finite: true` makes it one pass) and training is counted in steps. Exact mid-epoch
+    resume is not available in this mode: resume by restarting with a different `seed` (e.g. seed + number of
+    restarts) so the model does not replay the same data. `sampler.worker_init_fn` is the Lhotse worker_init_fn to
+    give the DataLoader (per-worker RNG seeds).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+from itertools import islice
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+
+from lhotse import CutSet
+from lhotse.cut import Cut
+from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+from lhotse.dataset.sampling.base import CutSampler
+from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
+from lhotse.lazy import Dillable
+from lhotse.utils import streaming_shuffle
+
+from nest_ssl.data.manifests import ManifestError, ManifestSource, manifest_source
+
+log = logging.getLogger(__name__)
+
+# Defaults for keys a user's config may leave out (NeMo's train_ds yaml has none of the Lhotse keys).
+# NeMo's LhotseDataLoadingConfig values, except: concurrent_bucketing False (a background thread makes sampling
+# non-deterministic, which breaks exact resume) and shard_seed "randomized" (reproducible; NeMo uses "trng").
+SAMPLER_DEFAULTS: Dict[str, Any] = {
+    "batch_size": None,
+    "batch_duration": None,
+    "quadratic_duration": None,
+    "use_bucketing": False,
+    "num_buckets": 30,
+    "bucket_duration_bins": None,
+    "num_cuts_for_bins_estimate": 10000,
+    "bucket_buffer_size": 10000,
+    "shuffle_buffer_size": 10000,
+    "concurrent_bucketing": False,
+    "sync_buckets": True,
+    "shuffle": None,  # None -> `training`
+    "drop_last": False,
+    "seed": None,  # None -> the `seed` argument
+    "shard_seed": "randomized",
+    "min_duration": None,
+    "max_duration": None,
+    "force_finite": False,
+    "force_map_dataset": False,
+    "force_iterable_dataset": False,
+}
+
+_MIX = 1_000_003  # an odd prime to combine seed, rank, worker and pass into one integer seed
+
+
+def _cfg_get(cfg: Any, key: str) -> Any:
+    if cfg is None:
+        return SAMPLER_DEFAULTS[key]
+    try:
+        value = cfg.get(key, None)
+    except AttributeError:
+        value = getattr(cfg, key, None)
+    return SAMPLER_DEFAULTS[key] if value is None else value
+
+
+def _as_float_list(value: Any, key: str) -> Optional[List[float]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+    try:
+        bins = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise ManifestError(f"{key} must be a list of numbers (seconds), got {value!r}") from None
+    if bins != sorted(bins) or len(set(bins)) != len(bins):
+        raise ManifestError(f"{key} must be strictly increasing, got {bins}; re-run `nest-ssl cuts estimate-bins`")
+    return bins
+
+
+def uses_iterable_dataset(cuts: CutSet, ds_cfg: Any, training: bool = True) -> bool:
+    """Whether the sampler for these cuts runs inside DataLoader workers (see the module docstring)."""
+    if not training:
+        # Validation must see every cut exactly once per rank split: map-style with rank/world_size does that.
+        return False
+    force_map = bool(_cfg_get(ds_cfg, "force_map_dataset"))
+    force_iter = bool(_cfg_get(ds_cfg, "force_iterable_dataset"))
+    if force_map and force_iter:
+        raise ManifestError("force_map_dataset and force_iterable_dataset are both true; set at most one")
+    if force_map:
+        return False
+    if force_iter:
+        return True
+    src = manifest_source(cuts)
+    return bool(src is not None and src.is_shar)
+
+
+class SamplerSource(Dillable):
+    """What the sampler iterates: the cuts in an order that depends only on (seed, epoch) or, in iterable mode,
+    on (shard_seed, rank, DataLoader worker, pass); optionally streaming-shuffled; filtered by duration."""
+
+    def __init__(
+        self,
+        cuts: Iterable[Cut],
+        *,
+        seed: int,
+        shuffle_parts: bool,
+        shuffle_buffer_size: Optional[int],
+        min_duration: Optional[float],
+        max_duration: Optional[float],
+        iterable: bool = False,
+        infinite: bool = False,
+        shard_seed: Union[int, str] = "randomized",
+        rank: int = 0,
+        what: str = "train_ds",
+    ) -> None:
+        self.cuts = cuts
+        self.seed = int(seed)
+        self.shuffle_parts = shuffle_parts
+        self.shuffle_buffer_size = shuffle_buffer_size
+        self.min_duration = min_duration
+        self.max_duration = max_duration
+        self.iterable = iterable
+        self.infinite = infinite
+        self.shard_seed = shard_seed
+        self.rank = rank
+        self.what = what
+        self.epoch = 0
+
+    # -- seeds ---------------------------------------------------------------------------------------------------
+    def _stream_base_seed(self) -> int:
+        import torch.utils.data
+
+        if self.shard_seed == "trng":
+            base = secrets.randbits(62)
+        elif self.shard_seed == "randomized":
+            base = self.seed
+        else:
+            base = int(self.shard_seed)
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        return ((base * _MIX + self.rank) * _MIX + worker) % (1 << 62)
+
+    def _pass_seed(self, base: int, pass_idx: int) -> int:
+        return (base * _MIX + pass_idx) % (1 << 62)
+
+    # -- iteration -----------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Cut]:
+        # Seeds are fixed here, at iter() time, not at the generator's first next(): the sampler may change the
+        # epoch between the two.
+        if self.iterable:
+            base = self._stream_base_seed()
+            return self._iterate(None if self.infinite else [self._pass_seed(base, 0)], base)
+        return self._iterate([self.seed + self.epoch], None)
+
+    def _iterate(self, pass_seeds: Optional[List[int]], base: Optional[int]) -> Iterator[Cut]:
+        p = 0
+        while True:
+            if pass_seeds is not None:
+                if p >= len(pass_seeds):
+                    return
+                s = pass_seeds[p]
+            else:
+                s = self._pass_seed(base, p)
+            n = yield from self._one_pass(s)
+            if n == 0:
+                return  # nothing to repeat (and _one_pass has already raised if the filter removed everything)
+            p += 1
+
+    def _one_pass(self, pass_seed: int):
+        src = manifest_source(self.cuts) if isinstance(self.cuts, CutSet) else (
+            self.cuts if isinstance(self.cuts, ManifestSource) else None
+        )
+        if src is not None:
+            it: Iterator[Cut] = src.iter_parts(pass_seed if self.shuffle_parts else None)
+        else:
+            it = iter(self.cuts)
+        if self.shuffle_buffer_size:
+            # A seed distinct from the part-order one, so the two shuffles are not correlated.
+            it = streaming_shuffle(it, bufsize=self.shuffle_buffer_size, rng=random.Random(pass_seed * 2 + 1))
+        lo, hi = self.min_duration, self.max_duration
+        n_in = n_out = 0
+        shortest, longest = float("inf"), 0.0
+        for cut in it:
+            n_in += 1
+            d = cut.duration
+            if (lo is not None and d < lo) or (hi is not None and d > hi):
+                shortest, longest = min(shortest, d), max(longest, d)
+                continue
+            n_out += 1
+            yield cut
+        if n_in and not n_out:
+            raise ManifestError(
+                f"{self.what}: min_duration={lo} / max_duration={hi} removed all {n_in} cuts (their durations span "
+                f"{shortest:.2f}-{longest:.2f} s); lower {self.what}.min_duration or raise {self.what}.max_duration, "
+                "or cut long recordings into training windows with `nest-ssl cuts windows`"
+            )
+        return n_out
+
+    def __add__(self, other):
+        from lhotse.lazy import LazyIteratorChain
+
+        return LazyIteratorChain(self, other)
+
+
+class _NestSamplerMixin:
+    """Keeps SamplerSource.epoch equal to the sampler's epoch, so a fresh sampler that loads a state_dict and
+    fast-forwards sees the very same cut order as the original one."""
+
+    source: SamplerSource
+    iterable_dataset: bool = False
+    worker_init_fn = None
+
+    def __iter__(self):
+        if not self._just_restored_state:
+            self.source.epoch = self.epoch
+        return super().__iter__()
+
+
+class NestBucketingSampler(_NestSamplerMixin, DynamicBucketingSampler):
+    """DynamicBucketingSampler over a SamplerSource (see build_sampler)."""
+
+
+class NestCutSampler(_NestSamplerMixin, DynamicCutSampler):
+    """DynamicCutSampler over a SamplerSource (see build_sampler)."""
+
+
+def _ds_name(cuts: CutSet, training: bool) -> str:
+    src = manifest_source(cuts)
+    if src is not None and "." in src.what:
+        return src.what.split(".")[0]
+    return "train_ds" if training else "validation_ds"
+
+
+def build_sampler(
+    cuts: CutSet,
+    ds_cfg: Any,
+    *,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    training: bool = True,
+) -> CutSampler:
+    """A Lhotse sampler for `cuts` (best: the CutSet returned by open_cutset) configured from a train_ds /
+    validation_ds config (DictConfig, dict or None). See the module docstring for the keys and the two modes.
+
+    seed: the run's seed, used unless ds_cfg sets `seed` itself; must be the same on every rank.
+    rank, world_size: the DDP topology. Map-style samplers use them to hand out disjoint batches; in iterable mode
+    they only seed the per-rank shard order (the sampler itself is rank 0 of 1).
+    training: False = validation: no shuffling unless ds_cfg says so, always finite and map-style.
+
+    The result has `iterable_dataset` (bool), `worker_init_fn` (for the DataLoader, None in map-style) and
+    `source` (the SamplerSource) attributes, and Lhotse's `state_dict()` / `load_state_dict()`.
+    """
+    what = _ds_name(cuts, training)
+    batch_size = _cfg_get(ds_cfg, "batch_size")
+    batch_duration = _cfg_get(ds_cfg, "batch_duration")
+    if batch_size is None and batch_duration is None:
+        raise ManifestError(f"{what}: set {what}.batch_size (cuts per batch) or {what}.batch_duration (seconds per batch)")
+    batch_size = int(batch_size) if batch_size is not None else None
+    batch_duration = float(batch_duration) if batch_duration is not None else None
+    if (batch_size is not None and batch_size <= 0) or (batch_duration is not None and batch_duration <= 0):
+        raise ManifestError(f"{what}: batch_size and batch_duration must be positive (got {batch_size}, {batch_duration})")
+    quadratic = _cfg_get(ds_cfg, "quadratic_duration")
+    quadratic = float(quadratic) if quadratic is not None else None
+    shuffle = _cfg_get(ds_cfg, "shuffle")
+    shuffle = bool(training if shuffle is None else shuffle)
+    drop_last = bool(_cfg_get(ds_cfg, "drop_last"))
+    cfg_seed = _cfg_get(ds_cfg, "seed")
+    base_seed = int(seed if cfg_seed is None else cfg_seed)
+    shard_seed = _cfg_get(ds_cfg, "shard_seed")
+    if not (isinstance(shard_seed, int) or shard_seed in ("randomized", "trng")):
+        raise ManifestError(f"{what}.shard_seed must be an int, 'randomized' or 'trng' (got {shard_seed!r})")
+    min_d, max_d = _cfg_get(ds_cfg, "min_duration"), _cfg_get(ds_cfg, "max_duration")
+    min_d = float(min_d) if min_d is not None else None
+    max_d = float(max_d) if max_d is not None else None
+    if min_d is not None and max_d is not None and min_d > max_d:
+        raise ManifestError(f"{what}: min_duration ({min_d}) is larger than max_duration ({max_d})")
+
+    iterable = uses_iterable_dataset(cuts, ds_cfg, training)
+    infinite = iterable and not bool(_cfg_get(ds_cfg, "force_finite"))
+    use_bucketing = bool(_cfg_get(ds_cfg, "use_bucketing"))
+    shuffle_buffer = int(_cfg_get(ds_cfg, "shuffle_buffer_size") or 0)
+
+    source = SamplerSource(
+        cuts,
+        seed=base_seed,
+        shuffle_parts=shuffle,
+        # DynamicCutSampler has its own (seed, epoch)-seeded shuffle buffer; the bucketing sampler has none
+        # (it only shuffles within its buckets), so the source provides it.
+        shuffle_buffer_size=shuffle_buffer if (shuffle and use_bucketing) else None,
+        min_duration=min_d,
+        max_duration=max_d,
+        iterable=iterable,
+        infinite=infinite,
+        shard_seed=shard_seed,
+        rank=rank,
+        what=what,
+    )
+    sampler_rank, sampler_world = (0, 1) if iterable else (rank, world_size)
+    data = CutSet(source)
+    if use_bucketing:
+        bins = _as_float_list(_cfg_get(ds_cfg, "bucket_duration_bins"), f"{what}.bucket_duration_bins")
+        num_buckets = int(_cfg_get(ds_cfg, "num_buckets"))
+        if bins is None and num_buckets < 2:
+            raise ManifestError(f"{what}.num_buckets must be >= 2 for bucketing (got {num_buckets})")
+        if bins is None:
+            bins = estimate_bucket_bins(
+                data, num_buckets, num_cuts=int(_cfg_get(ds_cfg, "num_cuts_for_bins_estimate")), what=what
+            )
+        sampler: CutSampler = NestBucketingSampler(
+            data,
+            max_duration=batch_duration,
+            max_cuts=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            duration_bins=bins,
+            buffer_size=int(_cfg_get(ds_cfg, "bucket_buffer_size")),
+            quadratic_duration=quadratic,
+            world_size=sampler_world,
+            rank=sampler_rank,
+            seed=base_seed,
+            sync_buckets=bool(_cfg_get(ds_cfg, "sync_buckets")),
+            concurrent=bool(_cfg_get(ds_cfg, "concurrent_bucketing")),
+        )
+    else:
+        sampler = NestCutSampler(
+            data,
+            max_duration=batch_duration,
+            max_cuts=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            shuffle_buffer_size=max(1, shuffle_buffer),
+            quadratic_duration=quadratic,
+            world_size=sampler_world,
+            rank=sampler_rank,
+            seed=base_seed,
+        )
+    sampler.source = source
+    sampler.iterable_dataset = iterable
+    if iterable:
+        from lhotse.dataset.dataloading import make_worker_init_fn
+
+        sampler.worker_init_fn = make_worker_init_fn(rank=rank, world_size=world_size, seed=base_seed)
+    log.info(
+        "%s sampler: %s, %s, batch_size=%s batch_duration=%s shuffle=%s drop_last=%s rank=%d/%d",
+        what,
+        type(sampler).__name__,
+        "iterable (per-worker, infinite)" if infinite else ("iterable" if iterable else "map-style"),
+        batch_size,
+        batch_duration,
+        shuffle,
+        drop_last,
+        rank,
+        world_size,
+    )
+    return sampler
+
+
+def estimate_bucket_bins(
+    cuts: Iterable[Cut],
+    num_buckets: int,
+    *,
+    num_cuts: int = 10000,
+    min_duration: Optional[float] = None,
+    max_duration: Optional[float] = None,
+    what: str = "cuts",
+) -> List[float]:
+    """`num_buckets - 1` duration boundaries giving buckets of roughly equal total duration, estimated from the
+    first `num_cuts` cuts (within [min_duration, max_duration] when given). Lhotse's estimate_duration_buckets."""
+    if num_buckets < 2:
+        raise ManifestError(f"{what}: num_buckets must be >= 2 to estimate bucket bins (got {num_buckets})")
+
+    def keep(c: Cut) -> bool:
+        return (min_duration is None or c.duration >= min_duration) and (max_duration is None or c.duration <= max_duration)
+
+    sample = [c for c in islice((c for c in cuts if keep(c)), num_cuts)]
+    if len(sample) < num_buckets:
+        raise ManifestError(
+            f"{what}: only {len(sample)} cuts to estimate {num_buckets} buckets from; use fewer buckets "
+            "(num_buckets) or more data"
+        )
+    bins = estimate_duration_buckets(sample, num_buckets=num_buckets)
+    # Equal-duration boundaries can repeat when many cuts share a length (fixed windows); lhotse needs them sorted
+    # and repeats make empty buckets, so keep the distinct ones.
+    out: List[float] = []
+    for b in bins:
+        b = round(float(b), 3)
+        if not out or b > out[-1]:
+            out.append(b)
+    return out
