@@ -42,10 +42,14 @@ def conv_output_lengths(lengths, num_stages, kernel_size=3, stride=2, padding=1)
     return lengths
 
 
-def _time_mask(lengths, time, dtype):
-    """(B, 1, time, 1) multiplier: 1 for valid steps, 0 for padding (broadcasts over channels and freq)."""
-    steps = torch.arange(time, device=lengths.device)
-    return (steps.unsqueeze(0) < lengths.unsqueeze(1)).to(dtype)[:, None, :, None]
+def _zero_padding(x, lengths):
+    """Zero the time steps of x (B, C, T, F) at or beyond each row's length.
+
+    NeMo multiplies by a 0/1 mask; masked_fill gives the same values and gradients for finite inputs and also
+    keeps a non-finite value sitting in the padding from turning into NaN.
+    """
+    padded = torch.arange(x.size(2), device=x.device).unsqueeze(0) >= lengths.unsqueeze(1)  # (B, T)
+    return x.masked_fill(padded[:, None, :, None], 0.0)
 
 
 class ConvSubsampling(nn.Module):
@@ -121,10 +125,11 @@ class ConvSubsampling(nn.Module):
         freq_out = feat_in
         for _ in range(self._sampling_num):
             freq_out = (freq_out + 2 * self._padding - self._kernel_size) // self._stride + 1
-        # Registration order (conv before out) matches NeMo's state dict; parameter init is PyTorch's default,
-        # as NeMo never calls its uniform reset_parameters() for this module.
-        self.conv = nn.Sequential(*layers)
+        # The convs above are built (and draw their default init) before `out`, but `out` is registered first:
+        # both as in NeMo, so same-seed init and the state-dict order (pre_encode.out.* before
+        # pre_encode.conv.*) match. Init is PyTorch's default; NeMo never calls its uniform reset_parameters().
         self.out = nn.Linear(conv_channels * freq_out, feat_out)
+        self.conv = nn.Sequential(*layers)
         self.conv2d_subsampling = True
 
     def get_sampling_frames(self):
@@ -150,14 +155,13 @@ class ConvSubsampling(nn.Module):
 
     def _masked_convs(self, x, lengths):
         """Run self.conv on (B, 1, T, F), zeroing padded time steps at the input and after every conv."""
-        x = x * _time_mask(lengths, x.size(2), x.dtype)
+        x = _zero_padding(x, lengths)
         for layer in self.conv:
             x = layer(x)
             if isinstance(layer, nn.Conv2d):
                 if layer.stride[0] != 1:
                     lengths = conv_output_lengths(lengths, 1, layer.kernel_size[0], layer.stride[0], layer.padding[0])
-                # Multiplying (not masked_fill) keeps the exact arithmetic of NeMo's masking.
-                x = x * _time_mask(lengths, x.size(2), x.dtype)
+                x = _zero_padding(x, lengths)
         return x, lengths
 
     def _needs_split(self, x):
@@ -195,9 +199,9 @@ class ConvSubsampling(nn.Module):
         pointwise convs on time slices. Unlike NeMo's fallback, padded steps are still masked, so the result is
         the same as the unsplit path (NeMo's differs there only when an utterance is shorter than the batch)."""
         first = self.conv[0]
-        x = first(x * _time_mask(lengths, x.size(2), x.dtype))
+        x = first(_zero_padding(x, lengths))
         lengths = conv_output_lengths(lengths, 1, first.kernel_size[0], first.stride[0], first.padding[0])
-        x = self.conv[1](x * _time_mask(lengths, x.size(2), x.dtype))
+        x = self.conv[1](_zero_padding(x, lengths))
         for stage in range(self._sampling_num - 1):
             dw, pw, act = self.conv[3 * stage + 2], self.conv[3 * stage + 3], self.conv[3 * stage + 4]
             _, c, t, _ = x.shape
@@ -221,9 +225,9 @@ class ConvSubsampling(nn.Module):
                 )
             x = torch.cat(pieces, 1)
             lengths = conv_output_lengths(lengths, 1, dw.kernel_size[0], dw.stride[0], dw.padding[0])
-            x = x * _time_mask(lengths, x.size(2), x.dtype)
+            x = _zero_padding(x, lengths)
             x = torch.cat([pw(piece) for piece in torch.split(x, new_t, 2)], 2)
-            x = x * _time_mask(lengths, x.size(2), x.dtype)
+            x = _zero_padding(x, lengths)
             x = act(x)
         return x, lengths
 
