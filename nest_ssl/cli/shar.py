@@ -1,0 +1,55 @@
+"""`nest-ssl shar export CUTS OUT_DIR --shard-size N`: globally shuffled Lhotse Shar with FLAC audio."""
+
+import sys
+
+HELP = "write Lhotse Shar shards (export: global on-disk shuffle, FLAC audio)"
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="shar_command", metavar="ACTION")
+    sub.required = True
+    p = sub.add_parser(
+        "export",
+        help="shuffle a manifest globally (on disk, bounded memory) and write it as Lhotse Shar with FLAC audio",
+        description="Write CUTS (a Lhotse CutSet/RecordingSet, a NeMo manifest, a Shar directory, or a "
+        "comma-separated list) to OUT_DIR as Lhotse Shar: cuts.NNNNNN.jsonl.gz + recording.NNNNNN.tar (FLAC). "
+        "The cuts are shuffled globally first with an external shuffle whose temporary files live in "
+        "OUT_DIR/.shuffle-tmp. Read the result with train_ds.manifest_filepath=OUT_DIR.",
+    )
+    p.add_argument("cuts", metavar="CUTS", help="input manifest(s)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="output directory (new or empty)")
+    p.add_argument("-s", "--shard-size", type=int, default=1000, help="cuts per shard (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed (default: 0)")
+    p.add_argument("-j", "--num-jobs", type=int, default=1, help="parallel encoding processes (default: 1)")
+    p.add_argument("--no-shuffle", action="store_true", help="keep the input order")
+    p.add_argument(
+        "--audio-format", default="flac", choices=["flac", "wav"], help="audio codec in the tar files (default: flac)"
+    )
+    p.add_argument(
+        "--max-lines-in-memory",
+        type=int,
+        default=200_000,
+        help="largest chunk of manifest lines shuffled in memory at once (default: 200000)",
+    )
+
+
+def run(args) -> int:
+    from nest_ssl.data.manifests import ManifestError
+    from nest_ssl.data.shar import export_shar
+
+    try:
+        written = export_shar(
+            args.cuts,
+            args.out_dir,
+            shard_size=args.shard_size,
+            seed=args.seed,
+            num_jobs=args.num_jobs,
+            shuffle=not args.no_shuffle,
+            audio_format=args.audio_format,
+            max_lines_in_memory=args.max_lines_in_memory,
+        )
+    except ManifestError as err:
+        print(f"nest-ssl shar export: error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(written.get('cuts', []))} shards to {args.out_dir}")
+    return 0
