@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import random
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -47,16 +47,21 @@ class NestDataLoader(DataLoader):
 
     The dataset seeds each batch from (seed, epoch, cut ids); workers are started per iteration
     (``persistent_workers=False``) with a copy of the dataset, so the epoch must be set before they start.
+    ``cut_sampler`` is the lhotse sampler in both modes (in map-style mode it is also ``.sampler``).
     """
 
+    cut_sampler: Any = None
+
     def __iter__(self):
-        epoch = getattr(self.sampler, "epoch", None)
-        if epoch is not None and hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
+        sampler = self.cut_sampler
+        dataset = getattr(self.dataset, "dataset", self.dataset)  # IterableDatasetWrapper holds the dataset
+        epoch = getattr(sampler, "epoch", None)
+        if epoch is not None and hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
         return super().__iter__()
 
 
-def _worker_init(base_seed: int, worker_id: int) -> None:
+def _worker_init(base_seed: int, sampler_init: Optional[Callable[[int], None]], worker_id: int) -> None:
     # One thread per worker (the workers already run in parallel), and seeded global RNGs for any third-party
     # code; our own randomness does not use them.
     torch.set_num_threads(1)
@@ -64,6 +69,8 @@ def _worker_init(base_seed: int, worker_id: int) -> None:
     random.seed(s)
     np.random.seed(s % 2**32)
     torch.manual_seed(s)
+    if sampler_init is not None:  # iterable mode: lhotse's per-worker sampler seeding comes last
+        sampler_init(worker_id)
 
 
 def build_augmentor(node: Any) -> Optional[Any]:
@@ -101,17 +108,31 @@ def build_dataset(ds_cfg: Any, *, sample_rate: int = 16000, seed: int = 0, train
 
 
 def make_dataloader(dataset: torch.utils.data.Dataset, sampler: Any, ds_cfg: Any = None, *, seed: int = 0) -> NestDataLoader:
-    """The DataLoader around a map-style dataset over sampler batches (lhotse's pattern: ``batch_size=None``)."""
+    """The DataLoader around a dataset over sampler batches (lhotse's pattern: ``batch_size=None``).
+
+    Map-style (default): the sampler runs in this process and workers get CutSets. When the sampler says
+    ``iterable_dataset`` (Shar input), each worker runs its own sampler copy through lhotse's
+    ``IterableDatasetWrapper`` with the sampler's ``worker_init_fn``.
+    """
     num_workers = int(_get(ds_cfg, "num_workers", 0))
-    return NestDataLoader(
-        dataset,
-        sampler=sampler,
+    iterable = bool(getattr(sampler, "iterable_dataset", False))
+    sampler_init = getattr(sampler, "worker_init_fn", None) if iterable else None
+    common = dict(
         batch_size=None,
         num_workers=num_workers,
+        # Pinning needs a CUDA runtime; on a CPU-only machine it would only warn, so it is switched off there.
         pin_memory=bool(_get(ds_cfg, "pin_memory", False)) and torch.cuda.is_available(),
-        worker_init_fn=functools.partial(_worker_init, int(seed)) if num_workers > 0 else None,
+        worker_init_fn=functools.partial(_worker_init, int(seed), sampler_init) if num_workers > 0 else None,
         persistent_workers=False,
     )
+    if iterable:
+        from lhotse.dataset import IterableDatasetWrapper
+
+        loader = NestDataLoader(IterableDatasetWrapper(dataset=dataset, sampler=sampler), **common)
+    else:
+        loader = NestDataLoader(dataset, sampler=sampler, **common)
+    loader.cut_sampler = sampler
+    return loader
 
 
 def build_dataloader(

@@ -248,6 +248,12 @@ class Reverberator:
                 normalize_output=self.cfg.normalize_output,
                 early_only=self.cfg.early_only,
             )
+            # lhotse's generator also draws from torch's global RNG (multinomial over image distances):
+            # seed it locally so the room depends on the batch seed only, without touching the caller's RNG.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                out = transform(audio[None, :], self.sample_rate)
+            return np.ascontiguousarray(out[0], dtype=np.float32)
         out = transform(audio[None, :], self.sample_rate)
         return np.ascontiguousarray(out[0], dtype=np.float32)
 
