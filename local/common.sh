@@ -1,0 +1,122 @@
+# Shared helpers for egs/*/run.sh; source it near the top of a recipe:
+#
+#   . "$(dirname "$0")/../../local/common.sh"
+#
+# It provides
+#   log MSG...          "YYYY-mm-dd HH:MM:SS (file:line:function) MSG" on stderr (ESPnet/icefall format)
+#   die MSG...          log and exit 1
+#   recipe_cd DIR VAR...  make the path options in VAR... that the user gave absolute, then cd DIR
+#   stage_in_range N    whether N lies in [--stage, --stop-stage]
+#   stage_begin N DESC [opt:KEY=VALUE]... [in:PATH]... [out:PATH]...
+#   stage_end N         see "Stage guards" below
+#   nest-ssl ...        the nest-ssl command (through `python -m nest_ssl.cli` when no script is on PATH)
+# and sets nest_repo (the repository root) and NEST_PYTHON.
+
+nest_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+_log_at() {
+  # $1: how many call frames above the caller of _log_at to report (0 = the function that called log).
+  local d=$(($1 + 2))
+  local file=${BASH_SOURCE[$d]:-?}
+  printf '%s (%s:%s:%s) %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "${file##*/}" "${BASH_LINENO[$((d - 1))]:-0}" \
+    "${FUNCNAME[$d]:-main}" "$*" >&2
+}
+log() { _log_at 0 "$*"; }
+die() {
+  _log_at 0 "ERROR: $*"
+  exit 1
+}
+
+# Python: recipes call `python` from PATH (the Makefile puts .venv/bin first). When that python cannot see
+# nest_ssl and lhotse (a bare system python), fall back to the repository's own virtual environment.
+_nest_python_ok() {
+  "$1" -c 'import importlib.util as u, sys; sys.exit(not (u.find_spec("nest_ssl") and u.find_spec("lhotse")))' \
+    >/dev/null 2>&1
+}
+if ! _nest_python_ok python; then
+  if [ -x "$nest_repo/.venv/bin/python" ] && _nest_python_ok "$nest_repo/.venv/bin/python"; then
+    export PATH="$nest_repo/.venv/bin:$PATH"
+  else
+    die "no python with nest_ssl and lhotse on PATH; run 'make install' in $nest_repo first"
+  fi
+fi
+NEST_PYTHON=$(command -v python)
+if ! command -v nest-ssl >/dev/null 2>&1; then
+  nest-ssl() { python -m nest_ssl.cli "$@"; }
+fi
+
+recipe_cd() {
+  # Relative paths on the command line are meant from where the user stood; defaults (data_dir=data, ...)
+  # are meant inside the recipe directory. Fix the former, then move into the latter.
+  local dir=$1 v
+  shift
+  for v in "$@"; do
+    if [[ "${parsed_options:- }" == *" $v "* ]] && [ -n "${!v}" ] && [[ "${!v}" != /* ]]; then
+      printf -v "$v" '%s' "$PWD/${!v}"
+    fi
+  done
+  cd "$dir"
+}
+
+# Stage guards
+# ------------
+#   if stage_begin 3 "training cuts" opt:min_duration=$min_duration in:$manifests out:$data_dir/cuts; then
+#     ...
+#     stage_end 3
+#   fi
+#
+# stage_begin returns 0 when the stage has to run and 1 when it is outside [--stage, --stop-stage] or
+# up to date. Up to date means $done_dir/stageN.done exists and records the same opt: values, the same
+# fingerprints of the in: paths, and outputs that are still what the stage wrote. Only options that change
+# the outputs belong in opt: (--nj does not). The marker is removed when the stage starts and written by
+# stage_end, so a killed stage reruns (and resumes, where the stage itself can).
+# --stage N (given explicitly) forces stage N to run; the stages after it rerun when their inputs changed,
+# which they did if stage N wrote different outputs. --force true forces every stage in the range.
+stage_in_range() {
+  [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]
+}
+
+stage_begin() {
+  local n=$1 desc=$2 a msg rc=0
+  shift 2
+  stage_in_range "$n" || return 1
+  local args=()
+  for a in "$@"; do
+    case "$a" in
+      opt:*) args+=(--opt "${a#opt:}") ;;
+      in:*) args+=(--in "${a#in:}") ;;
+      out:*) args+=(--out "${a#out:}") ;;
+      *) die "stage_begin $n: argument '$a' must start with opt:, in: or out:" ;;
+    esac
+  done
+  if [ "${force:-false}" = true ]; then
+    args+=(--force "forced by --force true")
+  elif [ "$n" -eq "$stage" ] && [[ "${parsed_options:- }" == *" stage "* ]]; then
+    args+=(--force "forced by --stage $stage")
+  fi
+  msg=$(python "$nest_repo/local/stage_marker.py" begin "${done_dir:?set done_dir before stage_begin}" "$n" \
+    "$desc" "${args[@]}") || rc=$?
+  case $rc in
+    0)
+      _log_at 0 "Stage $n: $desc (${msg#run: })"
+      return 0
+      ;;
+    1)
+      _log_at 0 "Stage $n: $desc: skipped, ${msg#skip: }"
+      return 1
+      ;;
+    *)
+      _log_at 0 "ERROR: Stage $n: $desc: ${msg#error: }"
+      exit 1
+      ;;
+  esac
+}
+
+stage_end() {
+  local msg
+  msg=$(python "$nest_repo/local/stage_marker.py" end "$done_dir" "$1") || {
+    _log_at 0 "ERROR: Stage $1: ${msg#error: }"
+    exit 1
+  }
+  _log_at 0 "Stage $1: done"
+}
