@@ -1,0 +1,150 @@
+"""build_sampler: batching, bucketing, DDP disjointness, exact mid-epoch resume, duration filtering."""
+
+import bisect
+import random
+from itertools import islice
+
+import numpy as np
+import pytest
+import soundfile as sf
+from lhotse import CutSet, Recording
+
+from nest_ssl.data.manifests import ManifestError, open_cutset
+from nest_ssl.data.sampler import build_sampler, estimate_bucket_bins
+
+SR = 8000
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    """600 cuts of 0.5-20 s over one real 60 s recording, as a lazy lhotse manifest split in two files."""
+    d = tmp_path_factory.mktemp("sampler")
+    wav = str(d / "long.wav")
+    sf.write(wav, (np.random.default_rng(0).standard_normal(60 * SR) * 0.1).astype(np.float32), SR)
+    rec = Recording.from_file(wav, recording_id="long")
+    rng = random.Random(0)
+    paths = []
+    for part in range(2):
+        cuts = []
+        for i in range(300):
+            dur = round(rng.uniform(0.5, 20.0), 3)
+            start = round(rng.uniform(0.0, 60.0 - dur), 3)
+            c = rec.to_cut().truncate(offset=start, duration=dur, preserve_id=True)
+            c.id = f"p{part}-{i:04d}"
+            cuts.append(c)
+        path = str(d / f"cuts.{part}.jsonl.gz")
+        CutSet(cuts).to_file(path)
+        paths.append(path)
+    return ",".join(paths)
+
+
+def _ids(sampler, n=None):
+    return [[c.id for c in batch] for batch in islice(sampler, n)]
+
+
+BUCKETING = dict(use_bucketing=True, batch_duration=60.0, num_buckets=4, bucket_buffer_size=200, shuffle_buffer_size=100)
+
+
+def test_duration_batches_and_bucketing(manifest):
+    sampler = build_sampler(open_cutset(manifest), dict(BUCKETING, shuffle=True), seed=1)
+    assert not sampler.iterable_dataset and sampler.worker_init_fn is None
+    batches = list(sampler)
+    ids = [c.id for b in batches for c in b]
+    assert sorted(ids) == sorted(c.id for c in open_cutset(manifest))  # one epoch = every cut once
+    bins = sampler.duration_bins
+    assert len(bins) == 3
+    for b in batches:
+        durs = [c.duration for c in b]
+        # Lhotse closes a batch once one more cut as long as the longest would exceed batch_duration, so the
+        # padded size before the last cut was added stays within it.
+        if len(durs) > 1:
+            assert len(durs) * max(durs[:-1]) <= 60.0 + 1e-6
+        assert sum(durs) <= 60.0
+        # all cuts of a batch come from one duration bucket (lhotse: bins[i-1] < d <= bins[i])
+        k = {bisect.bisect_left(bins, d) for d in durs}
+        assert len(k) == 1
+
+
+def test_batch_size_only_and_drop_last(manifest):
+    sampler = build_sampler(open_cutset(manifest), {"batch_size": 7, "shuffle": False}, seed=0, training=False)
+    sizes = [len(b) for b in sampler]
+    assert sizes == [7] * (600 // 7) + [600 % 7]
+    # not shuffled: the manifest order
+    first = next(iter(sampler))
+    assert [c.id for c in first] == [f"p0-{i:04d}" for i in range(7)]
+    dropped = build_sampler(open_cutset(manifest), {"batch_size": 7, "drop_last": True}, seed=0)
+    assert [len(b) for b in dropped] == [7] * (600 // 7)
+    with pytest.raises(ManifestError, match="batch_size .* or .*batch_duration"):
+        build_sampler(open_cutset(manifest), {"shuffle": True}, seed=0)
+
+
+@pytest.mark.parametrize("cfg", [dict(BUCKETING, shuffle=True), {"batch_size": 5, "shuffle": True, "shuffle_buffer_size": 50}])
+def test_exact_mid_epoch_resume(manifest, cfg):
+    uninterrupted = build_sampler(open_cutset(manifest), cfg, seed=7)
+    uninterrupted.set_epoch(1)  # a later epoch: the order depends on it
+    expected = _ids(uninterrupted)
+
+    run = build_sampler(open_cutset(manifest), cfg, seed=7)
+    run.set_epoch(1)
+    head = _ids(run, 9)
+    state = run.state_dict()
+
+    resumed = build_sampler(open_cutset(manifest), cfg, seed=7)  # fresh process: fresh objects
+    resumed.load_state_dict(state)
+    tail = _ids(resumed)
+    assert head + tail == expected
+    assert len(tail) > 0 and len(head) == 9
+    # and the next epoch still differs from this one
+    resumed.set_epoch(2)
+    assert _ids(resumed, 3) != expected[:3]
+
+
+def test_stream_order_is_reshuffled_per_epoch_and_follows_the_sampler(manifest):
+    sampler = build_sampler(open_cutset(manifest), dict(BUCKETING, shuffle=True), seed=7)
+    orders = []
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        _ids(sampler, 1)  # iter() hands the epoch to the stream
+        assert sampler.source.epoch == epoch
+        orders.append([c.id for c in islice(sampler.source, 600)])
+    assert sorted(orders[0]) == sorted(orders[1]) and orders[0] != orders[1]
+    # which manifest file comes first changes with the epoch too (seeded, so this is deterministic)
+    firsts = set()
+    for epoch in range(6):
+        sampler.source.epoch = epoch
+        firsts.add(next(iter(sampler.source)).id[:2])
+    assert firsts == {"p0", "p1"}
+
+
+def test_ddp_ranks_get_disjoint_batches(manifest):
+    per_rank = []
+    for rank in range(2):
+        s = build_sampler(open_cutset(manifest), dict(BUCKETING, shuffle=True), seed=3, rank=rank, world_size=2)
+        per_rank.append(_ids(s))
+    a = {c for b in per_rank[0] for c in b}
+    b = {c for b in per_rank[1] for c in b}
+    assert not a & b
+    assert len(a | b) == 600
+    assert len(per_rank[0]) == len(per_rank[1])  # same number of steps on every rank
+
+
+def test_duration_filter_and_filter_everything(manifest):
+    s = build_sampler(open_cutset(manifest), {"batch_size": 50, "min_duration": 5.0, "max_duration": 10.0}, seed=0)
+    durs = [c.duration for b in s for c in b]
+    assert durs and all(5.0 <= d <= 10.0 for d in durs)
+    with pytest.raises(ManifestError, match=r"min_duration=30\.0 .* removed all 600 cuts"):
+        s = build_sampler(open_cutset(manifest), {"batch_size": 4, "min_duration": 30.0}, seed=0)
+        list(s)
+    # with bucketing the bins estimate meets the empty stream already at construction
+    with pytest.raises(ManifestError, match=r"train_ds.min_duration"):
+        build_sampler(open_cutset(manifest, what="train_ds.manifest_filepath"), dict(BUCKETING, min_duration=30.0), seed=0)
+
+
+def test_estimate_bucket_bins(manifest):
+    bins = estimate_bucket_bins(open_cutset(manifest), 5, num_cuts=600)
+    assert len(bins) == 4 and bins == sorted(bins)
+    durs = np.array([c.duration for c in open_cutset(manifest)])
+    totals = [durs[(durs >= lo) & (durs < hi)].sum() for lo, hi in zip([0] + bins, bins + [1e9])]
+    assert max(totals) < 2.0 * min(totals)  # roughly equal total duration per bucket
+    with pytest.raises(ManifestError, match="num_buckets"):
+        estimate_bucket_bins(open_cutset(manifest), 1)
