@@ -105,7 +105,7 @@ class CosineAnnealing(LRScheduler):
     def get_lr(self):
         step = self.last_epoch
         if self.warmup_steps > 0 and step <= self.warmup_steps:
-            return [base * (step + 1) / (self.warmup_steps + 1) for base in self.base_lrs]
+            return [base * ((step + 1) / (self.warmup_steps + 1)) for base in self.base_lrs]
         if step > self.max_steps:
             return [self.min_lr for _ in self.base_lrs]
         span = self.max_steps - self.warmup_steps
