@@ -197,7 +197,7 @@ class ConvSubsampling(nn.Module):
     def _forward_channel_split(self, x, lengths):
         """dw_striding for inputs too big even per utterance: depthwise convs run on channel groups and the
         pointwise convs on time slices. Unlike NeMo's fallback, padded steps are still masked, so the result is
-        the same as the unsplit path (NeMo's differs there only when an utterance is shorter than the batch)."""
+        the same as the unsplit path (NeMo's fallback differs only when the utterance is padded)."""
         first = self.conv[0]
         x = first(_zero_padding(x, lengths))
         lengths = conv_output_lengths(lengths, 1, first.kernel_size[0], first.stride[0], first.padding[0])
