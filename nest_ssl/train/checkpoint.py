@@ -1,0 +1,229 @@
+"""Checkpoint files: Lightning-style dicts, written atomically, verified on load, and found again on resume.
+
+A checkpoint is what Lightning writes (`epoch`, `global_step`, `state_dict` with NeMo's key names,
+`optimizer_states`, `lr_schedulers`, `callbacks`, `hyper_parameters`) plus a `nest_ssl` section with what exact
+resume needs (sampler state, every RNG state, batch counters, the resolved config) and a digest of the whole
+content. torch.load notices a truncated file but not flipped bytes inside one, so the digest is how a corrupt
+checkpoint is told apart from a good one.
+
+Writing: the bytes go to a hidden temporary file in the same folder, are fsync'ed, and replace the target with
+os.replace, so a reader sees either the old file or the new one, never half of one. The previous last checkpoint
+is kept as `<name>.prev` until the next one, so a newest checkpoint damaged later (disk, copy) still leaves the one
+before it to resume from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+LIGHTNING_VERSION = "2.4.0"  # the Lightning checkpoint layout these dicts follow
+PREV_SUFFIX = ".prev"
+TMP_PREFIX = ".tmp-"
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, or whose content does not match its digest."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Digest
+
+
+def _feed(h: Any, obj: Any) -> Any:
+    """Feeds a canonical traversal of a checkpoint to a running CRC (type tags, keys in order, tensor bytes)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        t = t.contiguous().reshape(-1)
+        h = zlib.crc32(f"T{t.dtype}{tuple(obj.shape)}".encode(), h)
+        if t.numel():
+            h = zlib.crc32(memoryview(t.view(torch.uint8).numpy()), h)
+        return h
+    if isinstance(obj, dict):
+        h = zlib.crc32(f"D{len(obj)}".encode(), h)
+        for k in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            h = zlib.crc32(f"K{k!r}".encode(), h)
+            h = _feed(h, obj[k])
+        return h
+    if isinstance(obj, (list, tuple)):
+        h = zlib.crc32(f"L{type(obj).__name__}{len(obj)}".encode(), h)
+        for v in obj:
+            h = _feed(h, v)
+        return h
+    return zlib.crc32(f"V{type(obj).__name__}:{obj!r}".encode(), h)
+
+
+def digest(ckpt: dict) -> str:
+    """CRC32 (hex) of everything in the checkpoint except the digest field itself."""
+    nest = ckpt.get("nest_ssl", {})
+    saved = nest.pop("digest", None) if isinstance(nest, dict) else None
+    try:
+        return f"{_feed(0, ckpt):08x}"
+    finally:
+        if saved is not None:
+            nest["digest"] = saved
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Atomic write / verified read
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write_fn) -> Path:
+    """Calls write_fn(tmp_path) and moves the finished, fsync'ed file over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=str(path.parent))
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
+    """Adds the digest and writes the checkpoint atomically."""
+    ckpt.setdefault("nest_ssl", {})
+    ckpt["nest_ssl"]["format_version"] = FORMAT_VERSION
+    ckpt["nest_ssl"]["digest"] = digest(ckpt)
+    return atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", verify: bool = True) -> dict:
+    """Reads a checkpoint; raises CorruptCheckpointError when it is unreadable or fails its digest."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise CorruptCheckpointError(f"{path}: cannot be read ({type(err).__name__}: {str(err)[:200]})") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CorruptCheckpointError(f"{path}: not a checkpoint (no state_dict)")
+    if verify:
+        saved = ckpt.get("nest_ssl", {}).get("digest")
+        if saved is None:
+            log.warning("%s has no nest-ssl digest (written by another tool?); its content is not verified", path)
+        else:
+            actual = digest(ckpt)
+            if actual != saved:
+                raise CorruptCheckpointError(f"{path}: content does not match its digest ({actual} != {saved})")
+    return ckpt
+
+
+def is_resumable(ckpt: dict) -> bool:
+    """A full training checkpoint (not a weights-only one) that nest-ssl wrote."""
+    return bool(ckpt.get("optimizer_states")) and "nest_ssl" in ckpt and "loop" in ckpt["nest_ssl"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Names (Lightning's ModelCheckpoint.format_checkpoint_name)
+
+
+def format_checkpoint_name(template: str | None, metrics: dict[str, Any], auto_insert_metric_name: bool = True) -> str:
+    """`{epoch}-{step}` style templates as Lightning formats them (`epoch=3-step=1000`), missing metrics as 0."""
+    filename = template or "{epoch}-{step}"
+    metrics = dict(metrics)
+    groups = re.findall(r"(\{.*?)[:\}]", filename)
+    for group in sorted(groups, key=len, reverse=True):
+        name = group[1:]
+        if auto_insert_metric_name:
+            filename = filename.replace(group, name + "={" + name)
+        filename = filename.replace(group, f"{{0[{name}]")
+        if name not in metrics:
+            metrics[name] = 0
+    # Lightning formats tensors; floats/ints format the same way.
+    return filename.format({k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Finding a checkpoint to resume from
+
+
+@dataclass
+class Found:
+    path: Path
+    ckpt: dict
+    skipped: list[tuple[Path, str]]
+
+
+def cleanup_temporaries(ckpt_dir: Path) -> None:
+    """Removes temporary files a killed writer left behind."""
+    if not ckpt_dir.is_dir():
+        return
+    for p in ckpt_dir.glob(f"{TMP_PREFIX}*"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+def resume_candidates(ckpt_dir: Path) -> list[Path]:
+    """Last checkpoints first (newest first, `.prev` after the current one), then any other checkpoint."""
+    if not ckpt_dir.is_dir():
+        return []
+    files = [p for p in ckpt_dir.iterdir() if p.is_file() and not p.name.startswith(TMP_PREFIX)]
+    lasts = [p for p in files if p.name.endswith("last.ckpt")]
+    prevs = [p for p in files if p.name.endswith("last.ckpt" + PREV_SUFFIX)]
+    others = [p for p in files if p.name.endswith(".ckpt") and p not in lasts]
+    # NeMo marks a checkpoint being written with a `<ckpt>-unfinished` file; honour it for NeMo-written dirs.
+    unfinished = {p.name[: -len("-unfinished")] for p in files if p.name.endswith("-unfinished")}
+
+    def newest_first(ps: Iterable[Path]) -> list[Path]:
+        return sorted((p for p in ps if p.name not in unfinished), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+    return newest_first(lasts) + newest_first(prevs) + newest_first(others)
+
+
+def find_resume_checkpoint(ckpt_dir: str | Path, map_location: Any = "cpu") -> Found | None:
+    """The newest readable, intact, full checkpoint in ckpt_dir; what was skipped (and why) is reported."""
+    ckpt_dir = Path(ckpt_dir)
+    skipped: list[tuple[Path, str]] = []
+    for path in resume_candidates(ckpt_dir):
+        try:
+            ckpt = load_checkpoint(path, map_location=map_location)
+        except (CorruptCheckpointError, OSError) as err:
+            log.error("skipping checkpoint %s: %s", path, err)
+            skipped.append((path, str(err)))
+            continue
+        if not is_resumable(ckpt):
+            skipped.append((path, "weights only (no optimizer/loop state)"))
+            continue
+        return Found(path=path, ckpt=ckpt, skipped=skipped)
+    if skipped:
+        return Found(path=None, ckpt=None, skipped=skipped)  # type: ignore[arg-type]
+    return None

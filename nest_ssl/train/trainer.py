@@ -1,0 +1,826 @@
+"""The training loop: Lightning's fit loop semantics for NEST, in plain PyTorch.
+
+Order of work for each training batch (Lightning's, with validation before the checkpoint of the same step so that
+a checkpoint carries the val_loss it was judged by):
+
+    fetch (one batch ahead, to know the last batch of an epoch) -> forward/backward (loss / accumulate_grad_batches,
+    DDP gradient sync only on the last micro-batch) -> [optimizer step: all ranks agree on finiteness, unscale,
+    clip, step, scheduler step, zero grads] -> logging every log_every_n_steps -> validation when due -> checkpoint
+    when due -> stop when max_steps / max_epochs / max_time_per_run / SIGTERM says so.
+
+`global_step` counts optimizer steps (a step skipped for a non-finite loss is not one). `val_check_interval` (int)
+counts training batches of the current epoch (of the whole run when check_val_every_n_epoch is null), as in
+Lightning; a float (1.0) validates at the end of every epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import signal
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from nest_ssl.train import checkpoint as ckpt_io
+from nest_ssl.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
+from nest_ssl.train.loggers import MetricsWriter, ProgressBar
+from nest_ssl.train.seeding import capture_rng_state, restore_rng_state, seed_for
+from nest_ssl.train.trainer_config import RunSettings
+
+log = logging.getLogger("nest_ssl.train")
+
+TRACE_ENV = "NEST_SSL_TRACE_DIR"  # debugging aid: per-rank, per-step sample ids and weight digests
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss."""
+
+
+class _StepModule(nn.Module):
+    """What DDP wraps: its forward is the model's training step, so DDP's gradient hooks see the real graph.
+
+    The output is a dict so DDP's output traversal finds the loss tensor.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, apply_mask: bool = True):
+        out = self.model.training_output(batch, apply_mask=apply_mask)
+        return {"loss": out.loss, "out": out}
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0
+    batch_idx: int = 0  # training batches consumed in this epoch
+    total_batch_idx: int = 0  # training batches consumed in the run
+    global_step: int = 0  # optimizer steps
+    epoch_finished: bool = False  # the epoch's last batch has been trained on
+    nonfinite_in_a_row: int = 0
+    skipped_nonfinite: int = 0  # steps skipped because the loss was not finite
+    skipped_empty: int = 0  # steps skipped because no token was masked on any rank
+    last_saved_step: int = -1
+    last_val_step: int = -1
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoopState":
+        s = cls()
+        for k, v in d.items():
+            if hasattr(s, k):
+                setattr(s, k, v)
+        return s
+
+
+class _Lookahead:
+    """Yields (batch, is_last) by fetching one batch ahead; reseeds the generators before each fetch."""
+
+    def __init__(self, loader, seed: int, rank: int, start_index: int):
+        self.it = iter(loader)
+        self.seed, self.rank = seed, rank
+        self.index = start_index
+        self.next = self._fetch()
+
+    def _fetch(self):
+        seed_for(self.seed, "data", self.index, self.rank)
+        try:
+            return next(self.it)
+        except StopIteration:
+            return None
+
+    def __iter__(self) -> Iterator:
+        while self.next is not None:
+            batch = self.next
+            self.index += 1
+            self.next = self._fetch()
+            yield batch, self.next is None
+
+
+def _sampler_of(loader) -> Any:
+    """The Lhotse sampler behind a DataLoader (nest_ssl.data's `cut_sampler`, or `.sampler` / `.batch_sampler`)."""
+    for attr in ("cut_sampler", "sampler", "batch_sampler"):
+        s = getattr(loader, attr, None)
+        if s is not None and hasattr(s, "state_dict") and hasattr(s, "load_state_dict"):
+            return s
+    return None
+
+
+def rewind_sampler_state(state: dict, consumed: int) -> dict:
+    """The sampler state as of `consumed` batches into its current epoch.
+
+    The DataLoader (and our one-batch lookahead) draws batches from the sampler before training on them, so the
+    sampler's own count is ahead of the training loop. Lhotse's fast-forward replays `kept + discarded` batches of
+    the current epoch; setting that sum to the number of batches actually trained on resumes exactly after them.
+    """
+    state = copy.deepcopy(state)
+    diag = state.get("diagnostics")
+    if not isinstance(diag, dict):
+        return state
+    epoch = diag.get("current_epoch")
+    stats = diag.get("stats_per_epoch", {}).get(epoch)
+    if stats is None:
+        return state
+    stats["kept_batches"] = max(0, consumed - stats.get("discarded_batches", 0))
+    return state
+
+
+def _weights_digest(model: nn.Module) -> str:
+    h = 0
+    for name, t in model.state_dict().items():
+        h = zlib.crc32(name.encode(), h)
+        h = zlib.crc32(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()), h)
+    return f"{h:08x}"
+
+
+class CheckpointManager:
+    """exp_manager's checkpoint callback: top-k by a monitored metric, a last checkpoint always, .nemo files."""
+
+    def __init__(self, settings: RunSettings, dirpath: Path, name: str, enabled: bool):
+        c = settings.exp_manager.checkpoint
+        self.c = c
+        self.enabled = enabled
+        self.dirpath = Path(c.dirpath) if c.dirpath else dirpath
+        self.filename = c.filename or f"{name}--{{{c.monitor}:.4f}}-{{epoch}}"
+        self.prefix = c.prefix if c.prefix is not None else name
+        self.best_k_models: dict[str, float] = {}
+        self.best_model_path = ""
+        self.best_model_score: float | None = None
+        self.last_model_path = ""
+        self._warned_monitor = False
+
+    # -- state kept in the checkpoint (Lightning's ModelCheckpoint state_dict) --
+    @property
+    def key(self) -> str:
+        c = self.c
+        return (f"ModelCheckpoint{{'monitor': {c.monitor!r}, 'mode': {c.mode!r}, 'every_n_train_steps': "
+                f"{c.every_n_train_steps or 0}, 'every_n_epochs': {c.every_n_epochs or 0}, 'train_time_interval': None}}")
+
+    def state_dict(self) -> dict:
+        return {
+            "monitor": self.c.monitor,
+            "best_model_score": self.best_model_score,
+            "best_model_path": self.best_model_path,
+            "current_score": None,
+            "dirpath": str(self.dirpath),
+            "best_k_models": dict(self.best_k_models),
+            "kth_best_model_path": self._kth()[0] if self.best_k_models else "",
+            "kth_value": self._kth()[1] if self.best_k_models else None,
+            "last_model_path": self.last_model_path,
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        self.best_k_models = {k: float(v) for k, v in (d.get("best_k_models") or {}).items() if Path(k).exists()}
+        self.best_model_path = d.get("best_model_path") or ""
+        self.best_model_score = d.get("best_model_score")
+        self.last_model_path = d.get("last_model_path") or ""
+
+    def _better(self, a: float, b: float) -> bool:
+        return a < b if self.c.mode == "min" else a > b
+
+    def _kth(self) -> tuple[str, float]:
+        # the worst of the kept ones
+        items = sorted(self.best_k_models.items(), key=lambda kv: kv[1], reverse=(self.c.mode == "min"))
+        return items[0]
+
+    # -- triggers --
+    def due_after_step(self, gs: int) -> bool:
+        n = self.c.every_n_train_steps
+        return bool(n) and n > 0 and gs > 0 and gs % n == 0
+
+    def due_after_validation(self, epoch: int) -> bool:
+        n = self.c.every_n_epochs
+        return not self.c.save_on_train_epoch_end and bool(n) and n > 0 and (epoch + 1) % n == 0
+
+    def due_at_epoch_end(self, epoch: int) -> bool:
+        n = self.c.every_n_epochs
+        return self.c.save_on_train_epoch_end and bool(n) and n > 0 and (epoch + 1) % n == 0
+
+    # -- writing (global rank 0 only) --
+    def save(self, ckpt: dict, metrics: dict[str, Any], write_nemo_fn) -> None:
+        if not self.enabled:
+            return
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        c = self.c
+        saved_topk = False
+        if c.save_top_k != 0:
+            name = ckpt_io.format_checkpoint_name(self.filename, metrics, c.auto_insert_metric_name) + ".ckpt"
+            path = str(self.dirpath / name)
+            if c.monitor is None:
+                # No metric: keep the newest save_top_k (Lightning: -1 all, 1 the latest).
+                if c.save_top_k == 1:
+                    for old in list(self.best_k_models):
+                        if old != path:
+                            self._remove(old)
+                    self.best_k_models = {}
+                self._write(ckpt, path, weights_only=c.save_weights_only)
+                self.best_k_models[path] = float(metrics.get("step", 0))
+                self.best_model_path = path
+                saved_topk = True
+            elif c.monitor in metrics and metrics[c.monitor] is not None and math.isfinite(metrics[c.monitor]):
+                score = float(metrics[c.monitor])
+                k = c.save_top_k
+                if k == -1 or len(self.best_k_models) < k or self._better(score, self._kth()[1]):
+                    if k != -1 and len(self.best_k_models) >= k:
+                        worst = self._kth()[0]
+                        del self.best_k_models[worst]
+                        if worst != path:
+                            self._remove(worst)
+                    self._write(ckpt, path, weights_only=c.save_weights_only)
+                    self.best_k_models[path] = score
+                    saved_topk = True
+                    best = sorted(self.best_k_models.items(), key=lambda kv: kv[1], reverse=(c.mode == "max"))[0]
+                    self.best_model_path, self.best_model_score = best
+                    if c.verbose:
+                        log.info("step %s: %s=%.4f is among the best %s; saved %s", metrics.get("step"), c.monitor,
+                                 score, "all" if k == -1 else k, path)
+            elif not self._warned_monitor:
+                log.warning("checkpoint monitor %r has no value yet (it is logged by validation); only the last "
+                            "checkpoint is written until it has one", c.monitor)
+                self._warned_monitor = True
+        self._save_last(ckpt, metrics)
+        if c.always_save_nemo:
+            if c.save_best_model and self.best_model_path and not saved_topk:
+                pass  # the best model did not change: its .nemo is already on disk
+            elif c.save_best_model and self.best_model_path and Path(self.best_model_path).exists():
+                write_nemo_fn(self.nemo_path, ckpt_io.load_checkpoint(self.best_model_path)["state_dict"])
+            else:
+                write_nemo_fn(self.nemo_path, ckpt["state_dict"])
+
+    @property
+    def nemo_path(self) -> Path:
+        return self.dirpath / f"{self.prefix}{self.c.postfix}"
+
+    def _save_last(self, ckpt: dict, metrics: dict) -> None:
+        name = ckpt_io.format_checkpoint_name(self.filename + "-last", metrics, self.c.auto_insert_metric_name)
+        path = self.dirpath / f"{name}.ckpt"
+        # Write the new last checkpoint under a temporary name first, then move the current last to `.prev`
+        # (dropping the older `.prev`), then move the new one into place: at every moment a complete checkpoint
+        # exists under a name the resume search looks for.
+        tmp = self.dirpath / f"{ckpt_io.TMP_PREFIX}pending-{name}.part"
+        ckpt_io.save_checkpoint(ckpt, tmp)
+        for old_prev in self.dirpath.glob(f"*last.ckpt{ckpt_io.PREV_SUFFIX}"):
+            old_prev.unlink(missing_ok=True)
+        for old in self.dirpath.glob("*last.ckpt"):
+            os.replace(old, str(old) + ckpt_io.PREV_SUFFIX)
+        os.replace(tmp, path)
+        ckpt_io._fsync_dir(self.dirpath)
+        self.last_model_path = str(path)
+
+    def _write(self, ckpt: dict, path: str, weights_only: bool) -> None:
+        if weights_only:
+            ckpt = {k: v for k, v in ckpt.items() if k not in ("optimizer_states", "lr_schedulers", "MixedPrecision")}
+            ckpt["nest_ssl"] = {k: v for k, v in ckpt["nest_ssl"].items() if k not in ("loop", "sampler", "rng")}
+        ckpt_io.save_checkpoint(ckpt, path)
+
+    def _remove(self, path: str) -> None:
+        try:
+            Path(path).unlink()
+        except FileNotFoundError:
+            pass
+
+
+class Trainer:
+    """Fits a NESTModel with Lightning's trainer.* semantics and NeMo's exp_manager outputs."""
+
+    def __init__(
+        self,
+        *,
+        cfg,
+        settings: RunSettings,
+        info: DistInfo,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        train_loader,
+        val_loader,
+        log_dir: Path,
+        ckpt_dir: Path,
+        write_nemo_fn,
+    ):
+        self.cfg = cfg
+        self.s = settings
+        self.t = settings.trainer
+        self.info = info
+        self.device = info.device
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.log_dir = log_dir
+        self.write_nemo_fn = write_nemo_fn
+        self.state = LoopState()
+        self.sample_rate = int(cfg.model.get("sample_rate", 16000))
+        self.seed = settings.seed
+        self.sampler = _sampler_of(train_loader)
+        self._restored_sampler_state: dict | None = None
+        self.last_metrics: dict[str, float] = {}
+        self.stop_reason: str | None = None
+
+        # Precision: autocast dtype, and a GradScaler for fp16 (bf16 needs none).
+        self.autocast_dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(self.t.precision)
+        if self.t.precision == "16-mixed" and self.device.type != "cuda":
+            raise ValueError("trainer.precision=16-mixed needs a GPU; on CPU use bf16-mixed or 32")
+        self.scaler = torch.amp.GradScaler("cuda") if self.t.precision == "16-mixed" else None
+
+        self.step_module = _StepModule(model)
+        if info.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp = DDP(
+                self.step_module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.t.find_unused_parameters,
+            )
+        else:
+            self.ddp = None
+        self.ckpt = CheckpointManager(
+            settings, ckpt_dir, settings.name, enabled=settings.exp_manager.create_checkpoint_callback
+        )
+        self.metrics_writer = MetricsWriter(
+            log_dir,
+            enabled=info.is_global_zero,
+            tensorboard=settings.exp_manager.create_tensorboard_logger,
+            summary_writer_kwargs=settings.exp_manager.summary_writer_kwargs,
+        )
+        self.trace_dir = os.environ.get(TRACE_ENV)
+        self._preempted = False
+        self._start_time = time.time()
+        self._last_log_time = time.time()
+        self._audio_since_log = 0.0
+        self._steps_since_log = 0
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Checkpoint content
+
+    def build_checkpoint(self) -> dict:
+        st = self.state
+        consumed_state = None
+        if self.sampler is not None and not st.epoch_finished:
+            consumed_state = rewind_sampler_state(self.sampler.state_dict(), st.batch_idx)
+        rng_all = all_gather_objects(self.info, capture_rng_state())
+        cfg_plain = OmegaConf.to_container(self.cfg, resolve=True)
+        ckpt = {
+            "epoch": st.epoch,
+            "global_step": st.global_step,
+            "pytorch-lightning_version": ckpt_io.LIGHTNING_VERSION,
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": st.epoch}},
+                                   "epoch_loop.batch_progress": {"current": {"completed": st.batch_idx}},
+                                   "epoch_loop.state_dict": {"_batches_that_stepped": st.global_step}}},
+            "callbacks": {self.ckpt.key: self.ckpt.state_dict()},
+            "optimizer_states": [_to_cpu(self.optimizer.state_dict())],
+            "lr_schedulers": [self.scheduler.state_dict()] if self.scheduler is not None else [],
+            "hparams_name": "cfg",
+            "hyper_parameters": {"cfg": cfg_plain["model"]},
+            "nest_ssl": {
+                "loop": st.to_dict(),
+                "sampler": consumed_state,
+                "rng": rng_all[0],
+                "rng_per_rank": rng_all,
+                "world_size": self.info.world_size,
+                "config": cfg_plain,
+                "last_metrics": dict(self.last_metrics),
+            },
+        }
+        if self.scaler is not None:
+            ckpt["MixedPrecision"] = self.scaler.state_dict()
+        return ckpt
+
+    def restore(self, ckpt: dict, path: Path) -> None:
+        """Continues from a checkpoint: weights, optimizer, scheduler, scaler, counters, sampler position, RNGs."""
+        self.model.load_state_dict(ckpt["state_dict"], strict=True)
+        self.optimizer.load_state_dict(ckpt["optimizer_states"][0])
+        if self.scheduler is not None and ckpt.get("lr_schedulers"):
+            self.scheduler.load_state_dict(ckpt["lr_schedulers"][0])
+        if self.scaler is not None and "MixedPrecision" in ckpt:
+            self.scaler.load_state_dict(ckpt["MixedPrecision"])
+        nest = ckpt["nest_ssl"]
+        self.state = LoopState.from_dict(nest["loop"])
+        self.state.last_saved_step = self.state.global_step
+        cb = ckpt.get("callbacks", {}).get(self.ckpt.key)
+        if cb is None and ckpt.get("callbacks"):
+            cb = next(iter(ckpt["callbacks"].values()))
+        if cb:
+            self.ckpt.load_state_dict(cb)
+        self.last_metrics = dict(nest.get("last_metrics") or {})
+        saved_ws = nest.get("world_size", 1)
+        rng = nest.get("rng_per_rank") or [nest.get("rng")]
+        if saved_ws == self.info.world_size and len(rng) > self.info.rank and rng[self.info.rank]:
+            restore_rng_state(rng[self.info.rank])
+        st = self.state
+        if st.epoch_finished:
+            st.epoch += 1
+            st.batch_idx = 0
+            st.epoch_finished = False
+        elif nest.get("sampler") is not None and self.sampler is not None:
+            if saved_ws != self.info.world_size:
+                log.warning(
+                    "the checkpoint was written by %d processes and this run has %d: the data position within "
+                    "epoch %d cannot be restored; the epoch starts over", saved_ws, self.info.world_size, st.epoch)
+                st.batch_idx = 0
+            else:
+                self._restored_sampler_state = nest["sampler"]
+        log.info("resumed from %s: epoch %d, global step %d, %d batches into the epoch",
+                 path, st.epoch, st.global_step, st.batch_idx)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Helpers
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _max_steps_reached(self) -> bool:
+        return self.t.max_steps != -1 and self.state.global_step >= self.t.max_steps
+
+    def _max_epochs_reached(self) -> bool:
+        return self.t.max_epochs != -1 and self.state.epoch >= self.t.max_epochs
+
+    def _should_validate(self, is_last: bool) -> bool:
+        if self.val_loader is None or self.t.limit_val_batches in (0, 0.0):
+            return False
+        n = self.t.check_val_every_n_epoch
+        if n is not None and (self.state.epoch + 1) % n != 0:
+            return False
+        vci = self.t.val_check_interval
+        if isinstance(vci, float):
+            return is_last  # 1.0: once per epoch, after its last batch
+        counter = self.state.total_batch_idx if n is None else self.state.batch_idx
+        return counter % vci == 0
+
+    def _clip(self) -> torch.Tensor | None:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            return None
+        if self.t.gradient_clip_val > 0 and self.t.gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, self.t.gradient_clip_val)
+            return torch.nn.utils.get_total_norm([p.grad for p in params])
+        max_norm = self.t.gradient_clip_val if self.t.gradient_clip_val > 0 else float("inf")
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def _trace(self, record: dict) -> None:
+        if not self.trace_dir:
+            return
+        path = Path(self.trace_dir) / f"rank{self.info.rank}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Validation
+
+    @torch.no_grad()
+    def validate(self, limit: int | None = None, purpose: str = "val") -> float | None:
+        """Mean over validation batches (every rank's) of the batch loss; batches without masked tokens are left
+        out. Masking, dither and augmentation are seeded per batch, so val_loss compares across checkpoints."""
+        if self.val_loader is None:
+            return None
+        self.model.eval()
+        total = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, batches, empty batches
+        cap = self.t.limit_val_batches
+        cap = None if isinstance(cap, float) else int(cap)
+        if limit is not None:
+            cap = limit if cap is None else min(cap, limit)
+        cpu_state = torch.get_rng_state()
+        ctx = torch.inference_mode() if self.t.inference_mode else contextlib.nullcontext()
+        with ctx:
+            for i, batch in enumerate(self.val_loader):
+                if cap is not None and i >= cap:
+                    break
+                seed_for(self.seed, purpose, i, self.info.rank)
+                batch = batch.to(self.device, non_blocking=True)
+                with self._autocast():
+                    out = self.model.training_output(batch, apply_mask=True)
+                if out.empty_mask or not torch.isfinite(out.loss):
+                    total[2] += 1
+                    continue
+                total[0] += out.loss.double()
+                total[1] += 1
+        torch.set_rng_state(cpu_state)
+        all_reduce_sum(self.info, total)
+        self.model.train()
+        if total[2] > 0:
+            log.warning("validation: %d batch(es) had no masked token (or a non-finite loss) and were left out",
+                        int(total[2]))
+        if total[1] == 0:
+            return None
+        return float(total[0] / total[1])
+
+    def _run_validation(self) -> None:
+        val_loss = self.validate()
+        st = self.state
+        st.last_val_step = st.global_step
+        if val_loss is None:
+            return
+        self.last_metrics["val_loss"] = val_loss
+        self.metrics_writer.log({"val_loss": val_loss, "epoch": st.epoch}, st.global_step)
+        log.info("epoch %d step %d: val_loss=%.4f", st.epoch, st.global_step, val_loss)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def _checkpoint_metrics(self) -> dict:
+        m = {"epoch": self.state.epoch, "step": self.state.global_step}
+        m.update(self.last_metrics)
+        return m
+
+    def save_checkpoint(self) -> None:
+        st = self.state
+        if st.last_saved_step == st.global_step and st.global_step > 0:
+            return
+        ckpt = self.build_checkpoint()  # collective (RNG states of every rank): all ranks call it
+        if self.info.is_global_zero and self.ckpt.enabled:
+            self.ckpt.save(ckpt, self._checkpoint_metrics(), self.write_nemo_fn)
+        st.last_saved_step = st.global_step
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Fit
+
+    def _install_signal_handlers(self):
+        if not self.s.exp_manager.create_preemption_callback:
+            return None
+        try:
+            previous = signal.getsignal(signal.SIGTERM)
+
+            def handler(signum, frame):
+                self._preempted = True
+
+            signal.signal(signal.SIGTERM, handler)
+            return previous
+        except ValueError:  # not the main thread
+            return None
+
+    def fit(self) -> LoopState:
+        st = self.state
+        t = self.t
+        previous_handler = self._install_signal_handlers()
+        total = t.max_steps if t.max_steps != -1 else None
+        bar = ProgressBar(t.enable_progress_bar and self.info.is_global_zero, total, st.global_step)
+        self.bar = bar
+        try:
+            if self._max_steps_reached() or self._max_epochs_reached():
+                log.info("nothing to do: the run already reached %s (global step %d, epoch %d)",
+                         "max_steps" if self._max_steps_reached() else "max_epochs", st.global_step, st.epoch)
+                return st
+            if t.num_sanity_val_steps != 0 and self.val_loader is not None:
+                n = None if t.num_sanity_val_steps == -1 else t.num_sanity_val_steps
+                loss = self.validate(limit=n, purpose="sanity")
+                log.info("sanity check on %s validation batch(es): val_loss=%s", "all" if n is None else n,
+                         "n/a" if loss is None else f"{loss:.4f}")
+            self.model.train()
+            while not self.stop_reason:
+                if self._max_epochs_reached():
+                    self.stop_reason = "max_epochs"
+                    break
+                self._train_epoch()
+            return st
+        finally:
+            bar.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+
+    def finish(self) -> None:
+        """End of training: the last checkpoint and NeMo's .nemo on train end (unless stopped by an error)."""
+        if self.stop_reason in ("nonfinite",):
+            return
+        self.save_checkpoint()
+        c = self.s.exp_manager.checkpoint
+        if (self.info.is_global_zero and self.ckpt.enabled and c.save_nemo_on_train_end
+                and self.stop_reason in ("max_steps", "max_epochs")):
+            if c.save_best_model and self.ckpt.best_model_path and Path(self.ckpt.best_model_path).exists():
+                sd = ckpt_io.load_checkpoint(self.ckpt.best_model_path)["state_dict"]
+            else:
+                sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            self.write_nemo_fn(self.ckpt.nemo_path, sd)
+            log.info("saved %s", self.ckpt.nemo_path)
+        self.metrics_writer.flush()
+
+    def close(self) -> None:
+        self.metrics_writer.close()
+
+    def _train_epoch(self) -> None:
+        st, t = self.state, self.t
+        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
+            if self._restored_sampler_state is not None:
+                self.sampler.load_state_dict(copy.deepcopy(self._restored_sampler_state))
+                self._restored_sampler_state = None
+            self.sampler.set_epoch(st.epoch)
+        elif st.batch_idx:
+            log.warning("the training dataloader has no resumable sampler: epoch %d starts over", st.epoch)
+            st.batch_idx = 0
+        acc = t.accumulate_grad_batches
+        limit = None if isinstance(t.limit_train_batches, float) else int(t.limit_train_batches)
+        # Per optimizer step: loss sum, micro-batches, non-finite, empty-mask, masked tokens, tokens,
+        # audio seconds, perplexity sum, stop request.
+        stats = torch.zeros(9, dtype=torch.float64, device=self.device)
+        micro = 0
+        grad_norm = None
+        step_t0 = time.time()
+        fetcher = _Lookahead(self.train_loader, self.seed, self.info.rank, st.total_batch_idx)
+        for batch, is_last in fetcher:
+            if limit is not None and st.batch_idx + 1 >= limit:
+                is_last = True
+            seed_for(self.seed, "step", st.total_batch_idx, self.info.rank)
+            batch = batch.to(self.device, non_blocking=True)
+            step_boundary = (st.batch_idx + 1) % acc == 0 or is_last
+            sync_ctx = self.ddp.no_sync() if (self.ddp is not None and not step_boundary) else contextlib.nullcontext()
+            with sync_ctx:
+                with self._autocast():
+                    res = (self.ddp or self.step_module)(batch)
+                out = res["out"]
+                loss = out.loss / acc
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            finite = bool(torch.isfinite(out.loss.detach()))
+            stats[0] += out.loss.detach().double() if finite else 0.0
+            stats[1] += 1
+            stats[2] += 0 if finite else 1
+            stats[3] += 1 if out.empty_mask else 0
+            stats[4] += out.num_masked_tokens
+            stats[5] += out.num_tokens
+            stats[6] += float(batch.audio_len.sum()) / self.sample_rate
+            stats[7] += _target_perplexity(out.tokens, out.encoded_len)
+            if self.trace_dir:
+                self._trace({"batch": st.total_batch_idx, "rank": self.info.rank, "epoch": st.epoch,
+                             "sample_ids": list(batch.sample_id or []), "loss": float(out.loss.detach())})
+            micro += 1
+            st.batch_idx += 1
+            st.total_batch_idx += 1
+            st.epoch_finished = is_last
+            stepped = False
+            if step_boundary:
+                stats[8] = 1.0 if self._stop_requested() else 0.0
+                all_reduce_sum(self.info, stats)
+                stepped = self._optimizer_step(stats, micro)
+                if stepped:
+                    grad_norm = self._last_grad_norm
+                now = time.time()
+                self._audio_since_log += float(stats[6])
+                self._steps_since_log += 1
+                if stepped and st.global_step % t.log_every_n_steps == 0:
+                    self._log_step(stats, grad_norm, now - step_t0)
+                elif stepped:
+                    self.bar.update(st.global_step, float(stats[0] / max(1.0, float(stats[1] - stats[2]))),
+                                    self._step_lr, None)
+                if stats[8] > 0 and not self.stop_reason:
+                    self.stop_reason = "preempted" if self._preempted else "max_time_per_run"
+                stats.zero_()
+                micro = 0
+                step_t0 = time.time()
+                if self.trace_dir and stepped:
+                    self._trace({"step": st.global_step, "rank": self.info.rank, "weights": _weights_digest(self.model)})
+            validated = False
+            if self._should_validate(is_last):
+                self._run_validation()
+                validated = True
+            if stepped and self.ckpt.due_after_step(st.global_step):
+                self.save_checkpoint()
+            elif validated and self.ckpt.due_after_validation(st.epoch) and st.global_step > 0:
+                self.save_checkpoint()
+            elif is_last and self.ckpt.due_at_epoch_end(st.epoch) and st.global_step > 0:
+                self.save_checkpoint()
+            if self._max_steps_reached():
+                self.stop_reason = "max_steps"
+            if self.stop_reason:
+                if self.stop_reason in ("preempted", "max_time_per_run"):
+                    log.warning("stopping at step %d (%s); the last checkpoint lets the same command continue",
+                                st.global_step, "SIGTERM" if self.stop_reason == "preempted" else "max_time_per_run")
+                return
+            if is_last:
+                break
+        # The epoch is over.
+        st.epoch += 1
+        st.batch_idx = 0
+        st.epoch_finished = False
+
+    def _stop_requested(self) -> bool:
+        if self._preempted:
+            return True
+        limit = self.s.exp_manager.max_time_per_run
+        return limit is not None and time.time() - self._start_time >= limit
+
+    def _optimizer_step(self, stats: torch.Tensor, micro: int) -> bool:
+        """One optimizer step from the accumulated gradients, unless some rank saw a non-finite loss or no rank
+        had a masked token; every rank decides the same from the all-reduced stats."""
+        st = self.state
+        self._last_grad_norm = None
+        nonfinite = stats[2] > 0
+        all_empty = stats[3] >= stats[1]
+        if nonfinite or all_empty:
+            self.optimizer.zero_grad(set_to_none=True)
+            if nonfinite:
+                st.skipped_nonfinite += 1
+                st.nonfinite_in_a_row += 1
+                log.warning("non-finite loss at batch %d (after global step %d): step skipped (%d in a row, %d "
+                            "in total)", st.total_batch_idx, st.global_step, st.nonfinite_in_a_row, st.skipped_nonfinite)
+                self.metrics_writer.log({"skipped_steps": st.skipped_nonfinite}, st.global_step)
+                if st.nonfinite_in_a_row >= self.s.max_consecutive_nonfinite:
+                    self.stop_reason = "nonfinite"
+                    last = self.ckpt.last_model_path or "none written yet"
+                    raise NonFiniteLossError(
+                        f"{st.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss (limit "
+                        f"nest_trainer.max_consecutive_nonfinite={self.s.max_consecutive_nonfinite}); stopped at "
+                        f"global step {st.global_step}. The last good checkpoint is untouched: {last}. Lower the "
+                        f"learning rate, use precision=32 or bf16-mixed, or check the data.")
+            else:
+                st.skipped_empty += 1
+                log.warning("no masked token in any batch of this step (batch %d): step skipped", st.total_batch_idx)
+            return False
+        st.nonfinite_in_a_row = 0
+        self._step_lr = self._lr()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        self._last_grad_norm = self._clip()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        st.global_step += 1
+        return True
+
+    def _log_step(self, stats: torch.Tensor, grad_norm, step_time: float) -> None:
+        st = self.state
+        n = float(stats[1] - stats[2])
+        loss = float(stats[0] / n) if n > 0 else float("nan")
+        now = time.time()
+        elapsed = max(1e-9, now - self._last_log_time)
+        audio_per_s = self._audio_since_log / elapsed
+        lr = self._step_lr  # the rate this step used (NeMo logs it before the scheduler moves on)
+        metrics = {
+            "train_loss": loss,
+            "learning_rate": lr,
+            "global_step": st.global_step,
+            "epoch": st.epoch,
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "throughput": audio_per_s,  # audio seconds trained per wall second, all ranks together
+            "throughput_per_device": audio_per_s / self.info.world_size,
+            "step_time": step_time,
+            "masked_fraction": float(stats[4] / stats[5]) if stats[5] > 0 else 0.0,
+            "target_perplexity": float(stats[7] / stats[1]) if stats[1] > 0 else 0.0,
+            "skipped_steps": st.skipped_nonfinite,
+        }
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.last_metrics["train_loss"] = loss
+        self.metrics_writer.log(metrics, st.global_step)
+        self.bar.update(st.global_step, loss, lr, audio_per_s / 3600.0)
+        if not (self.t.enable_progress_bar and self.info.is_global_zero):
+            log.info("epoch %d step %d: train_loss=%.4f lr=%.3e grad_norm=%s audio_h/s=%.3g",
+                     st.epoch, st.global_step, loss, lr,
+                     "n/a" if grad_norm is None else f"{float(grad_norm):.3f}", audio_per_s / 3600.0)
+        self._last_log_time = now
+        self._audio_since_log = 0.0
+        self._steps_since_log = 0
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _target_perplexity(tokens: torch.Tensor, lengths: torch.Tensor) -> float:
+    """exp(entropy) of the target codes over the unpadded tokens of a batch: how many codes are in use."""
+    with torch.no_grad():
+        if tokens.dim() == 2:
+            tokens = tokens.unsqueeze(-1)
+        T = tokens.size(1)
+        valid = torch.arange(T, device=tokens.device)[None, :] < lengths.to(tokens.device)[:, None]
+        ids = tokens[valid].reshape(-1)
+        if ids.numel() == 0:
+            return 0.0
+        counts = torch.bincount(ids).double()
+        p = counts[counts > 0] / ids.numel()
+        return float(torch.exp(-(p * p.log()).sum()))
