@@ -142,7 +142,8 @@ class NESTModel(nn.Module):
             )
 
         if self.pre_encoder is not None:
-            feats, _ = self.pre_encoder.pre_encode(x=clean, lengths=clean_len)
+            # The subsampler takes (B, T, D); NeMo 2.7.3 passes (B, D, T) here and fails, so this path is our fix.
+            feats, _ = self.pre_encoder.pre_encode(x=clean.transpose(1, 2), lengths=clean_len)
             _, tokens = self.quantizer(input_signal=feats.transpose(1, 2))
             self.pre_encoder.apply_mask = apply_mask
             encoded, encoded_len = self.encoder(audio_signal=noisy, length=noisy_len)
@@ -209,7 +210,12 @@ class NESTModel(nn.Module):
 
 
 def _post_conv_adjusted(cfg: DictConfig) -> DictConfig:
-    """For post_conv masking NeMo rewrites four keys so that quantizer, masking and loss work at the encoder rate."""
+    """For post_conv masking, quantizer, masking and loss work at the encoder's frame rate.
+
+    NeMo rewrites four keys (quantizer and masking feat_in, block size, loss combine_time_steps) but leaves the
+    quantizer stacking 8 encoder frames, which cannot match the loss's one token per frame; we also set the
+    quantizer's combine_time_steps to 1 so that post_conv trains.
+    """
     position = cfg.get("mask_position", "pre_conv")
     if position not in ("pre_conv", "post_conv"):
         raise ConfigError(f"model.mask_position is {position!r}; choose pre_conv or post_conv")
@@ -220,4 +226,5 @@ def _post_conv_adjusted(cfg: DictConfig) -> DictConfig:
     cfg.masking.feat_in = cfg.encoder.d_model
     cfg.masking.block_size = cfg.masking.block_size // cfg.encoder.subsampling_factor
     cfg.loss.combine_time_steps = 1
+    cfg.quantizer.combine_time_steps = 1
     return cfg
