@@ -17,6 +17,7 @@ nest_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 _log_at() {
   # $1: how many call frames above the caller of _log_at to report (0 = the function that called log).
   local d=$(($1 + 2))
+  shift
   local file=${BASH_SOURCE[$d]:-?}
   printf '%s (%s:%s:%s) %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "${file##*/}" "${BASH_LINENO[$((d - 1))]:-0}" \
     "${FUNCNAME[$d]:-main}" "$*" >&2

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The embedded default: NEST end to end with no download, on a CPU, in a few minutes.
+#
+# Stage 0 generates data/corpus, a small corpus in LibriLight's layout (speech-like audio with LibriLight's VAD
+# JSON beside each file), and data/musan, a noise set in MUSAN's layout. Then the stages of ../librilight/run.sh
+# run on them with the tiny config: manifests, noise windows, training windows and a speaker-held-out
+# validation split, bucket bins, training, export, and the summary with the loss plot.
+#
+#   ./run.sh                                  # everything (`make demo` from the repository root does this)
+#   ./run.sh --stage 6                        # train again: resumes from the last checkpoint
+#   ./run.sh --train-opts "trainer.max_steps=200"   # any option of ../librilight/run.sh works here too
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/../../local/common.sh"
+
+stage=0
+stop_stage=7
+force=false
+data_dir=data
+exp_dir=exp
+# The generated corpus: speakers x books x files of min..max seconds (the defaults give 16 files, ~8 min).
+speakers=4
+books=2
+files=2
+min_seconds=20
+max_seconds=40
+corpus_seed=0
+noise_files=6
+
+help_message="Usage: $0 [options]
+Generates a LibriLight-format corpus and a MUSAN-format noise set (stage 0), then runs ../librilight/run.sh
+(stages 0-7) on them with the tiny config on the CPU.
+Options (default):
+  --stage N ($stage)  --stop-stage N ($stop_stage)  --force true|false ($force)
+  --data-dir DIR ($data_dir)  --exp-dir DIR ($exp_dir)
+  --speakers N ($speakers)  --books N ($books)  --files N ($files) (per book)
+  --min-seconds S ($min_seconds)  --max-seconds S ($max_seconds)  --corpus-seed N ($corpus_seed)
+  --noise-files N ($noise_files)
+and every option of ../librilight/run.sh (see ../librilight/run.sh --help), which override the settings below."
+
+# Our own options are parsed here; the others are handed on to ../librilight/run.sh, which rejects unknown ones.
+parse_options_passthrough=true
+. "$nest_repo/local/parse_options.sh"
+recipe_cd "$here" data_dir exp_dir
+done_dir=$data_dir/.done
+
+if stage_begin 0 "generate a LibriLight-format corpus and a MUSAN-format noise set" opt:speakers="$speakers" \
+    opt:books="$books" opt:files="$files" opt:min_seconds="$min_seconds" opt:max_seconds="$max_seconds" \
+    opt:corpus_seed="$corpus_seed" opt:noise_files="$noise_files" \
+    in:"$nest_repo/local/make_mini_corpus.py" out:"$data_dir/corpus" out:"$data_dir/musan"; then
+  rm -rf "$data_dir/corpus" "$data_dir/musan"
+  python "$nest_repo/local/make_mini_corpus.py" corpus "$data_dir/corpus" --subsets small --speakers "$speakers" \
+    --books "$books" --files "$files" --min-seconds "$min_seconds" --max-seconds "$max_seconds" --seed "$corpus_seed"
+  python "$nest_repo/local/make_mini_corpus.py" noise "$data_dir/musan" --files "$noise_files"
+  stage_end 0
+fi
+
+# The stages of egs/librilight with settings for a CPU and minutes of audio. Options given to this script come
+# last, so they win. --stage is handed on only when it was given, so that it forces a start there too.
+forward=(--stop-stage "$stop_stage" --force "$force" --data-dir "$data_dir" --exp-dir "$exp_dir")
+if [[ "$parsed_options" == *" stage "* ]]; then
+  forward+=(--stage "$stage")
+fi
+exec "$here/../librilight/run.sh" \
+  --corpus-dir "$data_dir/corpus" --musan-dir "$data_dir/musan" --subsets small --nj 2 \
+  --min-duration 1.0 --max-duration 20 --val-speakers 1 --num-buckets 4 \
+  --config-name nest_tiny --ngpus 0 \
+  "${forward[@]}" "${passthrough_args[@]}"
