@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-# NeMo adds this to the per-feature std (not the variance) and uses it as the sqrt guard when gradients flow.
-_STD_EPS = 1e-5
+# NeMo's CONSTANT: added to the per-feature std (not the variance), and the sqrt guard when gradients flow.
+_EPS = 1e-5
 
 _WINDOWS = {
     "hann": torch.hann_window,
@@ -201,7 +201,7 @@ class FilterbankFeatures(nn.Module):
                 return_complex=True, pad_mode="constant",
             )
         # Same op sequence as NeMo (not .abs(), which rounds differently); guard keeps sqrt differentiable at 0.
-        x = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + (_STD_EPS if self.use_grads else 0))
+        x = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + (_EPS if self.use_grads else 0))
         if self.mag_power != 1.0:
             x = x.pow(self.mag_power)
         if linear_spec:
@@ -241,7 +241,7 @@ def _normalize_per_feature(x: torch.Tensor, seq_len: torch.Tensor) -> torch.Tens
     count = valid.sum(dim=2).to(x.dtype)
     mean = torch.where(valid, x, 0.0).sum(dim=2) / count.clamp(min=1)
     sq = torch.where(valid, x - mean[:, :, None], 0.0) ** 2
-    std = torch.sqrt(torch.sum(sq, dim=2) / (count - 1.0).clamp(min=1)) + _STD_EPS
+    std = torch.sqrt(torch.sum(sq, dim=2) / (count - 1.0).clamp(min=1)) + _EPS
     return (x - mean[:, :, None]) / std[:, :, None]
 
 
@@ -253,7 +253,7 @@ def _normalize_all_features(x: torch.Tensor, seq_len: torch.Tensor) -> torch.Ten
         if n > 0:
             mean[i] = x[i, :, :n].mean()
             std[i] = x[i, :, :n].std() if n * x.shape[1] > 1 else 0.0
-    return (x - mean[:, None, None]) / (std + _STD_EPS)[:, None, None]
+    return (x - mean[:, None, None]) / (std + _EPS)[:, None, None]
 
 
 class AudioToMelSpectrogramPreprocessor(nn.Module):
@@ -327,7 +327,7 @@ class AudioToMelSpectrogramPreprocessor(nn.Module):
 
     @torch.no_grad()
     def forward(self, input_signal: torch.Tensor, length: torch.Tensor):
-        feats, feat_len = self.get_features(input_signal.to(torch.float32), length)
+        feats, feat_len = self.get_features(input_signal.to(torch.float32), length.to(input_signal.device))
         return feats.to(self.dtype_sentinel_tensor.dtype), feat_len
 
 

@@ -207,7 +207,8 @@ def test_decoder_matches_nemo():
     enc = torch.randn(2, 512, 40)
     ref, our = theirs(encoder_output=enc), ours(encoder_output=enc)
     diff = (ref - our).abs().max().item()
-    print(f"\n[parity] decoder log-probs {tuple(our.shape)} max abs diff {diff:.3g}; seeded init identical: {same_init}")
+    print(f"\n[parity] decoder log-probs {tuple(our.shape)} max abs diff {diff:.3g}; "
+          f"seeded init identical: {same_init}")
     assert same_init and ref.shape == our.shape and diff <= 1e-5
 
 
