@@ -154,7 +154,9 @@ class FilterbankFeatures(nn.Module):
         fb = slaney_mel_filterbank(sample_rate, self.n_fft, nfilt, lowfreq, highfreq, norm=mel_norm)
         self.register_buffer("fb", fb.unsqueeze(0))
 
-        max_length = int(self.get_seq_len(torch.tensor(max_duration * sample_rate, dtype=torch.float)))
+        # Plain integer arithmetic (same formula as get_seq_len), so the module can be built on the meta device.
+        pad_amount = self.stft_pad_amount * 2 if self.stft_pad_amount is not None else self.n_fft // 2 * 2
+        max_length = int((max_duration * sample_rate + pad_amount - self.n_fft) // self.hop_length)
         self.max_length = max_length + (pad_to - max_length % pad_to if isinstance(pad_to, int) and pad_to > 0 else 0)
 
     @property
