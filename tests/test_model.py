@@ -188,3 +188,14 @@ def test_from_plain_dict_and_post_conv():
         type("B", (), dict(audio=audio, audio_len=lengths, noisy_audio=noisy, noisy_audio_len=lengths))
     )
     assert out.masks.shape[1] == 96 and torch.isfinite(out.loss)
+
+
+def test_builds_from_nemo_yaml_unchanged(tmp_path):
+    from test_config import nemo_yaml_text
+
+    (tmp_path / "nemo.yaml").write_text(nemo_yaml_text())
+    cfg = load_config(config_path=tmp_path, config_name="nemo")
+    assert cfg.model.encoder._target_.startswith("nemo.")
+    with torch.device("meta"):
+        model = NESTModel.from_config(cfg.model)
+    assert count(model) == 113_106_000 and type(model.encoder).__module__ == "nest_ssl.modules.conformer"
