@@ -56,14 +56,16 @@ if stage_begin 0 "generate a LibriLight-format corpus and a MUSAN-format noise s
   stage_end 0
 fi
 
-# The stages of egs/librilight with settings for a CPU and minutes of audio. Options given to this script come
-# last, so they win. --stage is handed on only when it was given, so that it forces a start there too.
+# The stages of egs/librilight with settings for a CPU and minutes of audio: 10 s windows and 20 steps with a
+# validation (and a checkpoint) every 10 counted over the run, since an epoch here is shorter than
+# nest_tiny's val_check_interval. Options given to this script come last, so they win. --stage is handed on only when it was given, so that it forces a start there too.
 forward=(--stop-stage "$stop_stage" --force "$force" --data-dir "$data_dir" --exp-dir "$exp_dir")
 if [[ "$parsed_options" == *" stage "* ]]; then
   forward+=(--stage "$stage")
 fi
 exec "$here/../librilight/run.sh" \
   --corpus-dir "$data_dir/corpus" --musan-dir "$data_dir/musan" --subsets small --nj 2 \
-  --min-duration 1.0 --max-duration 20 --val-speakers 1 --num-buckets 4 \
+  --min-duration 1.0 --max-duration 10 --val-speakers 1 --num-buckets 4 \
   --config-name nest_tiny --ngpus 0 \
+  --train-opts "trainer.max_steps=20 trainer.val_check_interval=10 trainer.check_val_every_n_epoch=null" \
   "${forward[@]}" "${passthrough_args[@]}"
