@@ -227,3 +227,18 @@ def test_nemo_defaults_match():
     assert (aug.prob, aug.noise_ratio, aug.min_r_speech, aug.max_r_speech, aug.min_r_noise, aug.max_r_noise,
             aug.min_mix_rate, aug.max_mix_rate, aug.min_num_segments, aug.max_num_segments,
             aug.min_num_speakers, aug.max_num_speakers) == (0.0, 0.0, -5.0, 5.0, -5.0, 20.0, 0.0, 1.0, 1, 5, 1, 4)
+
+
+def test_compact_form_pickles_and_materializes_to_the_dense_batch():
+    import pickle
+
+    aug = MultiSpeakerNoiseAugmentation(**{**NEST, "prob": 0.7, "max_num_segments": 3, "max_num_speakers": 2})
+    dense = aug(make_batch([9000, 8000, 7000, 3000]), rng=random.Random(8))
+    compact = aug(make_batch([9000, 8000, 7000, 3000]), rng=random.Random(8), dense=False)
+    assert compact.noise is None and compact.noisy_audio is None
+    # Only the spans travel: fewer samples than one dense (B, T) tensor.
+    assert compact.noise_values.numel() < dense.noise.numel()
+    for batch in (pickle.loads(pickle.dumps(compact)), pickle.loads(pickle.dumps(dense)), compact.to("cpu")):
+        assert torch.equal(batch.noise, dense.noise) and torch.equal(batch.noisy_audio, dense.noisy_audio)
+        assert torch.equal(batch.noisy_audio_len, dense.audio_len) and batch.aug_info == dense.aug_info
+    assert torch.equal(compact.materialize().noisy_audio, dense.noisy_audio)

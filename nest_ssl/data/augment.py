@@ -232,22 +232,30 @@ class MultiSpeakerNoiseAugmentation:
         batch: AudioNoiseBatch,
         plans: Sequence[Optional[MixPlan]],
         noise_source: Optional[NoiseSource] = None,
+        dense: bool = True,
+        alloc: Optional[Callable[[int], torch.Tensor]] = None,
     ) -> AudioNoiseBatch:
         """Builds the residual from the plans. Noise-mode clips come from ``noise_source(i, mix_len)`` when
-        given, else from ``batch.noise[i, :batch.noise_len[i]]`` (NeMo's calling convention)."""
+        given, else from ``batch.noise[i, :batch.noise_len[i]]`` (NeMo's calling convention).
+
+        ``dense=False`` returns the compact batch (``AudioNoiseBatch.compact``: the residual's non-zero spans
+        only, in a flat tensor from ``alloc(numel)``), which is what DataLoader workers ship.
+        """
         audio = batch.audio
         audio_len = batch.audio_len
         lens = audio_len.tolist()
-        residual = torch.zeros_like(audio)
         info: List[Optional[dict]] = [None] * len(lens)
+        spans: List[Tuple[int, int, int]] = []
+        pieces: List[torch.Tensor] = []
         for plan in plans:
-            if plan is None:
+            if plan is None or not plan.segments:
                 continue
             i, len_i = plan.index, lens[plan.index]
-            noise_clip = None
-            if plan.mode == "noise":
-                noise_clip = self._noise_clip(batch, i, plan.mix_len, noise_source)
-            row = residual[i]
+            first = plan.segments[0].dst_start
+            last = plan.segments[-1].dst_start + plan.segments[-1].length
+            # The residual of row i is zero outside [first, last): build only that span.
+            buf = audio.new_zeros(last - first)
+            noise_clip = self._noise_clip(batch, i, plan.mix_len, noise_source) if plan.mode == "noise" else None
             for seg in plan.segments:
                 if seg.src < 0:
                     if noise_clip is None:
@@ -259,16 +267,14 @@ class MultiSpeakerNoiseAugmentation:
                         piece = src[seg.src_start : seg.src_start + seg.length]
                     else:
                         piece = tile_to(src, seg.length)
-                row[seg.dst_start : seg.dst_start + seg.length] = piece
+                buf[seg.dst_start - first : seg.dst_start - first + seg.length] = piece
 
             # Energies in float64: the scale must reproduce the drawn ratio, also for long, quiet inputs.
             speech = audio[i, :len_i].double()
             p_speech = float(torch.dot(speech, speech)) / len_i
-            placed = row[:len_i].double()
+            placed = buf.double()
             p_noise = float(torch.dot(placed, placed)) / len_i
             scale = math.sqrt(p_speech / (10 ** (plan.energy_ratio_db / 10) * p_noise)) if p_noise > 0 else 0.0
-            if scale != 1.0:
-                row.mul_(scale)
             info[i] = {
                 "mode": plan.mode,
                 "energy_ratio_db": plan.energy_ratio_db,
@@ -276,18 +282,27 @@ class MultiSpeakerNoiseAugmentation:
                 "segments": [(s.dst_start, s.length, s.src) for s in plan.segments],
                 "scale": scale,
             }
-        return AudioNoiseBatch(
+            if scale == 0.0:
+                continue  # nothing to add: the utterance stays clean
+            buf.mul_(scale)
+            spans.append((i, first, last))
+            pieces.append(buf)
+
+        total = sum(p.numel() for p in pieces)
+        values = alloc(total) if alloc is not None else audio.new_empty(total)
+        if pieces:
+            torch.cat(pieces, out=values)
+        out = AudioNoiseBatch.compact(
             sample_id=batch.sample_id,
             audio=audio,
             audio_len=audio_len,
-            noise=residual,
-            noise_len=audio_len.clone(),
-            noisy_audio=audio + residual,
-            noisy_audio_len=audio_len.clone(),
+            noise_spans=spans,
+            noise_values=values,
             rejected=batch.rejected,
             seed=batch.seed,
             aug_info=info,
         )
+        return out.materialize() if dense else out
 
     @staticmethod
     def _noise_clip(
@@ -309,8 +324,10 @@ class MultiSpeakerNoiseAugmentation:
         batch: AudioNoiseBatch,
         rng: RngLike = None,
         noise_source: Optional[NoiseSource] = None,
+        dense: bool = True,
+        alloc: Optional[Callable[[int], torch.Tensor]] = None,
     ) -> AudioNoiseBatch:
         """Augments ``batch`` (needs ``audio``, ``audio_len``; ``noise``/``noise_len`` or ``noise_source`` for
         noise mode) and returns a new batch; the input tensors are not modified."""
         plans = self.plan(batch.audio_len.tolist(), rng)
-        return self.apply(batch, plans, noise_source)
+        return self.apply(batch, plans, noise_source, dense=dense, alloc=alloc)

@@ -40,6 +40,10 @@ class AudioNoiseBatch:
     # Per utterance: None when the augmentor left it clean, else a dict of what was drawn
     # (mode, energy_ratio_db, mix_len, segments). Used by tests and for debugging augmentation.
     aug_info: Optional[List[Optional[dict]]] = None
+    # Compact form of ``noise`` (see ``compact()``): (row, start, end) spans outside which it is zero, and, while
+    # ``noise`` itself is not built, the spans' samples end to end in ``noise_values``.
+    noise_spans: Optional[List[Tuple[int, int, int]]] = field(default=None, repr=False)
+    noise_values: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def __len__(self) -> int:
         if self.audio is not None:
@@ -50,7 +54,45 @@ class AudioNoiseBatch:
     def num_rejected(self) -> int:
         return len(self.rejected)
 
+    @classmethod
+    def compact(cls, *, audio: torch.Tensor, audio_len: torch.Tensor, noise_spans: List[Tuple[int, int, int]],
+                noise_values: torch.Tensor, **other) -> "AudioNoiseBatch":
+        """A batch whose ``noise`` is given by spans and ``noisy_audio`` is ``audio + noise``, neither built yet.
+
+        DataLoader workers return this form: pickling it (worker -> main process) ships the audio and only the
+        non-zero spans of the noise, and unpickling builds ``noise`` and ``noisy_audio``. Moving two more dense
+        (B, T) tensors through shared memory cost a worker more CPU than decoding the audio (bench/dataloader.py).
+        Call ``materialize()`` to build them in place.
+        """
+        return cls(audio=audio, audio_len=audio_len, noise_len=audio_len.clone(), noisy_audio_len=audio_len.clone(),
+                   noise_spans=noise_spans, noise_values=noise_values, **other)
+
+    def materialize(self) -> "AudioNoiseBatch":
+        """Builds ``noise`` and ``noisy_audio`` of a compact batch (no-op otherwise); returns self."""
+        if self.noise is None and self.noise_values is not None and self.audio is not None:
+            noise = torch.zeros_like(self.audio)
+            offset = 0
+            for r, s, e in self.noise_spans:
+                noise[r, s:e] = self.noise_values[offset : offset + e - s]
+                offset += e - s
+            self.noise = noise
+            self.noisy_audio = self.audio + noise
+            self.noise_values = None
+        return self
+
+    def __reduce__(self):
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        spans = self.noise_spans
+        if spans is None or self.audio is None or (self.noise is None and self.noise_values is None):
+            return (_rebuild, (fields,))
+        if self.noise_values is None:  # dense with known spans: ship the spans only
+            pieces = [self.noise[r, s:e] for r, s, e in spans]
+            fields["noise_values"] = torch.cat(pieces) if pieces else self.noise.new_zeros(0)
+        fields["noise"] = fields["noisy_audio"] = None
+        return (_rebuild_materialized, (fields,))
+
     def _map_tensors(self, fn) -> "AudioNoiseBatch":
+        self.materialize()
         changes: dict[str, Any] = {}
         for name in _TENSOR_FIELDS:
             value = getattr(self, name)
@@ -66,3 +108,11 @@ class AudioNoiseBatch:
         """Called by ``DataLoader(pin_memory=True)``: without it the custom batch would silently stay
         in pageable memory (NeMo's dataclass has this gap, PR #15920)."""
         return self._map_tensors(lambda t: t.pin_memory())
+
+
+def _rebuild(fields: dict) -> AudioNoiseBatch:
+    return AudioNoiseBatch(**fields)
+
+
+def _rebuild_materialized(fields: dict) -> AudioNoiseBatch:
+    return AudioNoiseBatch(**fields).materialize()

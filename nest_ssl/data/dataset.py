@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import random
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -28,7 +27,7 @@ from lhotse.utils import fastcopy
 
 from nest_ssl.data.augment import MultiSpeakerNoiseAugmentation
 from nest_ssl.data.batch import AudioNoiseBatch
-from nest_ssl.data.noise import NoiseSet, cut_source
+from nest_ssl.data.noise import NoiseSet, cut_source, describe_read_error, file_sources
 
 log = logging.getLogger("nest_ssl.data")
 
@@ -51,44 +50,6 @@ class CutRejected(Exception):
 # Reading one cut
 
 
-def _file_sources(cut: Cut) -> List[str]:
-    rec = getattr(cut, "recording", None)
-    if rec is None:
-        return []
-    return [str(s.source) for s in rec.sources if s.type == "file"]
-
-
-def _diagnose(cut: Cut, err: BaseException) -> str:
-    """Turns a lhotse loading error into one line naming the file and the fix."""
-    where = cut_source(cut)
-    for path in _file_sources(cut):
-        if not os.path.exists(path):
-            return (f"audio file not found: {path}. Fix the path in the manifest (relative paths are resolved "
-                    f"against the manifest's folder) or remove the entry")
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
-            return f"audio file is empty (0 bytes): {path}. Re-create it or remove the entry from the manifest"
-        try:
-            import soundfile
-
-            info = soundfile.info(path)
-        except Exception as sf_err:  # lhotse's backends and soundfile both fail: corrupt or unsupported
-            detail = str(sf_err).splitlines()[0] if str(sf_err) else type(sf_err).__name__
-            return (f"cannot decode {path} ({detail}). The file is corrupt or in an unsupported format: "
-                    f"re-encode it (FLAC or WAV) or remove the entry")
-        rec = cut.recording
-        if info.samplerate != rec.sampling_rate:
-            return (f"the manifest declares {rec.sampling_rate} Hz for {path} but the file is {info.samplerate} Hz. "
-                    f"Regenerate the manifest entry from the file (it is resampled to the model rate when the "
-                    f"manifest states its true rate)")
-        if info.frames == 0:
-            return f"audio file has no samples: {path}. Remove the entry from the manifest"
-        if abs(info.frames - rec.num_samples) > 0:
-            return (f"the manifest declares {rec.num_samples} samples for {path} but the file has {info.frames}. "
-                    f"Regenerate the manifest entry from the file")
-    first = str(err).splitlines()[0] if str(err) else ""
-    return f"cannot read audio of {where} ({type(err).__name__}: {first}). Fix or remove the entry"
-
-
 _warned_rates: set = set()  # per process, only to throttle the warning below (bounded)
 
 
@@ -98,7 +59,7 @@ def _reopen_at_true_rate(cut: Cut) -> Optional[Cut]:
     NeMo manifests carry no sampling rate, so a line with ``duration`` is taken at the default rate without a
     header read; NeMo itself would resample such a file, so we do too instead of dropping it.
     """
-    paths = _file_sources(cut)
+    paths = file_sources(cut)
     if len(paths) != 1 or not isinstance(cut, (MonoCut, MultiCut)):
         return None
     try:
@@ -150,13 +111,13 @@ def load_cut_audio(cut: Cut, sample_rate: int) -> np.ndarray:
         except Exception:
             fixed = None
         if fixed is None:
-            raise CutRejected(_diagnose(cut, err)) from None
+            raise CutRejected(describe_read_error(cut, err)) from None
         try:
             audio = _load_resampled(fixed, sample_rate)
         except CutRejected:
             raise
         except Exception as err2:
-            raise CutRejected(_diagnose(fixed, err2)) from None
+            raise CutRejected(describe_read_error(fixed, err2)) from None
     if audio.ndim == 2:
         # Downmix by averaging channels (what lhotse's collate_audio does with mono_downmix=True).
         audio = audio[0] if audio.shape[0] == 1 else audio.mean(axis=0)
@@ -343,12 +304,7 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
         self.num_rejected += len(rejected)
 
         lens = [a.shape[0] for a in audios]
-        width = max(lens, default=0)
-        audio = torch.zeros(len(audios), width)
-        for i, a in enumerate(audios):
-            audio[i, : lens[i]] = torch.from_numpy(a)
         audio_len = torch.tensor(lens, dtype=torch.long)
-        batch = AudioNoiseBatch(sample_id=ids, audio=audio, audio_len=audio_len, rejected=rejected, seed=seed)
         if not audios:
             # Every cut was rejected: an empty batch (len 0) the trainer skips, rather than an exception.
             empty = torch.zeros(0, 0)
@@ -356,6 +312,15 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
                 sample_id=[], audio=empty, audio_len=audio_len, noise=empty.clone(), noise_len=audio_len.clone(),
                 noisy_audio=empty.clone(), noisy_audio_len=audio_len.clone(), rejected=rejected, seed=seed,
             )
+        # In a DataLoader worker, build what goes back to the main process directly in shared memory (as
+        # torch's default_collate does) and leave noise/noisy_audio to be built there (AudioNoiseBatch.compact).
+        in_worker = torch.utils.data.get_worker_info() is not None
+        alloc = _shared_empty if in_worker else None
+        audio = (alloc or torch.empty)((len(audios), max(lens)))
+        for i, a in enumerate(audios):
+            audio[i, : lens[i]] = torch.from_numpy(a)
+            audio[i, lens[i] :] = 0.0
+        batch = AudioNoiseBatch(sample_id=ids, audio=audio, audio_len=audio_len, rejected=rejected, seed=seed)
 
         def noise_source(i: int, n: int) -> Optional[torch.Tensor]:
             return None if self.noise is None else self.noise.sample(n, noise_rng)
@@ -363,19 +328,37 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
         aug = self.batch_augmentor
         if isinstance(aug, MultiSpeakerNoiseAugmentation):
             # Noise is read only for the utterances the plan puts in noise mode, and only mix_len samples.
-            return aug(batch, rng=aug_rng, noise_source=noise_source)
+            return aug(batch, rng=aug_rng, noise_source=noise_source, dense=not in_worker, alloc=alloc)
 
-        # NeMo's convention: one noise clip per utterance of its own length, then the augmentor (or a plain sum).
-        noise = torch.zeros_like(audio)
-        if self.noise is not None:
-            for i, n in enumerate(lens):
-                noise[i, :n] = noise_source(i, n)
-        batch.noise, batch.noise_len = noise, audio_len.clone()
         if aug is not None:
+            # Any other augmentor gets NeMo's input: one noise clip per utterance, of its own length.
+            noise = torch.zeros_like(audio)
+            if self.noise is not None:
+                for i, n in enumerate(lens):
+                    noise[i, :n] = noise_source(i, n)
+            batch.noise, batch.noise_len = noise, audio_len.clone()
             out = aug(batch)
             out.rejected, out.seed = rejected, seed
             out.noisy_audio_len = out.audio_len.clone()  # our fix, whatever the augmentor returned
             return out
-        batch.noisy_audio = audio + noise
-        batch.noisy_audio_len = audio_len.clone()
-        return batch
+
+        # No augmentor: NeMo adds the raw noise clip (zeros without a noise set).
+        if self.noise is None:
+            spans, values = [], (alloc or torch.empty)((0,))
+        else:
+            spans = [(i, 0, n) for i, n in enumerate(lens)]
+            values = (alloc or torch.empty)((sum(lens),))
+            torch.cat([noise_source(i, n) for i, n in enumerate(lens)], out=values)
+        out = AudioNoiseBatch.compact(sample_id=ids, audio=audio, audio_len=audio_len, noise_spans=spans,
+                                      noise_values=values, rejected=rejected, seed=seed)
+        return out if in_worker else out.materialize()
+
+
+def _shared_empty(shape) -> torch.Tensor:
+    """An uninitialised float32 tensor in shared memory: pickling it to the main process copies nothing."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    numel = 1
+    for d in shape:
+        numel *= d
+    storage = torch.UntypedStorage._new_shared(max(numel, 1) * 4)
+    return torch.empty(0).set_(storage, 0, shape)

@@ -15,6 +15,7 @@ across calls (e.g. "this file is broken"), as that would make results depend on 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass
 from typing import Any, Iterable, List, Optional
@@ -41,6 +42,44 @@ def cut_source(cut: Any) -> str:
     except Exception:  # a message helper must never raise
         pass
     return "<unknown source>"
+
+
+def file_sources(cut: Cut) -> List[str]:
+    rec = getattr(cut, "recording", None)
+    if rec is None:
+        return []
+    return [str(s.source) for s in rec.sources if s.type == "file"]
+
+
+def describe_read_error(cut: Cut, err: BaseException) -> str:
+    """Turns a lhotse loading error into one line naming the file and the fix."""
+    where = cut_source(cut)
+    for path in file_sources(cut):
+        if not os.path.exists(path):
+            return (f"audio file not found: {path}. Fix the path in the manifest (relative paths are resolved "
+                    f"against the manifest's folder) or remove the entry")
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            return f"audio file is empty (0 bytes): {path}. Re-create it or remove the entry from the manifest"
+        try:
+            import soundfile
+
+            info = soundfile.info(path)
+        except Exception as sf_err:  # lhotse's backends and soundfile both fail: corrupt or unsupported
+            detail = str(sf_err).splitlines()[0] if str(sf_err) else type(sf_err).__name__
+            return (f"cannot decode {path} ({detail}). The file is corrupt or in an unsupported format: "
+                    f"re-encode it (FLAC or WAV) or remove the entry")
+        rec = cut.recording
+        if info.samplerate != rec.sampling_rate:
+            return (f"the manifest declares {rec.sampling_rate} Hz for {path} but the file is {info.samplerate} Hz. "
+                    f"Regenerate the manifest entry from the file (it is resampled to the model rate when the "
+                    f"manifest states its true rate)")
+        if info.frames == 0:
+            return f"audio file has no samples: {path}. Remove the entry from the manifest"
+        if rec.num_samples > info.frames:
+            return (f"the manifest entry reaches sample {rec.num_samples} of {path} but the file has only "
+                    f"{info.frames}. Fix its duration/offset (or regenerate it from the file) or remove the entry")
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"cannot read audio of {where} ({type(err).__name__}: {first}). Fix or remove the entry"
 
 
 def _open_cutset(spec: Any, what: str, sample_rate: int) -> CutSet:
@@ -99,6 +138,7 @@ class NoiseSet:
         self.max_white_noise_db = max_white_noise_db
         # Only for log throttling (one warning per bad file and process); never consulted for sampling.
         self._warned: set = set()
+        self._silences = 0
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -160,12 +200,10 @@ class NoiseSet:
                 audio = self._read(entry, num_samples, rng)
             except Exception as err:  # any unreadable noise file: try another, never stop training
                 key = cut_source(entry.cut)
-                if key not in self._warned:
+                if key not in self._warned and len(self._warned) < 1000:
                     self._warned.add(key)
-                    log.warning(
-                        "noise: cannot read %s (%s: %s); drawing another noise clip. Fix or remove it from %s.",
-                        key, type(err).__name__, str(err).splitlines()[0] if str(err) else "", self.source,
-                    )
+                    log.warning("noise: drawing another clip instead of %s: %s (listed in %s)",
+                                key, describe_read_error(entry.cut, err), self.source)
                 continue
             clip = torch.from_numpy(np.ascontiguousarray(audio))
             if clip.numel() == 0:
@@ -179,8 +217,10 @@ class NoiseSet:
                 reps = -(-num_samples // clip.numel())
                 clip = clip.repeat(reps)
             return clip[:num_samples].float()
-        log.warning("noise: %d noise clips in a row could not be read from %s; using silence", self.max_tries,
-                    self.source)
+        self._silences += 1
+        if self._silences in (1, 10, 100) or self._silences % 1000 == 0:
+            log.warning("noise: %d noise clips in a row could not be read from %s; using silence (%d times in this "
+                        "process so far). Check the noise manifest.", self.max_tries, self.source, self._silences)
         return torch.zeros(num_samples)
 
 
