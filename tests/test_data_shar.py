@@ -125,3 +125,18 @@ def test_iterable_mode_over_shar_is_infinite_and_rank_worker_specific(tmp_path, 
     # validation is always map-style and finite, even over Shar
     val = build_sampler(open_cutset(str(out)), {"batch_size": 3}, seed=5, rank=1, world_size=2, training=False)
     assert not val.iterable_dataset and val.rank == 1
+
+
+def test_bucketing_over_shar_estimates_bins_from_cuts_files_only(tmp_path, cuts_manifest):
+    _, src = cuts_manifest
+    out = tmp_path / "shar"
+    written = export_shar(src, out, shard_size=5, seed=0)
+    # Break the audio: if bin estimation read the tars, building the sampler would fail.
+    for tar_path in written["recording"]:
+        with open(tar_path, "wb") as f:
+            f.write(b"not a tar")
+    cfg = {"use_bucketing": True, "num_buckets": 3, "batch_duration": 5.0, "num_cuts_for_bins_estimate": 10}
+    sampler = build_sampler(open_cutset(str(out)), cfg, seed=0)
+    assert sampler.iterable_dataset and len(sampler.duration_bins) == 2
+    with pytest.raises(tarfile.ReadError):
+        next(iter(sampler))  # the training stream itself does read the (broken) audio tars

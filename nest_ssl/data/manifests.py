@@ -500,6 +500,11 @@ class ManifestSource(Dillable):
     def num_parts(self) -> int:
         return len(self.parts)
 
+    def metadata_only(self) -> "ManifestSource":
+        """The same parts without Shar data fields: cuts only, no audio read (for statistics)."""
+        parts = [ManifestPart(p.kind, p.path) if p.kind == "shar" else p for p in self.parts]
+        return ManifestSource(parts, what=self.what, sample_rate=self.sample_rate)
+
     def iter_parts(self, order_seed: Optional[int] = None) -> Iterator[Cut]:
         parts = self.parts
         if order_seed is not None and len(parts) > 1:

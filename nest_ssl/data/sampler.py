@@ -294,7 +294,13 @@ def build_sampler(
     shuffle = bool(training if shuffle is None else shuffle)
     drop_last = bool(_cfg_get(ds_cfg, "drop_last"))
     cfg_seed = _cfg_get(ds_cfg, "seed")
-    base_seed = int(seed if cfg_seed is None else cfg_seed)
+    base_seed = seed if cfg_seed is None else cfg_seed
+    if isinstance(base_seed, bool) or not isinstance(base_seed, int):
+        # "randomized"/"trng" would give each rank its own sampler order, and map-style DDP needs them identical.
+        raise ManifestError(
+            f"{what}.seed must be an integer (got {base_seed!r}); per-rank/worker randomness comes from "
+            f"{what}.shard_seed"
+        )
     shard_seed = _cfg_get(ds_cfg, "shard_seed")
     if not (isinstance(shard_seed, int) or shard_seed in ("randomized", "trng")):
         raise ManifestError(f"{what}.shard_seed must be an int, 'randomized' or 'trng' (got {shard_seed!r})")
@@ -309,10 +315,25 @@ def build_sampler(
     use_bucketing = bool(_cfg_get(ds_cfg, "use_bucketing"))
     shuffle_buffer = int(_cfg_get(ds_cfg, "shuffle_buffer_size") or 0)
 
-    source = SamplerSource(
-        cuts,
+    if iterable:
+        src = manifest_source(cuts)
+        if src is None:
+            log.warning(
+                "%s: iterable mode over a CutSet that open_cutset did not return directly: shard order cannot be "
+                "shuffled per rank/worker, so workers may read the same data",
+                what,
+            )
+        elif src.num_parts < 2:
+            log.warning(
+                "%s: iterable mode over a single manifest file: every rank and worker reads the same file "
+                "(only the shuffle buffer differs); use a Shar directory or many manifest files",
+                what,
+            )
+    source_kwargs = dict(
         seed=base_seed,
-        shuffle_parts=shuffle,
+        # In iterable mode each rank/worker must read the shards in its own order, whatever `shuffle` says,
+        # or they would all produce the same batches.
+        shuffle_parts=shuffle or iterable,
         # DynamicCutSampler has its own (seed, epoch)-seeded shuffle buffer; the bucketing sampler has none
         # (it only shuffles within its buckets), so the source provides it.
         shuffle_buffer_size=shuffle_buffer if (shuffle and use_bucketing) else None,
@@ -324,6 +345,7 @@ def build_sampler(
         rank=rank,
         what=what,
     )
+    source = SamplerSource(cuts, **source_kwargs)
     sampler_rank, sampler_world = (0, 1) if iterable else (rank, world_size)
     data = CutSet(source)
     if use_bucketing:
@@ -332,8 +354,14 @@ def build_sampler(
         if bins is None and num_buckets < 2:
             raise ManifestError(f"{what}.num_buckets must be >= 2 for bucketing (got {num_buckets})")
         if bins is None:
+            src = manifest_source(cuts)
+            estimate_from = data
+            if src is not None and src.is_shar:
+                # Durations are in the cuts files; reading the audio tars for them would be wasted I/O.
+                stats_kwargs = dict(source_kwargs, iterable=False, infinite=False)
+                estimate_from = CutSet(SamplerSource(CutSet(src.metadata_only()), **stats_kwargs))
             bins = estimate_bucket_bins(
-                data, num_buckets, num_cuts=int(_cfg_get(ds_cfg, "num_cuts_for_bins_estimate")), what=what
+                estimate_from, num_buckets, num_cuts=int(_cfg_get(ds_cfg, "num_cuts_for_bins_estimate")), what=what
             )
         sampler: CutSampler = NestBucketingSampler(
             data,
