@@ -111,16 +111,32 @@ def test_resampled_to_the_model_rate_and_downmixed(tmp_path):
 
 
 def test_nemo_line_with_wrong_assumed_rate_is_resampled(tmp_path, caplog):
-    # A NeMo line with a duration but no sampling_rate is assumed to be 16 kHz; the file is 22.05 kHz.
-    wav = write(tmp_path / "lj.wav", speechlike(2.0, sr=22050), sr=22050)
-    manifest = nemo_manifest(tmp_path / "m.json", [{"audio_filepath": "lj.wav", "duration": 2.0}])
+    # A NeMo line with a duration but no sampling_rate is assumed to be 16 kHz; the files are 22.05 kHz. The 1 s
+    # file differs by less than lhotse's 0.5 s length tolerance, which would otherwise pass it on at the wrong rate.
+    long_wav = write(tmp_path / "lj.wav", speechlike(2.0, sr=22050), sr=22050)
+    write(tmp_path / "short.wav", speechlike(1.0, sr=22050), sr=22050)
+    manifest = nemo_manifest(tmp_path / "m.json", [{"audio_filepath": "lj.wav", "duration": 2.0},
+                                                   {"audio_filepath": "short.wav", "duration": 1.0}])
     from nest_ssl.data.manifests import open_cutset
 
     cuts = open_cutset(manifest, what="train_ds.manifest_filepath")
     with caplog.at_level(logging.WARNING, logger="nest_ssl.data"):
         batch = AudioNoiseDataset(sample_rate=SR)[cuts]
-    assert len(batch) == 1 and batch.audio_len.tolist() == [32000]
-    assert any("22050 Hz" in r.getMessage() and wav in r.getMessage() for r in caplog.records)
+    assert len(batch) == 2 and batch.audio_len.tolist() == [32000, 16000]
+    assert any("22050 Hz" in r.getMessage() and long_wav in r.getMessage() for r in caplog.records)
+    spec = torch.fft.rfft(batch.audio[1, :16000]).abs()
+    assert abs(int(spec.argmax()) * SR / 16000 - 110.0) < 2.0  # the right pitch: read at its true rate
+
+
+def test_wrong_declared_rate_that_cannot_be_fixed_is_a_clear_rejection(tmp_path):
+    # Declared 16 kHz / 4 s, the file is 8 kHz / 2 s, and the cut starts at 2.5 s: past the file's true end.
+    path = write(tmp_path / "r8k.wav", speechlike(2.0, sr=8000), sr=8000)
+    rec = Recording(id="r8k", sources=[AudioSource(type="file", channels=[0], source=path)], sampling_rate=SR,
+                    num_samples=4 * SR, duration=4.0)
+    cut = rec.to_cut().truncate(offset=2.5, duration=1.0, preserve_id=True)
+    batch = AudioNoiseDataset(sample_rate=SR)[CutSet.from_cuts([cut])]
+    (cut_id, reason), = batch.rejected
+    assert "declares 16000 Hz" in reason and "8000 Hz" in reason and path in reason
 
 
 def test_unusable_cuts_are_dropped_counted_and_logged(tmp_path, caplog):

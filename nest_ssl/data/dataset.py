@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
+import soundfile
 import torch
 from lhotse import CutSet, MonoCut, Recording
 from lhotse.cut import Cut, MultiCut
@@ -53,40 +54,49 @@ class CutRejected(Exception):
 _warned_rates: set = set()  # per process, only to throttle the warning below (bounded)
 
 
-def _reopen_at_true_rate(cut: Cut) -> Optional[Cut]:
-    """The same segment re-described from the file header when the manifest declared the wrong sampling rate.
+def _at_true_rate(cut: Cut) -> Cut:
+    """``cut``, re-described from its file's header when the manifest declared the wrong sampling rate.
 
-    NeMo manifests carry no sampling rate, so a line with ``duration`` is taken at the default rate without a
-    header read; NeMo itself would resample such a file, so we do too instead of dropping it.
+    NeMo manifests carry no sampling rate, so a NeMo line with a ``duration`` is taken at the default rate without
+    reading the header. lhotse then pads or trims a length mismatch below its tolerance (0.5 s) silently, which
+    would feed e.g. a 1 s 22.05 kHz file as 16 kHz audio; NeMo itself resamples such files. So the header is
+    checked for every file-backed cut (about 2 % of the decoding time) and a mismatch is read at the true rate
+    and resampled. When the header cannot be read, the cut is returned unchanged and the read reports why.
     """
+    if not isinstance(cut, (MonoCut, MultiCut)) or cut.recording is None or cut.recording.transforms:
+        return cut  # transformed recordings declare the post-transform rate; nothing to compare
     paths = file_sources(cut)
-    if len(paths) != 1 or not isinstance(cut, (MonoCut, MultiCut)):
-        return None
+    if len(paths) != 1 or len(cut.recording.sources) != 1:
+        return cut
     try:
-        import soundfile
-
         info = soundfile.info(paths[0])
     except Exception:
-        return None
+        return cut
     if info.samplerate == cut.recording.sampling_rate:
-        return None
+        return cut
     rec = Recording.from_file(paths[0], recording_id=cut.recording.id)
     if cut.start >= rec.duration:
-        return None
-    whole = rec.to_cut()  # MultiCut for multi-channel files, so they get downmixed
+        return cut  # cannot be the intended segment: let the read fail and describe the mismatch
+    whole = rec.to_cut()  # a MultiCut for multi-channel files, so they get downmixed
     fixed = whole.truncate(offset=cut.start, duration=min(cut.duration, rec.duration - cut.start), preserve_id=True)
     if len(_warned_rates) < 1000 and paths[0] not in _warned_rates:
         _warned_rates.add(paths[0])
         log.warning(
             "cut %s: the manifest declares %d Hz for %s but the file is %d Hz; reading it at its true rate and "
             "resampling. Add the file's sampling_rate to the manifest line (or convert the manifest with "
-            "`nest-ssl manifest from-nemo`) to avoid the extra header read.",
+            "`nest-ssl manifest from-nemo`).",
             cut.id, cut.recording.sampling_rate, paths[0], info.samplerate,
         )
     return fastcopy(fixed, id=cut.id)
 
 
-def _load_resampled(cut: Cut, sample_rate: int) -> np.ndarray:
+def load_cut_audio(cut: Cut, sample_rate: int) -> np.ndarray:
+    """Mono float32 samples of ``cut`` at ``sample_rate``; raises CutRejected with a clear reason."""
+    try:
+        cut = _at_true_rate(cut)
+    except Exception:  # a header that looked fine but cannot be turned into a recording: let the read decide
+        pass
+    declared = cut  # for messages: the resampled cut declares the target rate, not the file's
     if cut.sampling_rate != sample_rate:
         try:
             cut = cut.resample(sample_rate)
@@ -95,29 +105,10 @@ def _load_resampled(cut: Cut, sample_rate: int) -> np.ndarray:
                 f"cannot resample {cut_source(cut)} from {cut.sampling_rate} Hz to {sample_rate} Hz "
                 f"({type(err).__name__}: {err}). Convert the file to {sample_rate} Hz or remove the entry"
             ) from None
-    return cut.load_audio()
-
-
-def load_cut_audio(cut: Cut, sample_rate: int) -> np.ndarray:
-    """Mono float32 samples of ``cut`` at ``sample_rate``; raises CutRejected with a clear reason."""
     try:
-        audio = _load_resampled(cut, sample_rate)
-    except CutRejected:
-        raise
+        audio = cut.load_audio()
     except Exception as err:  # every reading failure drops the cut; training never stops for one file
-        fixed = None
-        try:
-            fixed = _reopen_at_true_rate(cut)
-        except Exception:
-            fixed = None
-        if fixed is None:
-            raise CutRejected(describe_read_error(cut, err)) from None
-        try:
-            audio = _load_resampled(fixed, sample_rate)
-        except CutRejected:
-            raise
-        except Exception as err2:
-            raise CutRejected(describe_read_error(fixed, err2)) from None
+        raise CutRejected(describe_read_error(declared, err)) from None
     if audio.ndim == 2:
         # Downmix by averaging channels (what lhotse's collate_audio does with mono_downmix=True).
         audio = audio[0] if audio.shape[0] == 1 else audio.mean(axis=0)
@@ -174,21 +165,21 @@ class Reverberator:
     input see it.
     """
 
-    def __init__(self, cfg: ReverbConfig, sample_rate: int):
+    def __init__(self, cfg: ReverbConfig, sample_rate: int, what: str = "reverb.rir_manifest"):
         self.cfg = cfg
         self.sample_rate = sample_rate
         self.rirs: List[Cut] = []
         if cfg.rir_manifest not in (None, ""):
             from nest_ssl.data.manifests import open_cutset
 
-            for c in open_cutset(cfg.rir_manifest, what="reverb.rir_manifest"):
+            for c in open_cutset(cfg.rir_manifest, what=what, sample_rate=sample_rate):
                 if c.sampling_rate != sample_rate:
                     c = c.resample(sample_rate)
                 self.rirs.append(c.drop_supervisions() if hasattr(c, "drop_supervisions") else c)
             if not self.rirs:
                 raise ValueError(
-                    f"reverb.rir_manifest {cfg.rir_manifest} is empty. Point it at RIR recordings, or set "
-                    "reverb.rir_manifest: null to use generated impulse responses"
+                    f"{what} {cfg.rir_manifest} is empty. Point it at RIR recordings, or set it to null to use "
+                    "generated impulse responses"
                 )
 
     def __call__(self, audio: np.ndarray, rng: random.Random) -> np.ndarray:
@@ -244,16 +235,23 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
         reverb: Any = None,
         seed: int = 0,
         training: bool = True,
+        section: Optional[str] = None,
     ):
         super().__init__()
         self.sample_rate = int(sample_rate)
+        # Config section for messages ("train_ds" / "validation_ds").
+        section = section or ("train_ds" if training else "validation_ds")
         if noise is None or isinstance(noise, NoiseSet):
             self.noise = noise
         else:
-            self.noise = NoiseSet.from_manifest(noise, sample_rate=self.sample_rate)
+            self.noise = NoiseSet.from_manifest(noise, sample_rate=self.sample_rate, what=f"{section}.noise_manifest")
         self.batch_augmentor = batch_augmentor
         self.reverb_cfg = ReverbConfig.from_config(reverb)
-        self.reverb = Reverberator(self.reverb_cfg, self.sample_rate) if self.reverb_cfg.enabled else None
+        self.reverb = (
+            Reverberator(self.reverb_cfg, self.sample_rate, what=f"{section}.reverb.rir_manifest")
+            if self.reverb_cfg.enabled
+            else None
+        )
         self.seed = int(seed)
         self.training = bool(training)
         self.epoch = 0

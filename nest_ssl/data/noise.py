@@ -148,7 +148,8 @@ class NoiseSet:
         return cls(_entries(cuts, source), sample_rate=sample_rate, source=source, **kwargs)
 
     @classmethod
-    def from_manifest(cls, spec: Any, *, sample_rate: int, **kwargs) -> Optional["NoiseSet"]:
+    def from_manifest(cls, spec: Any, *, sample_rate: int, what: str = "noise_manifest",
+                      **kwargs) -> Optional["NoiseSet"]:
         """None for ``noise_manifest: null`` (or an empty string); raises EmptyNoiseManifestError naming the
         manifest when one of them holds nothing."""
         if isinstance(spec, CutSet):
@@ -158,11 +159,11 @@ class NoiseSet:
             return None
         entries: List[_Entry] = []
         for part in parts:
-            part_entries = _entries(_open_cutset(part, "noise_manifest", sample_rate), str(part))
+            part_entries = _entries(_open_cutset(part, what, sample_rate), str(part))
             if not part_entries:
                 raise EmptyNoiseManifestError(
-                    f"noise manifest {part} is empty (no entries with audio). Fill it with noise recordings, "
-                    "remove it from noise_manifest, or set noise_manifest: null for speech-only mixing."
+                    f"{what}: noise manifest {part} is empty (no entries with audio). Fill it with noise "
+                    f"recordings, remove it from {what}, or set it to null for speech-only mixing."
                 )
             entries.extend(part_entries)
         return cls(entries, sample_rate=sample_rate, source=",".join(str(p) for p in parts), **kwargs)
