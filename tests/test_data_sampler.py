@@ -148,3 +148,34 @@ def test_estimate_bucket_bins(manifest):
     assert max(totals) < 2.0 * min(totals)  # roughly equal total duration per bucket
     with pytest.raises(ManifestError, match="num_buckets"):
         estimate_bucket_bins(open_cutset(manifest), 1)
+
+
+def test_nemo_yaml_train_ds_section_works_as_is(manifest):
+    """NeMo's nest_fast-conformer train_ds keys (no Lhotse keys at all) give a batch_size sampler with its filter."""
+    from omegaconf import OmegaConf
+
+    train_ds = OmegaConf.create(
+        {
+            "manifest_filepath": manifest,
+            "sample_rate": 16000,
+            "batch_size": 8,
+            "shuffle": True,
+            "num_workers": 8,
+            "max_duration": 60.0,
+            "min_duration": 1.0,
+            "drop_last": True,
+            "is_tarred": False,
+            "tarred_audio_filepaths": None,
+            "shuffle_n": 2048,
+            "bucketing_strategy": "synced_randomized",
+            "bucketing_batch_size": None,
+        }
+    )
+    s = build_sampler(open_cutset(manifest, what="train_ds.manifest_filepath"), train_ds, seed=0)
+    batches = list(s)
+    assert all(len(b) == 8 for b in batches)
+    assert all(c.duration >= 1.0 for b in batches for c in b)
+    with pytest.raises(ManifestError, match="is_tarred"):
+        build_sampler(open_cutset(manifest), OmegaConf.merge(train_ds, {"is_tarred": True}), seed=0)
+    with pytest.raises(ManifestError, match="seed must be an integer"):
+        build_sampler(open_cutset(manifest), OmegaConf.merge(train_ds, {"seed": "trng"}), seed=0)

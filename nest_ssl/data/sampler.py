@@ -78,16 +78,30 @@ SAMPLER_DEFAULTS: Dict[str, Any] = {
     "force_iterable_dataset": False,
 }
 
+# NeMo dataloading keys we know but do not implement (warned about, not silently dropped).
+_UNSUPPORTED_KEYS = {
+    "bucket_batch_size": "per-bucket batch sizes need a custom constraint, which Lhotse cannot checkpoint; use "
+    "batch_duration (+ quadratic_duration)",
+    "bucketing_batch_size": "NeMo's non-Lhotse bucketing; use batch_duration with use_bucketing",
+    "multi_config": "one input config per dataset section",
+    "input_cfg": "give manifest_filepath (paths, comma-separated or a list)",
+}
+
 _MIX = 1_000_003  # an odd prime to combine seed, rank, worker and pass into one integer seed
 
 
-def _cfg_get(cfg: Any, key: str) -> Any:
+def _raw_get(cfg: Any, key: str) -> Any:
+    """cfg[key] or None, for DictConfig, dict or attribute objects."""
     if cfg is None:
-        return SAMPLER_DEFAULTS[key]
+        return None
     try:
-        value = cfg.get(key, None)
+        return cfg.get(key, None)
     except AttributeError:
-        value = getattr(cfg, key, None)
+        return getattr(cfg, key, None)
+
+
+def _cfg_get(cfg: Any, key: str) -> Any:
+    value = _raw_get(cfg, key)
     return SAMPLER_DEFAULTS[key] if value is None else value
 
 
@@ -280,6 +294,17 @@ def build_sampler(
     `source` (the SamplerSource) attributes, and Lhotse's `state_dict()` / `load_state_dict()`.
     """
     what = _ds_name(cuts, training)
+    if _raw_get(ds_cfg, "is_tarred"):
+        raise ManifestError(
+            f"{what}.is_tarred: NeMo tarred datasets are not read by nest-ssl; point {what}.manifest_filepath at the "
+            "manifest and convert it to Lhotse Shar with `nest-ssl shar export` (set is_tarred: false)"
+        )
+    for key, why in _UNSUPPORTED_KEYS.items():
+        if _raw_get(ds_cfg, key) is not None:
+            log.warning("%s.%s is not supported and is ignored: %s", what, key, why)
+    if bool(_cfg_get(ds_cfg, "concurrent_bucketing")):
+        log.warning("%s.concurrent_bucketing=true: batches are not reproducible, so a resumed run will not continue "
+                    "with exactly the batches it would have seen", what)
     batch_size = _cfg_get(ds_cfg, "batch_size")
     batch_duration = _cfg_get(ds_cfg, "batch_duration")
     if batch_size is None and batch_duration is None:
