@@ -224,6 +224,7 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
     :param reverb: a ReverbConfig or its dict (``enabled``, ``prob``, ``rir_manifest``, ...); off by default.
     :param seed: base seed of all per-batch randomness.
     :param training: False ignores the epoch, so every evaluation sees the same batches.
+    :param section: config section named in error messages (default train_ds / validation_ds).
     """
 
     def __init__(

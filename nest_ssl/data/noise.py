@@ -7,6 +7,12 @@ uniformly random entry, random offset inside long files, retry another entry whe
 (at most ``max_tries``, then silence), retry the offset when the span is all zeros, and add faint white
 noise (-90 to -46 dB) when it stays silent.
 
+Differences from NeMo, on purpose: the dataset asks only for the samples the augmentation uses (``mix_len``,
+half an utterance with the NEST config, and only for utterances in noise mode) where NeMo reads a full
+utterance length for every utterance and then uses its first ``mix_len`` samples; the content is the same
+kind of random excerpt, at a fraction of the decoding. "Silent" means all samples zero (NeMo tests
+``sum(samples) > 0``, which also rejects spans whose samples merely sum to a negative value).
+
 All draws come from the ``random.Random`` passed to :meth:`NoiseSet.sample`, so the noise a batch gets is a
 function of the batch seed, not of the worker that happens to build it. Deliberately nothing is remembered
 across calls (e.g. "this file is broken"), as that would make results depend on what a worker saw before.
