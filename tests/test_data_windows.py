@@ -1,6 +1,5 @@
 """Training windows over real audio with VAD-like supervisions, lazily."""
 
-import os
 
 import numpy as np
 import pytest

@@ -38,7 +38,7 @@ import logging
 import random
 import secrets
 from itertools import islice
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 
 from lhotse import CutSet
 from lhotse.cut import Cut
