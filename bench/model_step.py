@@ -161,15 +161,19 @@ def main():
             r = run_child(python, name, args)
             results[name].append(r)
             print(f"  round {round_ + 1} {name:5s}: median {r['median_s']:.3f} s/step, peak RSS {r['peak_rss_mb']:.0f} MB")
-    summary = {}
+    # Medians are the figure; the fastest step is printed too because on a shared machine it is the least
+    # disturbed measurement of each implementation.
+    summary, best = {}, {}
     for name, rs in results.items():
-        summary[name] = statistics.median([t for r in rs for t in r["times"]])
+        times = [t for r in rs for t in r["times"]]
+        summary[name], best[name] = statistics.median(times), min(times)
         peak = max(r["peak_rss_mb"] for r in rs)
-        print(f"{name:5s}: {summary[name]:.3f} s/step (median of {sum(len(r['times']) for r in rs)} steps), "
-              f"peak RSS {peak:.0f} MB")
+        print(f"{name:5s}: median {summary[name]:.3f} s/step, fastest {best[name]:.3f} s/step "
+              f"({len(times)} steps), peak RSS {peak:.0f} MB")
     if "nemo" in summary:
         ratio = summary["ours"] / summary["nemo"]
-        print(f"ratio ours / NeMo: {ratio:.3f} (target <= 0.9: {'met' if ratio <= 0.9 else 'NOT met'})")
+        print(f"ratio ours / NeMo: {ratio:.3f} median, {best['ours'] / best['nemo']:.3f} fastest "
+              f"(target <= 0.9: {'met' if ratio <= 0.9 else 'NOT met'})")
 
     import torch
 
