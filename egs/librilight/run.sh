@@ -23,6 +23,7 @@ download=false                   # true: stage 0 downloads what is missing (noth
 noise_parts=noise,music          # MUSAN parts for the noise set (its speech part is LibriVox, like LibriLight)
 noise_window=10                  # noise windows are at most this long (seconds)
 check_audio=tail                 # stage 1: header|tail|full (tail also decodes each file's last samples)
+prepare_chunk_size=64            # stage 1: files per unit of work, and of resumption after a kill
 
 data_dir=data
 exp_dir=exp
@@ -55,6 +56,7 @@ Options (default):
   --stage N ($stage)  --stop-stage N ($stop_stage)  --force true|false ($force)  --nj N ($nj)
   --corpus-dir DIR ($corpus_dir)  --musan-dir DIR ($musan_dir)  --subsets LIST ($subsets)  --download true|false ($download)
   --noise-parts LIST ($noise_parts)  --noise-window SEC ($noise_window)  --check-audio header|tail|full ($check_audio)
+  --prepare-chunk-size N ($prepare_chunk_size)
   --data-dir DIR ($data_dir)  --exp-dir DIR ($exp_dir)
   --min-duration SEC ($min_duration)  --max-duration SEC ($max_duration)  --max-pause SEC ($max_pause)
   --val-speakers N ($val_speakers)  --max-val-hours H ($max_val_hours)  --seed N ($seed)
@@ -135,7 +137,7 @@ if stage_begin 1 "LibriLight manifests ($subsets)" opt:subsets="$subsets" opt:ch
   # Streams the corpus in --nj processes; a killed run resumes from its finished chunks, and every bad file is
   # listed with the reason in $manifests/rejects_<subset>.tsv instead of stopping the run.
   nest-ssl prepare librilight "$corpus_dir" "$manifests" --subsets "$subsets" --num-jobs "$nj" \
-    --check-audio "$check_audio"
+    --check-audio "$check_audio" --chunk-size "$prepare_chunk_size"
   stage_end 1
 fi
 
