@@ -11,6 +11,7 @@ import torch
 from lhotse import CutSet, Recording
 from lhotse.dataset import IterableDatasetWrapper
 
+from nest_ssl.data import AudioNoiseBatch, build_dataloader
 from nest_ssl.data.manifests import ManifestError, open_cutset
 from nest_ssl.data.sampler import build_sampler
 from nest_ssl.data.shar import export_shar, external_shuffle_lines
@@ -140,3 +141,48 @@ def test_bucketing_over_shar_estimates_bins_from_cuts_files_only(tmp_path, cuts_
     assert sampler.iterable_dataset and len(sampler.duration_bins) == 2
     with pytest.raises(tarfile.ReadError):
         next(iter(sampler))  # the training stream itself does read the (broken) audio tars
+
+
+def _pass_ids(loader):
+    """The cut ids of one full pass of a build_dataloader loader, in order (duplicates kept)."""
+    ids = []
+    for batch in loader:
+        assert isinstance(batch, AudioNoiseBatch)
+        ids += batch.sample_id
+    return ids
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_finite_iterable_pass_covers_every_cut_once_across_ranks_and_workers(tmp_path, cuts_manifest, num_workers):
+    _, src = cuts_manifest
+    out = tmp_path / "shar"
+    export_shar(src, out, shard_size=2, seed=0)  # 5 shards: with 2 ranks x 2 workers the shares are uneven
+    expected = sorted(c.id for c in CutSet.from_file(src))
+    cfg = {"manifest_filepath": str(out), "sample_rate": SR, "batch_size": 2, "shuffle": True, "force_finite": True,
+           "num_workers": num_workers}
+
+    loader = build_dataloader(cfg, sample_rate=SR, seed=3)
+    assert loader.cut_sampler.iterable_dataset
+    assert sorted(_pass_ids(loader)) == expected  # sorted lists: a duplicate would make it longer
+
+    shares = []
+    for epoch in range(3):
+        per_rank = []
+        for rank in range(2):
+            ranked = build_dataloader(cfg, sample_rate=SR, seed=3, rank=rank, world_size=2)
+            ranked.cut_sampler.set_epoch(epoch)
+            per_rank.append(_pass_ids(ranked))
+        assert sorted(per_rank[0] + per_rank[1]) == expected
+        assert per_rank[0] and per_rank[1]
+        shares.append(frozenset(per_rank[0]))
+    # which shards a rank reads changes with the epoch (the common order is seeded with it)
+    assert len(set(shares)) > 1
+
+
+def test_finite_iterable_over_a_cutset_without_parts_keeps_a_stride_per_rank(cuts_manifest):
+    _, src = cuts_manifest
+    cuts = CutSet.from_file(src)  # not from open_cutset: there are no parts to hand out
+    cfg = {"batch_size": 3, "force_iterable_dataset": True, "force_finite": True}
+    per_rank = [[c.id for b in build_sampler(cuts, cfg, seed=0, rank=r, world_size=2) for c in b] for r in range(2)]
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(c.id for c in cuts)
+    assert len(per_rank[0]) == len(per_rank[1]) == 5

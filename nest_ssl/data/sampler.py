@@ -26,10 +26,16 @@ iterable (Shar input, or `force_iterable_dataset: true`; training only):
     de-duplication comes from the data order: every (rank, worker) reads the shards (Shar shards or manifest files)
     in its own shuffled order, seeded from `shard_seed` (default "randomized": derived from `seed`, the rank and the
     worker id, so a run is reproducible; "trng": OS entropy; an int: that base) and reshuffled on every pass; the
-    stream is infinite (`force_finite: true` makes it one pass) and training is counted in steps. Exact mid-epoch
-    resume is not available in this mode: resume by restarting with a different `seed` (e.g. seed + number of
-    restarts) so the model does not replay the same data. `sampler.worker_init_fn` is the Lhotse worker_init_fn to
-    give the DataLoader (per-worker RNG seeds).
+    stream is infinite and training is counted in steps. Exact mid-epoch resume is not available in this mode:
+    resume by restarting with a different `seed` (e.g. seed + number of restarts) so the model does not replay the
+    same data. `sampler.worker_init_fn` is the Lhotse worker_init_fn to give the DataLoader (per-worker RNG seeds).
+
+    `force_finite: true` makes it one pass that covers every cut exactly once across all ranks and workers (Lhotse's
+    `split_for_dataloading` idea): the parts (Shar shards or manifest files) are put in an order common to every
+    reader (from `seed`/int `shard_seed` and the epoch), and (rank, worker) reads `parts[rank::world_size]
+    [worker::num_workers]`, in its own shuffled order. With fewer parts than readers some readers get nothing;
+    shares differ in size, so in DDP ranks can get different numbers of batches (the trainer must tolerate an
+    uneven end, or use the infinite stream).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import logging
 import random
 import secrets
 from itertools import islice
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from lhotse import CutSet
 from lhotse.cut import Cut
@@ -153,6 +159,7 @@ class SamplerSource(Dillable):
         infinite: bool = False,
         shard_seed: Union[int, str] = "randomized",
         rank: int = 0,
+        world_size: int = 1,
         what: str = "train_ds",
     ) -> None:
         self.cuts = cuts
@@ -165,6 +172,7 @@ class SamplerSource(Dillable):
         self.infinite = infinite
         self.shard_seed = shard_seed
         self.rank = rank
+        self.world_size = world_size
         self.what = what
         self.epoch = 0
 
@@ -185,16 +193,35 @@ class SamplerSource(Dillable):
     def _pass_seed(self, base: int, pass_idx: int) -> int:
         return (base * _MIX + pass_idx) % (1 << 62)
 
+    def _split_seed(self) -> int:
+        # Must be equal on every rank and worker, or their shares would overlap: so never "trng" (per reader) and
+        # never mixed with the rank or worker. `seed` is checked to be the same integer on every rank.
+        base = self.shard_seed if isinstance(self.shard_seed, int) else self.seed
+        return (int(base) * _MIX + self.epoch) % (1 << 62)
+
+    def _reader(self) -> Tuple[int, int, int, int]:
+        """(rank, world_size, worker, num_workers) of the process iterating now."""
+        import torch.utils.data
+
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.rank, self.world_size, worker, num_workers
+
     # -- iteration -----------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Cut]:
         # Seeds are fixed here, at iter() time, not at the generator's first next(): the sampler may change the
         # epoch between the two.
         if self.iterable:
             base = self._stream_base_seed()
-            return self._iterate(None if self.infinite else [self._pass_seed(base, 0)], base)
+            if self.infinite:
+                return self._iterate(None, base)
+            # One pass over this reader's disjoint share (see the module docstring).
+            return self._iterate([self._pass_seed(base, self.epoch)], base, split=self._reader())
         return self._iterate([self.seed + self.epoch], None)
 
-    def _iterate(self, pass_seeds: Optional[List[int]], base: Optional[int]) -> Iterator[Cut]:
+    def _iterate(
+        self, pass_seeds: Optional[List[int]], base: Optional[int], split: Optional[Tuple[int, int, int, int]] = None
+    ) -> Iterator[Cut]:
         p = 0
         while True:
             if pass_seeds is not None:
@@ -203,19 +230,32 @@ class SamplerSource(Dillable):
                 s = pass_seeds[p]
             else:
                 s = self._pass_seed(base, p)
-            n = yield from self._one_pass(s)
+            n = yield from self._one_pass(s, split)
             if n == 0:
                 return  # nothing to repeat (and _one_pass has already raised if the filter removed everything)
             p += 1
 
-    def _one_pass(self, pass_seed: int):
+    def _one_pass(self, pass_seed: int, split: Optional[Tuple[int, int, int, int]] = None):
         src = manifest_source(self.cuts) if isinstance(self.cuts, CutSet) else (
             self.cuts if isinstance(self.cuts, ManifestSource) else None
         )
+        if split is not None:
+            rank, world_size, worker, num_workers = split
         if src is not None:
+            if split is not None:
+                # Lhotse's split_by_worker(split_by_node(shards)), over an order shared by all readers that changes
+                # with the epoch (so a reader does not get the same shards every epoch).
+                parts = list(src.parts)
+                random.Random(self._split_seed()).shuffle(parts)
+                src = ManifestSource(
+                    parts[rank::world_size][worker::num_workers], what=src.what, sample_rate=src.sample_rate
+                )
             it: Iterator[Cut] = src.iter_parts(pass_seed if self.shuffle_parts else None)
         else:
             it = iter(self.cuts)
+            if split is not None:
+                # No parts to split: every reader walks the same (deterministic) stream and keeps its stride.
+                it = islice(islice(it, rank, None, world_size), worker, None, num_workers)
         if self.shuffle_buffer_size:
             # A seed distinct from the part-order one, so the two shuffles are not correlated.
             it = streaming_shuffle(it, bufsize=self.shuffle_buffer_size, rng=random.Random(pass_seed * 2 + 1))
@@ -230,7 +270,11 @@ class SamplerSource(Dillable):
                 continue
             n_out += 1
             yield cut
-        if n_in and not n_out:
+        if n_in and not n_out and split is not None:
+            # Only this reader's share is known here; other readers may well have cuts in range.
+            log.warning("%s: min_duration=%s / max_duration=%s removed all %d cuts of the share read by rank %d "
+                        "worker %d", self.what, lo, hi, n_in, rank, worker)
+        elif n_in and not n_out:
             raise ManifestError(
                 f"{self.what}: min_duration={lo} / max_duration={hi} removed all {n_in} cuts (their durations span "
                 f"{shortest:.2f}-{longest:.2f} s); lower {self.what}.min_duration or raise {self.what}.max_duration, "
@@ -342,17 +386,29 @@ def build_sampler(
 
     if iterable:
         src = manifest_source(cuts)
-        if src is None:
+        if src is None and infinite:
             log.warning(
                 "%s: iterable mode over a CutSet that open_cutset did not return directly: shard order cannot be "
                 "shuffled per rank/worker, so workers may read the same data",
                 what,
             )
-        elif src.num_parts < 2:
+        elif src is None:
+            log.warning(
+                "%s: force_finite over a CutSet that open_cutset did not return directly: every rank and worker "
+                "reads all of it and keeps every (world_size x num_workers)-th cut",
+                what,
+            )
+        elif infinite and src.num_parts < 2:
             log.warning(
                 "%s: iterable mode over a single manifest file: every rank and worker reads the same file "
                 "(only the shuffle buffer differs); use a Shar directory or many manifest files",
                 what,
+            )
+        elif not infinite and src.num_parts < world_size * max(1, int(_raw_get(ds_cfg, "num_workers") or 0)):
+            log.warning(
+                "%s: force_finite over %d part(s) for %d rank(s) x %s worker(s): each part is read by one of them "
+                "only, so some get nothing; use more Shar shards (a smaller --shard-size) or manifest files",
+                what, src.num_parts, world_size, _raw_get(ds_cfg, "num_workers") or 0,
             )
     source_kwargs = dict(
         seed=base_seed,
@@ -368,6 +424,7 @@ def build_sampler(
         infinite=infinite,
         shard_seed=shard_seed,
         rank=rank,
+        world_size=world_size,
         what=what,
     )
     source = SamplerSource(cuts, **source_kwargs)
@@ -426,7 +483,7 @@ def build_sampler(
         "%s sampler: %s, %s, batch_size=%s batch_duration=%s shuffle=%s drop_last=%s rank=%d/%d",
         what,
         type(sampler).__name__,
-        "iterable (per-worker, infinite)" if infinite else ("iterable" if iterable else "map-style"),
+        "iterable (per-worker, infinite)" if infinite else ("iterable (one pass, disjoint shares)" if iterable else "map-style"),
         batch_size,
         batch_duration,
         shuffle,
