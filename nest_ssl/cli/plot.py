@@ -1,0 +1,24 @@
+"""`nest-ssl plot EXP_DIR`: a PNG of the loss and learning-rate curves of a run."""
+
+from __future__ import annotations
+
+import sys
+
+HELP = "plot train/val loss and learning rate of a run (EXP_DIR: the run folder or any folder above it)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("exp_dir", help="a run folder (with metrics.jsonl) or a folder above one")
+    parser.add_argument("-o", "--output", default=None, help="PNG path (default: EXP_DIR/curves.png)")
+
+
+def run(args) -> int:
+    from nest_ssl.train.plot import plot_run
+
+    try:
+        out = plot_run(args.exp_dir, args.output)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"nest-ssl plot: error: {err}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
