@@ -58,6 +58,7 @@ BOOK_META_KEYS = ("id", "title", "authors", "genre", "meta_genre", "Dramatic Rea
 CHECK_AUDIO = ("header", "tail", "full")
 REJECTS_HEADER = "recording_id\tstatus\treason\tpath\n"
 _TAIL_FRAMES = 1024
+_UNKNOWN_LENGTH = 1 << 62  # libsndfile reports about SF_COUNT_MAX frames when a FLAC header leaves the length open
 _FORMAT_VERSION = 1
 
 
@@ -350,9 +351,18 @@ def prepare_file(path: str, rec_id: str, check_audio: str = "tail") -> Tuple[Opt
         # One open for the header and the check: opening a FLAC costs more than reading its last samples.
         with sf.SoundFile(path) as f:
             sr, frames, channels = int(f.samplerate), int(f.frames), int(f.channels)
-            problem = "empty audio: no samples" if frames <= 0 or sr <= 0 else _check_audio(f, frames, check_audio)
+            if frames <= 0 or sr <= 0:
+                problem = "empty audio: no samples"
+            elif frames >= _UNKNOWN_LENGTH:
+                problem = "unreadable audio: the header does not give the length (FLAC total samples 0); re-encode it"
+            else:
+                try:
+                    problem = _check_audio(f, frames, check_audio)
+                except Exception as err:
+                    problem = f"unreadable audio: decoding {'its last samples' if check_audio == 'tail' else 'it'} " \
+                              f"failed (truncated or corrupt): {_one_line(err)}"
     except Exception as err:
-        return None, [], [f"unreadable audio: {_one_line(err)}"]
+        return None, [], [_empty_audio(path) or f"unreadable audio: {_one_line(err)}"]
     if problem:
         return None, [], [problem]
 
@@ -454,6 +464,14 @@ def _check_audio(f: "sf.SoundFile", frames: int, mode: str) -> Optional[str]:
         return f"unreadable audio: truncated ({got} of the last {want} samples decode)" if mode == "tail" else (
             f"unreadable audio: truncated ({got} of {want} samples decode)")
     return None
+
+
+def _empty_audio(path: str) -> Optional[str]:
+    """Why a file libsndfile cannot open is empty rather than broken (a 0-byte file); None otherwise."""
+    try:
+        return "empty audio: 0-byte file" if os.path.getsize(path) == 0 else None
+    except OSError:
+        return None
 
 
 def compute_num_samples(duration: float, sampling_rate: int) -> int:
