@@ -186,3 +186,59 @@ def test_finite_iterable_over_a_cutset_without_parts_keeps_a_stride_per_rank(cut
     per_rank = [[c.id for b in build_sampler(cuts, cfg, seed=0, rank=r, world_size=2) for c in b] for r in range(2)]
     assert sorted(per_rank[0] + per_rank[1]) == sorted(c.id for c in cuts)
     assert len(per_rank[0]) == len(per_rank[1]) == 5
+
+
+NEST_AUG = dict(
+    _target_="nemo.collections.asr.modules.ssl_modules.MultiSpeakerNoiseAugmentation",
+    prob=0.5, noise_ratio=0.5, min_r_speech=-5.0, max_r_speech=5.0, min_r_noise=-5.0, max_r_noise=20.0,
+    min_mix_rate=0.5, max_mix_rate=0.5, min_num_segments=1, max_num_segments=1, min_num_speakers=1,
+    max_num_speakers=1,
+)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_build_dataloader_over_shar_streams_nemo_batches_per_worker(tmp_path, cuts_manifest, num_workers):
+    d, src = cuts_manifest
+    out = tmp_path / "shar"
+    export_shar(src, out, shard_size=2, seed=0)  # 5 shards, 10 cuts
+    noise_path = str(tmp_path / "noise.wav")
+    sf.write(noise_path, (0.05 * np.random.default_rng(1).standard_normal(3 * SR)).astype(np.float32), SR)
+    noise_manifest = tmp_path / "noise.json"
+    noise_manifest.write_text(f'{{"audio_filepath": "{noise_path}", "duration": 3.0}}\n')
+    cfg = {"manifest_filepath": str(out), "noise_manifest": str(noise_manifest), "sample_rate": SR,
+           "batch_size": 2, "shuffle": True, "num_workers": num_workers, "batch_augmentor": NEST_AUG,
+           # A small buffer: the default (10000) over an infinite 10-cut stream would read 1000 passes first.
+           "shuffle_buffer_size": 4}
+    loader = build_dataloader(cfg, sample_rate=SR, seed=3)
+    assert loader.cut_sampler.iterable_dataset
+
+    original = {c.id: c for c in CutSet.from_file(src)}
+    batches = list(islice(iter(loader), 12))  # 24 cuts: more than one pass over the 10, so the stream is infinite
+    assert len(batches) == 12
+    augmented = 0
+    for b in batches:
+        assert isinstance(b, AudioNoiseBatch)
+        assert len(b.sample_id) == 2 and b.audio.shape[0] == 2
+        for name in ("audio", "noise", "noisy_audio"):
+            t = getattr(b, name)
+            assert t.dtype == torch.float32 and t.shape == b.audio.shape
+        for name in ("audio_len", "noise_len", "noisy_audio_len"):
+            assert getattr(b, name).dtype == torch.int64 and torch.equal(getattr(b, name), b.audio_len)
+        assert torch.equal(b.noisy_audio, b.audio + b.noise)
+        for i, cut_id in enumerate(b.sample_id):
+            ref = original[cut_id].load_audio()[0]
+            assert int(b.audio_len[i]) == ref.size
+            np.testing.assert_allclose(b.audio[i, : ref.size].numpy(), ref, atol=1e-4)  # the cut's own audio
+            assert torch.count_nonzero(b.audio[i, ref.size :]) == 0
+        augmented += sum(info is not None for info in b.aug_info)
+    assert 0 < augmented < 24  # prob 0.5: some utterances mixed, some clean
+
+    ids = [b.sample_id for b in batches]
+    assert {i for pair in ids for i in pair} == set(original)
+    if num_workers == 2:
+        # The DataLoader takes batches from the workers in turn; each worker runs its own sampler over the shards
+        # in its own order.
+        worker0 = [i for pair in ids[0::2] for i in pair]
+        worker1 = [i for pair in ids[1::2] for i in pair]
+        assert worker0 != worker1
+        assert len(set(worker0)) > 4 and len(set(worker1)) > 4
