@@ -1,0 +1,155 @@
+"""local/parse_options.sh, log() and the stage guards of local/common.sh, driven by a small recipe run in bash."""
+
+import os
+import re
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = r"""#!/usr/bin/env bash
+set -euo pipefail
+. "REPO/local/common.sh"
+stage=0
+stop_stage=3
+force=false
+foo_bar=1
+flag=false
+name=x
+help_message="usage: demo.sh [--foo-bar N] [--flag true|false] [--name S]"
+. "REPO/local/parse_options.sh"
+echo "foo_bar=$foo_bar flag=$flag name=$name rest=$* parsed=[$parsed_options]"
+done_dir=$PWD/done
+if stage_begin 1 "one" opt:name="$name" in:in.txt out:out1.txt; then
+  { cat in.txt; echo "$name"; } > out1.txt
+  echo RAN1
+  stage_end 1
+fi
+if stage_begin 2 "two" in:out1.txt out:out2.txt; then
+  cp out1.txt out2.txt
+  echo RAN2
+  [ -z "${FAIL2:-}" ] || exit 3
+  stage_end 2
+fi
+if stage_begin 3 "three" in:missing.txt out:out3.txt; then
+  echo RAN3
+  stage_end 3
+fi
+"""
+
+
+@pytest.fixture
+def demo(tmp_path):
+    script = tmp_path / "demo.sh"
+    script.write_text(SCRIPT.replace("REPO", REPO))
+    script.chmod(0o755)
+    (tmp_path / "in.txt").write_text("input\n")
+
+    def run(*args, env=None):
+        return subprocess.run(["bash", str(script), *args], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              env=dict(os.environ, **(env or {})))
+
+    run.dir = tmp_path
+    return run
+
+
+def ran(r):
+    return [line for line in r.stdout.splitlines() if line.startswith("RAN")]
+
+
+def test_options_follow_kaldi(demo, tmp_path):
+    r = demo("--foo-bar", "5", "--flag", "true", "--name", "y z", "--stop-stage", "0", "pos1", "pos2")
+    assert r.returncode == 0, r.stderr
+    assert "foo_bar=5 flag=true name=y z rest=pos1 pos2" in r.stdout
+    assert re.search(r"parsed=\[ foo_bar flag name stop_stage \]", r.stdout)
+
+    r = demo("--nope", "1")
+    assert r.returncode == 1 and "invalid option --nope" in r.stderr
+
+    r = demo("--flag", "yes")
+    assert r.returncode == 1 and "expects true or false" in r.stderr
+
+    r = demo("--foo-bar=3")
+    assert r.returncode == 1 and "--name value" in r.stderr
+
+    r = demo("--foo-bar")
+    assert r.returncode == 1 and "needs a value" in r.stderr
+
+    r = demo("--help")
+    assert r.returncode == 0 and "usage: demo.sh" in r.stderr and "RAN" not in r.stdout
+
+    conf = tmp_path / "my.conf"
+    conf.write_text("name=from_config\nfoo_bar=9\n")
+    r = demo("--config", str(conf), "--foo-bar", "4", "--stop-stage", "0")
+    assert r.returncode == 0 and "foo_bar=4 flag=false name=from_config" in r.stdout
+
+
+def test_stage_guards_skip_rerun_and_force(demo):
+    d = demo.dir
+    first = demo("--stop-stage", "2")
+    assert first.returncode == 0, first.stderr
+    assert ran(first) == ["RAN1", "RAN2"]
+    # log(): "YYYY-mm-dd HH:MM:SS (file:line:function) message"
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(demo\.sh:\d+:main\) Stage 1: one \(not done yet\)$",
+                     first.stderr, re.M), first.stderr
+    marker = (d / "done" / "stage1.done").read_text()
+    assert '"name": "x"' in marker and "in.txt" in marker and "out1.txt" in marker
+
+    again = demo("--stop-stage", "2")
+    assert ran(again) == []
+    assert "Stage 1: one: skipped, up to date" in again.stderr and "Stage 2: two: skipped" in again.stderr
+
+    # an option that changes the outputs: stage 1 reruns, and stage 2 because its input changed
+    r = demo("--stop-stage", "2", "--name", "other")
+    assert ran(r) == ["RAN1", "RAN2"] and "option name changed: 'x' -> 'other'" in r.stderr
+    # an input changed
+    (d / "in.txt").write_text("new input\n")
+    r = demo("--stop-stage", "2", "--name", "other")
+    assert ran(r) == ["RAN1", "RAN2"] and "input in.txt changed" in r.stderr
+    # an output deleted: only that stage reruns
+    (d / "out2.txt").unlink()
+    r = demo("--stop-stage", "2", "--name", "other")
+    assert ran(r) == ["RAN2"] and "output out2.txt is missing" in r.stderr
+    # an output edited by hand: its stage reruns and writes what it wrote before, so the stage reading it, whose
+    # input is fingerprinted by content, is still up to date
+    (d / "out1.txt").write_text("edited\n")
+    r = demo("--stop-stage", "2", "--name", "other")
+    assert ran(r) == ["RAN1"] and "output out1.txt changed" in r.stderr
+
+    # --stage N forces N; the next stage reruns only if N changed what it reads (here: same content, so no)
+    r = demo("--stage", "1", "--stop-stage", "2", "--name", "other")
+    assert ran(r) == ["RAN1"] and "forced by --stage 1" in r.stderr
+    r = demo("--stage", "2", "--stop-stage", "2", "--name", "other")
+    assert ran(r) == ["RAN2"]
+    # --force true: everything in range
+    r = demo("--stop-stage", "2", "--name", "other", "--force", "true")
+    assert ran(r) == ["RAN1", "RAN2"]
+    # --stage 0 given explicitly forces stage 0 only, which this recipe does not have
+    r = demo("--stage", "0", "--stop-stage", "2", "--name", "other")
+    assert ran(r) == []
+
+
+def test_a_killed_stage_is_not_done_and_a_missing_input_stops_the_run(demo):
+    r = demo("--stop-stage", "2", env={"FAIL2": "1"})
+    assert r.returncode == 3 and ran(r) == ["RAN1", "RAN2"]
+    assert not (demo.dir / "done" / "stage2.done").exists()
+    r = demo("--stop-stage", "2")
+    assert r.returncode == 0 and ran(r) == ["RAN2"]
+    assert "an earlier run did not finish" in r.stderr
+    r = demo("--stop-stage", "3")
+    assert r.returncode == 1 and ran(r) == []
+    assert "Stage 3: three: input missing.txt does not exist" in r.stderr
+
+
+def test_passthrough_mode_collects_unknown_options(tmp_path):
+    script = tmp_path / "wrap.sh"
+    script.write_text(
+        "set -euo pipefail\nstage=0\nmine=1\nparse_options_passthrough=true\n"
+        f". {REPO}/local/parse_options.sh\n"
+        'echo "mine=$mine parsed=[$parsed_options] rest=[${passthrough_args[*]}]"\n'
+    )
+    r = subprocess.run(["bash", str(script), "--mine", "2", "--theirs", "a b", "--stage", "3"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "mine=2 parsed=[ mine stage ] rest=[--theirs a b]" in r.stdout
