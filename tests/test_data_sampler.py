@@ -10,7 +10,7 @@ import soundfile as sf
 from lhotse import CutSet, Recording
 
 from nest_ssl.data.manifests import ManifestError, open_cutset
-from nest_ssl.data.sampler import build_sampler, estimate_bucket_bins
+from nest_ssl.data.sampler import bins_from_durations, build_sampler, estimate_bucket_bins, sample_durations
 
 SR = 8000
 
@@ -179,3 +179,56 @@ def test_nemo_yaml_train_ds_section_works_as_is(manifest):
         build_sampler(open_cutset(manifest), OmegaConf.merge(train_ds, {"is_tarred": True}), seed=0)
     with pytest.raises(ManifestError, match="seed must be an integer"):
         build_sampler(open_cutset(manifest), OmegaConf.merge(train_ds, {"seed": "trng"}), seed=0)
+
+
+def test_estimate_bins_sample_the_whole_manifest_sorted_by_duration(tmp_path, capsys):
+    """3000 cuts sorted by duration (0.5-20 s): the first 300 are all shorter than 2.5 s, so bins from the head of
+    the file would all be below that; a uniform sample of 300 matches the bins of all 3000."""
+    wav = str(tmp_path / "long.wav")
+    sf.write(wav, (np.random.default_rng(0).standard_normal(21 * SR) * 0.1).astype(np.float32), SR)
+    rec = Recording.from_file(wav, recording_id="long")
+    durations = np.round(np.linspace(0.5, 20.0, 3000), 3)
+    cuts = []
+    for i, d in enumerate(durations):
+        c = rec.to_cut().truncate(offset=0.0, duration=float(d), preserve_id=True)
+        c.id = f"c{i:05d}"
+        cuts.append(c)
+    path = str(tmp_path / "sorted.jsonl.gz")
+    CutSet(cuts).to_file(path)
+
+    exact = bins_from_durations(list(durations), 5)
+    est = estimate_bucket_bins(open_cutset(path), 5, num_cuts=300)
+    assert len(est) == 4 and est[0] > 5.0 and est[-1] > 15.0
+    for e, x in zip(est, exact):
+        assert abs(e - x) < 1.5, (est, exact)
+    assert estimate_bucket_bins(open_cutset(path), 5, num_cuts=300) == est  # seeded
+    # what reading the head gives, for contrast (and max_cuts_read's meaning)
+    assert max(estimate_bucket_bins(open_cutset(path), 5, num_cuts=300, max_cuts_read=300)) < 2.5
+
+    # the reservoir: bounded, uniform over the file (each tenth of the sorted file holds about a tenth of the sample)
+    sample, kept, exhausted = sample_durations(open_cutset(path), 300, seed=1)
+    assert len(sample) == 300 and kept == 3000 and exhausted
+    per_tenth = np.histogram(sample, bins=np.quantile(durations, np.linspace(0, 1, 11)))[0]
+    assert per_tenth.min() >= 12 and per_tenth.max() <= 50, per_tenth
+    # the duration filter applies before sampling
+    sample, kept, _ = sample_durations(open_cutset(path), 300, min_duration=15.0)
+    assert min(sample) >= 15.0 and kept == int((durations >= 15.0).sum())
+
+    # the CLI prints the same bins
+    from nest_ssl.cli import main
+
+    assert main(["cuts", "estimate-bins", path, "-b", "5", "-n", "300", "--key", "model.train_ds"]) == 0
+    assert capsys.readouterr().out.strip() == f"model.train_ds.bucket_duration_bins=[{','.join(f'{b:g}' for b in est)}]"
+
+
+def test_sampler_warns_when_it_estimated_bins_from_the_head(manifest, caplog):
+    import logging
+
+    cfg = dict(BUCKETING, num_cuts_for_bins_estimate=100)
+    with caplog.at_level(logging.WARNING, logger="nest_ssl.data.sampler"):
+        build_sampler(open_cutset(manifest), cfg, seed=0)
+    assert any("first 100 cuts" in r.getMessage() and "estimate-bins" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nest_ssl.data.sampler"):
+        build_sampler(open_cutset(manifest), dict(BUCKETING, num_cuts_for_bins_estimate=600), seed=0)
+    assert not any("first" in r.getMessage() for r in caplog.records)  # it read every cut

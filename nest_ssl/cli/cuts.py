@@ -30,14 +30,17 @@ def add_arguments(parser) -> None:
     b = sub.add_parser(
         "estimate-bins",
         help="estimate bucket_duration_bins for the DynamicBucketingSampler",
-        description="Estimate duration bin boundaries that give buckets of roughly equal total duration from the "
-        "first --num-cuts cuts, and print them as a config override (train_ds.bucket_duration_bins=[...]).",
+        description="Estimate duration bin boundaries that give buckets of roughly equal total duration from a "
+        "uniform random sample of --num-cuts cuts of the whole input (one pass over the manifest lines, reservoir "
+        "sampling, memory for the sample only; no audio is read), and print them as a config override "
+        "(train_ds.bucket_duration_bins=[...]).",
     )
     b.add_argument("input", metavar="CUTS", help="input manifest(s)")
     b.add_argument("-b", "--num-buckets", type=int, default=30, help="number of buckets (default: 30)")
     b.add_argument(
-        "-n", "--num-cuts", type=int, default=10000, help="cuts to read for the estimate (default: 10000)"
+        "-n", "--num-cuts", type=int, default=10000, help="size of the random sample of cuts (default: 10000)"
     )
+    b.add_argument("--seed", type=int, default=0, help="seed of the random sample (default: 0)")
     b.add_argument("--min-duration", type=float, default=None, help="ignore cuts shorter than this")
     b.add_argument("--max-duration", type=float, default=None, help="ignore cuts longer than this")
     b.add_argument("--key", default="train_ds", help="config section to print the override for (default: train_ds)")
@@ -106,6 +109,7 @@ def _estimate_bins(args) -> int:
         min_duration=args.min_duration,
         max_duration=args.max_duration,
         what="cuts estimate-bins",
+        seed=args.seed,
     )
     print(f"{args.key}.bucket_duration_bins=[{','.join(f'{b:g}' for b in bins)}]")
     if len(bins) + 1 < args.num_buckets:

@@ -521,6 +521,36 @@ class ManifestSource(Dillable):
     def __iter__(self) -> Iterator[Cut]:
         return self.iter_parts(None)
 
+    def iter_durations(self) -> Iterator[float]:
+        """Cut durations in part order, from the manifest lines alone: no Cut objects are built (about 3x faster
+        than iterating cuts) and no audio is read, except the header of a NeMo line that has no `duration`. For
+        statistics such as bucket bins; the rest of each line is not validated."""
+        for part in self.parts:
+            if part.kind == "nemo":
+                for lineno, data in _iter_jsonl(part.path, self.what):
+                    if data.get("duration") is None:
+                        yield nemo_line_to_cut(data, path=part.path, lineno=lineno, what=self.what,
+                                               sample_rate=self.sample_rate).duration
+                    else:
+                        yield _number(data["duration"], "duration", part.path, lineno, self.what)
+                continue
+            # Lhotse cuts or recordings, or a Shar shard's cuts file (its data fields are not opened).
+            for lineno, data in _iter_jsonl(part.path, self.what):
+                if data.get("duration") is not None:
+                    yield _number(data["duration"], "duration", part.path, lineno, self.what)
+                    continue
+                # E.g. a MixedCut, whose duration follows from its tracks: build it.
+                try:
+                    item = deserialize_item(data)
+                except Exception as err:
+                    raise ManifestError(
+                        f"{_where(self.what, part.path, lineno)}: not a valid Lhotse cut or recording "
+                        f"({type(err).__name__}: {err}); regenerate the manifest or delete this line",
+                        path=part.path,
+                        line=lineno,
+                    ) from None
+                yield float(item.duration)
+
     def __len__(self) -> int:
         # Counted once (one pass over the text, no JSON parsing) and cached: CutMix asks for len() per batch.
         if self._len is None:

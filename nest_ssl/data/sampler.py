@@ -3,7 +3,8 @@
 `build_sampler(cuts, ds_cfg, seed=, rank=, world_size=, training=)` returns a Lhotse `CutSampler`:
 
 * `use_bucketing: true`  -> `DynamicBucketingSampler` (buckets of similar duration; `bucket_duration_bins` given or
-  estimated from the first `num_cuts_for_bins_estimate` cuts; `nest-ssl cuts estimate-bins` precomputes them);
+  estimated from the first `num_cuts_for_bins_estimate` cuts of the stream, as NeMo does; `nest-ssl cuts
+  estimate-bins` precomputes them from a uniform sample of the whole manifest);
 * otherwise              -> `DynamicCutSampler` (NeMo's choice when bucketing is off).
 
 Batches hold `batch_duration` seconds of audio (padding included, `quadratic_duration` optional) and/or at most
@@ -442,9 +443,19 @@ def build_sampler(
                 # Durations are in the cuts files; reading the audio tars for them would be wasted I/O.
                 stats_kwargs = dict(source_kwargs, iterable=False, infinite=False)
                 estimate_from = CutSet(SamplerSource(CutSet(src.metadata_only()), **stats_kwargs))
-            bins = estimate_bucket_bins(
-                estimate_from, num_buckets, num_cuts=int(_cfg_get(ds_cfg, "num_cuts_for_bins_estimate")), what=what
-            )
+            # NeMo's meaning of num_cuts_for_bins_estimate: the first N cuts of the (shuffled) stream. A uniform
+            # sample would read the whole manifest at every start, on every rank (minutes for LibriLight), so
+            # that is left to `nest-ssl cuts estimate-bins`; say so when the head was all we read.
+            n_est = int(_cfg_get(ds_cfg, "num_cuts_for_bins_estimate"))
+            sample, _, exhausted = sample_durations(estimate_from, n_est, max_cuts_read=n_est)
+            bins = bins_from_durations(sample, num_buckets, what=what)
+            if not exhausted:
+                log.warning(
+                    "%s: bucket_duration_bins estimated from the first %d cuts only (num_cuts_for_bins_estimate); "
+                    "unless the manifest is shuffled they are skewed. Precompute them from a sample of the whole "
+                    "manifest with `nest-ssl cuts estimate-bins` and set %s.bucket_duration_bins",
+                    what, n_est, what,
+                )
         sampler: CutSampler = NestBucketingSampler(
             data,
             max_duration=batch_duration,
@@ -494,6 +505,55 @@ def build_sampler(
     return sampler
 
 
+class _AsIs:
+    """Lhotse's estimate_duration_buckets measures each item with `constraint.measure_length`; our items are
+    already durations."""
+
+    @staticmethod
+    def measure_length(duration: float) -> float:
+        return duration
+
+
+def sample_durations(
+    cuts: Iterable[Cut],
+    num_cuts: int,
+    *,
+    seed: int = 0,
+    min_duration: Optional[float] = None,
+    max_duration: Optional[float] = None,
+    max_cuts_read: Optional[int] = None,
+) -> Tuple[List[float], int, bool]:
+    """A uniform random sample of at most `num_cuts` durations from `cuts` (those within [min_duration,
+    max_duration]), in one pass with memory for `num_cuts` floats: reservoir sampling (Vitter's algorithm R),
+    seeded. For a CutSet from open_cutset only the manifest lines are read (ManifestSource.iter_durations).
+
+    max_cuts_read: stop after reading that many cuts (None: the whole input).
+    Returns (sample, number of cuts that passed the duration filter, whether the whole input was read).
+    """
+    src = manifest_source(cuts) if isinstance(cuts, CutSet) else (cuts if isinstance(cuts, ManifestSource) else None)
+    durations: Iterable[float] = src.iter_durations() if src is not None else (c.duration for c in cuts)
+    rng = random.Random(seed)
+    sample: List[float] = []
+    seen = 0
+    exhausted = True
+    for n_read, d in enumerate(durations):
+        if max_cuts_read is not None and n_read >= max_cuts_read:
+            exhausted = False
+            break
+        if (min_duration is not None and d < min_duration) or (max_duration is not None and d > max_duration):
+            continue
+        if seen < num_cuts:
+            sample.append(d)
+        else:
+            # The (seen+1)-th kept cut replaces a random sample element with probability num_cuts / (seen+1),
+            # which keeps every cut read so far in the sample with the same probability.
+            j = rng.randint(0, seen)
+            if j < num_cuts:
+                sample[j] = d
+        seen += 1
+    return sample, seen, exhausted
+
+
 def estimate_bucket_bins(
     cuts: Iterable[Cut],
     num_buckets: int,
@@ -502,22 +562,34 @@ def estimate_bucket_bins(
     min_duration: Optional[float] = None,
     max_duration: Optional[float] = None,
     what: str = "cuts",
+    seed: int = 0,
+    max_cuts_read: Optional[int] = None,
 ) -> List[float]:
-    """`num_buckets - 1` duration boundaries giving buckets of roughly equal total duration, estimated from the
-    first `num_cuts` cuts (within [min_duration, max_duration] when given). Lhotse's estimate_duration_buckets."""
+    """`num_buckets - 1` duration boundaries giving buckets of roughly equal total duration (Lhotse's
+    estimate_duration_buckets), estimated from a uniform random sample of `num_cuts` cuts of the whole input
+    (within [min_duration, max_duration] when given; see sample_durations). A sample of the whole input, not its
+    first cuts, so a manifest sorted by duration (or by speaker, book, ...) gives the right bins.
+
+    max_cuts_read: read only the first that many cuts (the sample is then of those only).
+    """
     if num_buckets < 2:
         raise ManifestError(f"{what}: num_buckets must be >= 2 to estimate bucket bins (got {num_buckets})")
+    if num_cuts < 1:
+        raise ManifestError(f"{what}: the number of cuts to estimate bucket bins from must be >= 1 (got {num_cuts})")
+    sample, _, _ = sample_durations(
+        cuts, num_cuts, seed=seed, min_duration=min_duration, max_duration=max_duration, max_cuts_read=max_cuts_read
+    )
+    return bins_from_durations(sample, num_buckets, what=what)
 
-    def keep(c: Cut) -> bool:
-        return (min_duration is None or c.duration >= min_duration) and (max_duration is None or c.duration <= max_duration)
 
-    sample = [c for c in islice((c for c in cuts if keep(c)), num_cuts)]
+def bins_from_durations(sample: List[float], num_buckets: int, *, what: str = "cuts") -> List[float]:
+    """Lhotse's equal-total-duration boundaries for a sample of durations, repeats removed."""
     if len(sample) < num_buckets:
         raise ManifestError(
             f"{what}: only {len(sample)} cuts to estimate {num_buckets} buckets from; use fewer buckets "
             "(num_buckets) or more data"
         )
-    bins = estimate_duration_buckets(sample, num_buckets=num_buckets)
+    bins = estimate_duration_buckets(sample, num_buckets=num_buckets, constraint=_AsIs())
     # Equal-duration boundaries can repeat when many cuts share a length (fixed windows); lhotse needs them sorted
     # and repeats make empty buckets, so keep the distinct ones.
     out: List[float] = []
