@@ -92,7 +92,7 @@ def summary(run_dir, train_cuts, val_cuts, checkpoint=None) -> str:
         lines.append("  val_loss:     none logged")
     if checkpoint:
         lines.append(f"  checkpoint:   {checkpoint}")
-    for name in ("model.nemo", "encoder.nemo"):
+    for name in ("model.nemo", "encoder.ckpt"):
         p = os.path.join(run_dir, "export", name)
         if os.path.exists(p):
             lines.append(f"  exported:     {p} ({os.path.getsize(p) / 2**20:.1f} MiB)")

@@ -233,12 +233,13 @@ fi
 if [ "$node_rank" -ne 0 ]; then
   stage_in_range 7 && log "Stage 7: skipped on node $node_rank (node 0 exports)"
 elif stage_begin 7 "export and summary" in:"$ckpt_dir" out:"$run_dir/export/model.nemo" \
-    out:"$run_dir/export/encoder.nemo" out:"$run_dir/summary.txt"; then
+    out:"$run_dir/export/encoder.ckpt" out:"$run_dir/summary.txt"; then
   ckpt=$(python "$nest_repo/local/summary.py" last-checkpoint "$run_dir")
   mkdir -p "$run_dir/export"
   nest-ssl export "$ckpt" --to nemo "$run_dir/export/model.nemo"
-  nest-ssl export "$ckpt" --to nemo "$run_dir/export/encoder.nemo" --encoder-only
-  nest-ssl plot "$run_dir"
+  # encoder-only: the encoder weights as a Lightning-style .ckpt, for NeMo's init_from_ptl_ckpt downstream
+  nest-ssl export "$ckpt" --to nemo "$run_dir/export/encoder.ckpt" --encoder-only
+  nest-ssl plot "$run_dir"  # writes $run_dir/curves.png
   python "$nest_repo/local/summary.py" summary "$run_dir" --train-cuts "$data_dir/cuts/train.jsonl.gz" \
     --val-cuts "$data_dir/cuts/val.jsonl.gz" --checkpoint "$ckpt" > "$run_dir/summary.txt.tmp"
   mv "$run_dir/summary.txt.tmp" "$run_dir/summary.txt"
