@@ -10,26 +10,57 @@ sha1("<seed>:<speaker>"), i.e. a fixed pseudo-random choice that does not depend
 which other speakers exist. Windows of held-out speakers beyond --max-val-hours are dropped, not moved to
 training (that would leak those speakers back in), so validation stays cheap on big corpora.
 
-Two passes over CUTS (the first only collects speaker names); memory holds the set of speakers.
+Two passes over CUTS (the first only collects speaker names); memory holds the set of speakers. Lines are copied
+as they are (a lhotse CutSet in, the same cuts out), so this needs neither lhotse nor torch and starts at once.
 """
 
 import argparse
+import gzip
 import hashlib
+import json
 import os
 import sys
 
 
-def speaker_of(cut) -> str:
-    for s in cut.supervisions:
-        if s.speaker:
-            return str(s.speaker)
-    rid = cut.recording_id if getattr(cut, "has_recording", True) else cut.id
+def speaker_of(cut: dict) -> str:
+    for s in cut.get("supervisions") or []:
+        if s.get("speaker"):
+            return str(s["speaker"])
+    rid = (cut.get("recording") or {}).get("id") or cut.get("id", "")
     parts = str(rid).split("/")
     return parts[1] if len(parts) >= 3 else str(rid)
 
 
+def iter_cuts(path):
+    """(raw line, cut dict) for each line of a .jsonl or .jsonl.gz CutSet."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield line if line.endswith("\n") else line + "\n", json.loads(line)
+
+
 def choose(speakers, n, seed):
     return set(sorted(speakers, key=lambda s: hashlib.sha1(f"{seed}:{s}".encode()).hexdigest())[:n])
+
+
+class _GzipOut:
+    """A .jsonl.gz writer whose bytes depend on the content only (mtime=0, no name in the header), so stages
+    reading it see no change when it is rewritten with the same cuts."""
+
+    def __init__(self, path):
+        self.raw = open(path, "wb")
+        self.gz = gzip.GzipFile(filename="", mode="wb", fileobj=self.raw, mtime=0)
+
+    def write(self, data: bytes) -> None:
+        self.gz.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.gz.close()
+        self.raw.close()
 
 
 def main(argv=None) -> int:
@@ -42,34 +73,33 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
 
-    from lhotse import CutSet, load_manifest_lazy
-
-    cuts = load_manifest_lazy(a.cuts)
-    if cuts is None:
-        print(f"split_by_speaker: {a.cuts} is empty", file=sys.stderr)
-        return 1
-    speakers = {speaker_of(c) for c in cuts}
+    speakers = {speaker_of(c) for _, c in iter_cuts(a.cuts)}
     if len(speakers) <= a.val_speakers:
-        print(f"split_by_speaker: only {len(speakers)} speakers in {a.cuts}; cannot hold out {a.val_speakers} and "
+        print(f"split_by_speaker: {len(speakers)} speaker(s) in {a.cuts}; cannot hold out {a.val_speakers} and "
               f"keep some for training (lower --val-speakers)", file=sys.stderr)
         return 1
     held = choose(speakers, a.val_speakers, a.seed)
     limit = a.max_val_hours * 3600
     n = {"train": 0, "val": 0, "dropped": 0}
     secs = {"train": 0.0, "val": 0.0, "dropped": 0.0}
-    tmp_train, tmp_val = a.train_out + ".tmp.jsonl.gz", a.val_out + ".tmp.jsonl.gz"
-    with CutSet.open_writer(tmp_train) as tw, CutSet.open_writer(tmp_val) as vw:
-        for c in cuts:
+    tmp_train, tmp_val = a.train_out + ".tmp", a.val_out + ".tmp"
+    with _GzipOut(tmp_train) as tw, _GzipOut(tmp_val) as vw:
+        for line, c in iter_cuts(a.cuts):
             if speaker_of(c) not in held:
-                key, writer = "train", tw
-            elif secs["val"] + c.duration <= limit:
-                key, writer = "val", vw
+                key, out = "train", tw
+            elif secs["val"] + c["duration"] <= limit:
+                key, out = "val", vw
             else:
-                key, writer = "dropped", None
-            if writer is not None:
-                writer.write(c)
+                key, out = "dropped", None
+            if out is not None:
+                out.write(line.encode("utf-8"))
             n[key] += 1
-            secs[key] += c.duration
+            secs[key] += c["duration"]
+    if n["val"] == 0:
+        os.remove(tmp_train)
+        os.remove(tmp_val)
+        print(f"split_by_speaker: no validation windows fit in --max-val-hours {a.max_val_hours}", file=sys.stderr)
+        return 1
     os.replace(tmp_train, a.train_out)
     os.replace(tmp_val, a.val_out)
     print(f"train: {n['train']} cuts, {secs['train'] / 3600:.2f} h, {len(speakers) - len(held)} speakers; "
