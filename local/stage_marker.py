@@ -130,14 +130,15 @@ def begin(done_dir, stage, name, rest) -> int:
     marker = os.path.join(done_dir, f"stage{stage}.done")
     pending = os.path.join(done_dir, f"stage{stage}.pending")
     old = _load(marker)
+    interrupted = old is None and os.path.exists(pending)
     if force:
-        why = force
+        why = force + ("; an earlier run did not finish; continuing it" if interrupted else "")
     else:
         why = _why_stale(old, opts, ins_fp, outs)
         if why is None:
             print(f"skip: up to date (finished {old.get('finished', '?')}; marker {marker})")
             return 1
-        if old is None and os.path.exists(pending):
+        if interrupted:
             why = "an earlier run did not finish; continuing it"
     os.makedirs(done_dir, exist_ok=True)
     if os.path.exists(marker):
