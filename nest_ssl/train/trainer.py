@@ -361,9 +361,10 @@ class Trainer:
         self.trace_dir = os.environ.get(TRACE_ENV)
         self._preempted = False
         self._start_time = time.time()
-        self._last_log_time = time.time()
+        # Throughput counts training time only (fetch, forward, backward, step), not validation or checkpoints.
+        self._train_time_since_log = 0.0
         self._audio_since_log = 0.0
-        self._steps_since_log = 0
+        self._audio_per_s_ema: float | None = None
 
     # ------------------------------------------------------------------------------------------------------------
     # Checkpoint content
@@ -676,19 +677,20 @@ class Trainer:
                 stepped = self._optimizer_step(stats, micro)
                 if stepped:
                     grad_norm = self._last_grad_norm
-                now = time.time()
+                step_time = time.time() - step_t0
                 self._audio_since_log += float(stats[6])
-                self._steps_since_log += 1
+                self._train_time_since_log += step_time
+                rate = float(stats[6]) / max(1e-9, step_time)
+                self._audio_per_s_ema = rate if self._audio_per_s_ema is None else 0.9 * self._audio_per_s_ema + 0.1 * rate
                 if stepped and st.global_step % t.log_every_n_steps == 0:
-                    self._log_step(stats, grad_norm, now - step_t0)
+                    self._log_step(stats, grad_norm, step_time)
                 elif stepped:
                     self.bar.update(st.global_step, float(stats[0] / max(1.0, float(stats[1] - stats[2]))),
-                                    self._step_lr, None)
+                                    self._step_lr, self._audio_per_s_ema / 3600.0)
                 if stats[8] > 0 and not self.stop_reason:
                     self.stop_reason = "preempted" if self._preempted else "max_time_per_run"
                 stats.zero_()
                 micro = 0
-                step_t0 = time.time()
                 if self.trace_dir and stepped:
                     self._trace({"step": st.global_step, "rank": self.info.rank, "weights": _weights_digest(self.model)})
             validated = False
@@ -710,6 +712,8 @@ class Trainer:
                 return
             if is_last:
                 break
+            if step_boundary:
+                step_t0 = time.time()  # after validation and checkpoint: they are not training time
         # The epoch is over.
         st.epoch += 1
         st.batch_idx = 0
@@ -768,9 +772,7 @@ class Trainer:
         st = self.state
         n = float(stats[1] - stats[2])
         loss = float(stats[0] / n) if n > 0 else float("nan")
-        now = time.time()
-        elapsed = max(1e-9, now - self._last_log_time)
-        audio_per_s = self._audio_since_log / elapsed
+        audio_per_s = self._audio_since_log / max(1e-9, self._train_time_since_log)
         lr = self._step_lr  # the rate this step used (NeMo logs it before the scheduler moves on)
         metrics = {
             "train_loss": loss,
@@ -789,14 +791,13 @@ class Trainer:
             metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.last_metrics["train_loss"] = loss
         self.metrics_writer.log(metrics, st.global_step)
-        self.bar.update(st.global_step, loss, lr, audio_per_s / 3600.0)
+        self.bar.update(st.global_step, loss, lr, (self._audio_per_s_ema or audio_per_s) / 3600.0)
         if not (self.t.enable_progress_bar and self.info.is_global_zero):
             log.info("epoch %d step %d: train_loss=%.4f lr=%.3e grad_norm=%s audio_h/s=%.3g",
                      st.epoch, st.global_step, loss, lr,
                      "n/a" if grad_norm is None else f"{float(grad_norm):.3f}", audio_per_s / 3600.0)
-        self._last_log_time = now
+        self._train_time_since_log = 0.0
         self._audio_since_log = 0.0
-        self._steps_since_log = 0
 
 
 def _to_cpu(obj: Any) -> Any:
