@@ -22,6 +22,7 @@ Standard library only: it runs at every stage boundary and must start fast.
 import hashlib
 import json
 import os
+import socket
 import sys
 import time
 
@@ -89,7 +90,7 @@ def _load(path):
 
 
 def _write_json(path, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = f"{path}.tmp.{socket.gethostname()}.{os.getpid()}"  # nodes of a multi-node run share the folder
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
         f.write("\n")
