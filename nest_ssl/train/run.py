@@ -182,8 +182,13 @@ def init_from_pretrained(model: torch.nn.Module, cfg: DictConfig) -> None:
         part = _filter(sd, entry.get("include"), entry.get("exclude"))
         own = model.state_dict()
         mismatched = [k for k in part if k in own and own[k].shape != part[k].shape]
+        if mismatched and cfg.get("init_strict", True):
+            raise ConfigError(f"{key}={path}: shapes differ for {mismatched[:5]} (a different model size?); "
+                              "init_strict=false skips such tensors")
         if mismatched:
-            raise ConfigError(f"{key}={path}: shapes differ for {mismatched[:5]} (a different model size?)")
+            log.warning("init_strict=false: %d tensors of %s have other shapes and are not loaded, e.g. %s",
+                        len(mismatched), path, mismatched[:3])
+            part = {k: v for k, v in part.items() if k not in mismatched}
         result = model.load_state_dict(part, strict=False)
         loaded = len(part) - len(result.unexpected_keys)
         log.info("initialised %d tensors from %s (%s); %d of the model's were not in it", loaded, path, key,
@@ -232,12 +237,48 @@ def _spawned_run(container: dict, command_line: str | None) -> None:
     _run_process(cfg, settings, plan, command_line)
 
 
-def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, command_line: str | None) -> RunResult:
+def build_trainer(cfg: DictConfig, settings: RunSettings, info: DistInfo, *, log_dir: Path, ckpt_dir: Path,
+                  init_weights: bool = True) -> Trainer:
+    """Model (seeded init, init_from_* when init_weights), SyncBatchNorm, optimizer, scheduler, dataloaders and the
+    Trainer around them, on this process's device."""
     from nest_ssl.data import build_dataloader
     from nest_ssl.export.nemo import write_nemo
     from nest_ssl.models import NESTModel
     from nest_ssl.optim import build_optimizer, build_scheduler
 
+    t = settings.trainer
+    seed_for(settings.seed, "init", 0)  # the same initial weights on every rank (DDP also broadcasts them)
+    model = NESTModel.from_config(cfg.model)
+    if init_weights:
+        init_from_pretrained(model, cfg)
+    if t.sync_batchnorm and info.world_size > 1:
+        model = convert_sync_batchnorm(model, info.device)
+    model.to(info.device)
+    if t.enable_model_summary and info.is_global_zero:
+        log.info(_model_summary(model))
+    optimizer = build_optimizer(model.parameters(), cfg.model.optim)
+    sched_cfg = cfg.model.optim.get("sched")
+    max_steps = t.max_steps if t.max_steps != -1 else None
+    scheduler = build_scheduler(optimizer, sched_cfg, max_steps=max_steps) if sched_cfg is not None else None
+
+    sr = int(cfg.model.get("sample_rate", 16000))
+    train_loader = build_dataloader(cfg.model.train_ds, sample_rate=sr, seed=settings.seed, rank=info.rank,
+                                    world_size=info.world_size, training=True)
+    val_cfg = cfg.model.get("validation_ds")
+    val_loader = None
+    if val_cfg is not None and val_cfg.get("manifest_filepath"):
+        val_loader = build_dataloader(val_cfg, sample_rate=sr, seed=settings.seed, rank=info.rank,
+                                      world_size=info.world_size, training=False)
+
+    def write_nemo_fn(out_path, state_dict):
+        write_nemo(out_path, cfg.model, state_dict)
+
+    return Trainer(cfg=cfg, settings=settings, info=info, model=model, optimizer=optimizer, scheduler=scheduler,
+                   train_loader=train_loader, val_loader=val_loader, log_dir=log_dir, ckpt_dir=ckpt_dir,
+                   write_nemo_fn=write_nemo_fn)
+
+
+def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, command_line: str | None) -> RunResult:
     info = init_distributed(plan)
     trainer = None
     try:
@@ -271,35 +312,7 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
         if path and ckpt is None:
             ckpt = ckpt_io.load_checkpoint(path)
 
-        seed_for(settings.seed, "init", 0)  # the same initial weights on every rank (DDP also broadcasts them)
-        model = NESTModel.from_config(cfg.model)
-        if ckpt is None:
-            init_from_pretrained(model, cfg)
-        if t.sync_batchnorm and info.world_size > 1:
-            model = convert_sync_batchnorm(model, info.device)
-        model.to(info.device)
-        if t.enable_model_summary and info.is_global_zero:
-            log.info(_model_summary(model))
-        optimizer = build_optimizer(model.parameters(), cfg.model.optim)
-        sched_cfg = cfg.model.optim.get("sched")
-        max_steps = t.max_steps if t.max_steps != -1 else None
-        scheduler = build_scheduler(optimizer, sched_cfg, max_steps=max_steps) if sched_cfg is not None else None
-
-        sr = int(cfg.model.get("sample_rate", 16000))
-        train_loader = build_dataloader(cfg.model.train_ds, sample_rate=sr, seed=settings.seed, rank=info.rank,
-                                        world_size=info.world_size, training=True)
-        val_cfg = cfg.model.get("validation_ds")
-        val_loader = None
-        if val_cfg is not None and val_cfg.get("manifest_filepath"):
-            val_loader = build_dataloader(val_cfg, sample_rate=sr, seed=settings.seed, rank=info.rank,
-                                          world_size=info.world_size, training=False)
-
-        def write_nemo_fn(out_path, state_dict):
-            write_nemo(out_path, cfg.model, state_dict)
-
-        trainer = Trainer(cfg=cfg, settings=settings, info=info, model=model, optimizer=optimizer,
-                          scheduler=scheduler, train_loader=train_loader, val_loader=val_loader, log_dir=log_dir,
-                          ckpt_dir=ckpt_dir, write_nemo_fn=write_nemo_fn)
+        trainer = build_trainer(cfg, settings, info, log_dir=log_dir, ckpt_dir=ckpt_dir, init_weights=ckpt is None)
         if ckpt is not None:
             trainer.restore(ckpt, Path(path))
         del ckpt
