@@ -10,7 +10,8 @@ run. Each preparation runs in a fresh Python process; we report
   peak MiB  the peak of the summed anonymous PSS (Pss_Anon + Pss_Shmem: heap and arrays; PSS so that pages
             forked workers share are counted once; not library code, whose PSS moves with whatever else runs
             on the machine) of the process and all its children, sampled every 20 ms; and its growth above
-            the same process just before the call (the interpreter, torch and lhotse imported)
+            the same process just before the call (the interpreter, torch and lhotse imported). A peak must
+            be seen by two samples in a row, which filters the millisecond double counting of a worker's start
 
 Targets: ours at least as fast as lhotse's with the same number of jobs; our peak memory flat across sizes.
 
@@ -98,8 +99,14 @@ def run_one(which, corpus, out, nj):
     stop = threading.Event()
 
     def sample():
+        # A value counts when two samples in a row (20 ms apart) reach it. A single sample can be inflated: while
+        # a pool starts a worker (fork, then exec) the parent may be read before the fork and the child, still
+        # sharing the parent's pages, after it, which counts those pages up to twice for a millisecond.
+        prev = base
         while not stop.is_set():
-            peak[0] = max(peak[0], tree_pss_mib(p.pid))
+            now = tree_pss_mib(p.pid)
+            peak[0] = max(peak[0], min(prev, now))
+            prev = now
             time.sleep(0.02)
 
     th = threading.Thread(target=sample, daemon=True)

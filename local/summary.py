@@ -67,8 +67,8 @@ def summary(run_dir, train_cuts, val_cuts, checkpoint=None) -> str:
         found = re.search(r"step=(\d+)", os.path.basename(checkpoint))
         step = int(found.group(1)) if found else step
     lines = [f"NEST pretraining summary: {run_dir}"]
-    lines.append(f"  audio used:   training {s_tr / 3600:.3f} h ({n_tr} windows, {spk_tr} speakers); "
-                 f"validation {s_va / 3600:.3f} h ({n_va} windows, {spk_va} held-out speakers)")
+    lines.append(f"  audio used:   training {s_tr / 3600:.3f} h ({n_tr} windows, {spk_tr} speaker(s)); "
+                 f"validation {s_va / 3600:.3f} h ({n_va} windows, {spk_va} held-out speaker(s))")
     epochs = m["epoch"]
     lines.append(f"  steps:        {step}" + (f" (epoch {int(epochs[max(epochs)])})" if epochs else ""))
     tl, vl = m["train_loss"], m["val_loss"]
