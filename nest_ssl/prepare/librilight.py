@@ -108,6 +108,8 @@ def prepare_librilight(
     which catches files cut short by an interrupted download or extraction for little cost; "full" decodes
     everything. overwrite=True redoes subsets that are already prepared.
     Raises FileNotFoundError for a subset directory that does not exist; bad files never raise.
+    num_jobs > 1 starts worker processes with multiprocessing's "spawn": a script calling this at import time needs
+    the usual `if __name__ == "__main__":` guard.
     """
     if check_audio not in CHECK_AUDIO:
         raise ValueError(f"check_audio must be one of {CHECK_AUDIO}, got {check_audio!r}")
