@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable
@@ -134,7 +135,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawned_entry(local_rank: int, nprocs: int, port: int, fn: Callable, args: tuple) -> None:
+def _exit_with_parent(parent_pid: int) -> None:
+    """A process we started must not outlive the process that started it (e.g. killed with SIGKILL): an orphan
+    would go on training and writing checkpoints next to the rerun."""
+    import threading
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="nest-ssl-parent-watch", daemon=True).start()
+
+
+def _spawned_entry(local_rank: int, nprocs: int, port: int, fn: Callable, args: tuple, parent_pid: int) -> None:
+    _exit_with_parent(parent_pid)
     os.environ.update(
         RANK=str(local_rank),
         LOCAL_RANK=str(local_rank),
@@ -154,7 +170,8 @@ def spawn(fn: Callable, nprocs: int, args: tuple = ()) -> None:
 
     port = free_port()
     log.info("starting %d processes (no torchrun environment found); rendezvous on 127.0.0.1:%d", nprocs, port)
-    mp.start_processes(_spawned_entry, args=(nprocs, port, fn, args), nprocs=nprocs, join=True, start_method="spawn")
+    mp.start_processes(_spawned_entry, args=(nprocs, port, fn, args, os.getpid()), nprocs=nprocs, join=True,
+                       start_method="spawn")
 
 
 def init_distributed(plan: LaunchPlan) -> DistInfo:

@@ -225,9 +225,23 @@ def run(cfg: Any, *, command_line: str | None = None) -> RunResult:
         if not settings.exp_manager.resume_if_exists and not settings.exp_manager.explicit_log_dir:
             os.environ[VERSION_ENV] = log_dir.name
         container = OmegaConf.to_container(cfg, resolve=True)
-        spawn(_spawned_run, plan.devices_per_node, (container, command_line))
+        try:
+            spawn(_spawned_run, plan.devices_per_node, (container, command_line))
+        except Exception as err:  # torch.multiprocessing.ProcessRaisedException: re-raise as what the child raised
+            raise _child_error(err) from err
         return RunResult(log_dir=log_dir)
     return _run_process(cfg, settings, plan, command_line)
+
+
+def _child_error(err: Exception) -> Exception:
+    """The exception type a started process raised, with its message, so the CLI reports it as usual."""
+    text = str(err)
+    for cls in (NonFiniteLossError, ResumeError, ConfigError):
+        marker = f"{cls.__module__}.{cls.__name__}: "
+        if marker in text or f"{cls.__name__}: " in text:
+            tail = text.split(f"{cls.__name__}: ", 1)[1].strip()
+            return cls(tail)
+    return err
 
 
 def _spawned_run(container: dict, command_line: str | None) -> None:

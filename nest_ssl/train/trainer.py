@@ -360,6 +360,7 @@ class Trainer:
         )
         self.trace_dir = os.environ.get(TRACE_ENV)
         self._preempted = False
+        self._warned_val_interval = False
         self._start_time = time.time()
         # Throughput counts training time only (fetch, forward, backward, step), not validation or checkpoints.
         self._train_time_since_log = 0.0
@@ -715,6 +716,15 @@ class Trainer:
             if step_boundary:
                 step_t0 = time.time()  # after validation and checkpoint: they are not training time
         # The epoch is over.
+        vci = t.val_check_interval
+        if (isinstance(vci, int) and t.check_val_every_n_epoch is not None and st.batch_idx < vci
+                and self.val_loader is not None and not self._warned_val_interval):
+            self._warned_val_interval = True
+            log.warning(
+                "epoch %d had %d batches, fewer than trainer.val_check_interval=%d, which counts the batches of one "
+                "epoch while check_val_every_n_epoch is set: validation never runs. Set "
+                "trainer.check_val_every_n_epoch=null to count batches across epochs (Lightning raises here when "
+                "it knows the epoch length in advance)", st.epoch, st.batch_idx, vci)
         st.epoch += 1
         st.batch_idx = 0
         st.epoch_finished = False
@@ -782,7 +792,7 @@ class Trainer:
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "throughput": audio_per_s,  # audio seconds trained per wall second, all ranks together
             "throughput_per_device": audio_per_s / self.info.world_size,
-            "step_time": step_time,
+            "step_time": step_time if self.s.exp_manager.log_step_timing else None,
             "masked_fraction": float(stats[4] / stats[5]) if stats[5] > 0 else 0.0,
             "target_perplexity": float(stats[7] / stats[1]) if stats[1] > 0 else 0.0,
             "skipped_steps": st.skipped_nonfinite,
