@@ -19,7 +19,8 @@ memory, works in threads (JSON parsing and object building hold the GIL), raises
 redoes a subset from scratch after a crash. Here:
 
 * Streaming: the corpus is walked directory by directory in sorted order and cut into chunks of `chunk_size`
-  files; at most 2 x num_jobs chunks are in flight. Nothing held in memory grows with the corpus.
+  files; at most 2 x num_jobs chunks are in flight. Nothing held in memory grows with the corpus. A subset of at
+  most 2 x num_jobs chunks is prepared in the calling process: starting workers would cost more than they save.
 * Processes: each chunk is handled by a worker process that writes its own gzip part files; the parent only
   moves file names and counters. Parts are concatenated in chunk order at the end (gzip members concatenate
   into a valid gzip stream), so the output is the same, byte for byte, for any num_jobs.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -45,7 +47,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import soundfile as sf
 
@@ -120,21 +122,25 @@ def prepare_librilight(
         if not os.path.isdir(os.path.join(corpus_dir, subset)):
             raise FileNotFoundError(f"LibriLight subset directory not found: {os.path.join(corpus_dir, subset)}")
     os.makedirs(output_dir, exist_ok=True)
-    executor = None
-    if num_jobs > 1:
-        # One pool for all subsets, of fresh interpreters: a worker imports only this module (stdlib, soundfile),
-        # 0.1 s. Forked workers would start faster but share the caller's heap copy-on-write, and Python's
-        # reference counts and GC soon copy it: with torch imported that is ~250 MB more per worker, and more
-        # for a caller holding big objects.
-        executor = ProcessPoolExecutor(max_workers=num_jobs, mp_context=mp.get_context("spawn"))
+    pool: List[ProcessPoolExecutor] = []
+
+    def executor() -> ProcessPoolExecutor:
+        # One pool for all subsets, started when first needed, of fresh interpreters: a worker imports only this
+        # module (stdlib, soundfile), 0.1 s. Forked workers would start faster but share the caller's heap
+        # copy-on-write, and Python's reference counts and GC soon copy it: with torch imported that is ~250 MB
+        # more per worker, and more for a caller holding big objects.
+        if not pool:
+            pool.append(ProcessPoolExecutor(max_workers=num_jobs, mp_context=mp.get_context("spawn")))
+        return pool[0]
+
     try:
         return {
             s: _prepare_subset(corpus_dir, output_dir, s, executor, num_jobs, chunk_size, check_audio, overwrite)
             for s in subsets
         }
     finally:
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        for ex in pool:
+            ex.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -185,19 +191,35 @@ def iter_chunks(corpus_dir: str, subset: str, chunk_size: int) -> Iterator[Tuple
         yield index, chunk, h.hexdigest()
 
 
+class _ListingHash:
+    """What a subset was prepared from: the chunk hashes in order (so every file's name, size and mtime), the
+    audio check and the format version."""
+
+    def __init__(self, check_audio: str):
+        self.h = hashlib.sha1(f"v{_FORMAT_VERSION}:{check_audio}\n".encode())
+        self.chunks = 0
+
+    def update(self, chunk_hash: str) -> None:
+        self.h.update(chunk_hash.encode())
+        self.chunks += 1
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
+
+
 def _listing_hash(chunk_hashes: Iterable[str], check_audio: str) -> str:
-    h = hashlib.sha1(f"v{_FORMAT_VERSION}:{check_audio}\n".encode())
+    listing = _ListingHash(check_audio)
     for c in chunk_hashes:
-        h.update(c.encode())
-    return h.hexdigest()
+        listing.update(c)
+    return listing.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # One subset
 
 
-def _prepare_subset(corpus_dir, output_dir, subset, executor, num_jobs, chunk_size, check_audio,
-                    overwrite) -> SubsetStats:
+def _prepare_subset(corpus_dir, output_dir, subset, executor: Callable[[], ProcessPoolExecutor], num_jobs,
+                    chunk_size, check_audio, overwrite) -> SubsetStats:
     paths = output_paths(output_dir, subset)
     finals = [paths[k] for k in ("recordings", "supervisions", "cuts", "rejects", "stats")]
     done = _read_json(paths["done"])
@@ -218,7 +240,7 @@ def _prepare_subset(corpus_dir, output_dir, subset, executor, num_jobs, chunk_si
     parts = paths["parts"]
     os.makedirs(parts, exist_ok=True)
     stats = SubsetStats(subset=subset)
-    chunk_hashes: List[str] = []
+    listing = _ListingHash(check_audio)
     t0 = time.time()
     last_log = t0
 
@@ -230,20 +252,24 @@ def _prepare_subset(corpus_dir, output_dir, subset, executor, num_jobs, chunk_si
             logger.info("LibriLight %s: %d files (%.1f files/s)", subset, stats.files,
                         stats.files / max(time.time() - t0, 1e-9))
 
+    chunks = iter_chunks(corpus_dir, subset, chunk_size)
+    # Workers only for more than 2 x num_jobs chunks: for less work, starting processes costs more than it saves.
+    head = list(itertools.islice(chunks, 2 * num_jobs + 1)) if num_jobs > 1 else []
+    ex = executor() if len(head) > 2 * num_jobs else None
     in_flight = set()
     try:
-        for index, rels, chunk_hash in iter_chunks(corpus_dir, subset, chunk_size):
-            chunk_hashes.append(chunk_hash)  # 40 bytes per chunk of files: bounded for any real corpus
+        for index, rels, chunk_hash in itertools.chain(head, chunks):
+            listing.update(chunk_hash)
             old = _read_json(_part(parts, index, "done"))
             if old is not None and old["hash"] == chunk_hash and old["check_audio"] == check_audio:
                 stats.chunks_reused += 1
                 collect(old["stats"])
                 continue
             task = (corpus_dir, rels, chunk_hash, _part(parts, index, ""), check_audio)
-            if executor is None:
+            if ex is None:
                 collect(process_chunk(*task))
                 continue
-            in_flight.add(executor.submit(process_chunk, *task))
+            in_flight.add(ex.submit(process_chunk, *task))
             if len(in_flight) >= 2 * num_jobs:
                 finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                 for f in finished:
@@ -256,12 +282,12 @@ def _prepare_subset(corpus_dir, output_dir, subset, executor, num_jobs, chunk_si
         wait(in_flight)
         raise
 
-    stats.chunks = len(chunk_hashes)
+    stats.chunks = listing.chunks
     if stats.files == 0:
         logger.warning("LibriLight %s: no .flac files under %s", subset, os.path.join(corpus_dir, subset))
     _merge(parts, stats.chunks, paths)
     _write_json(paths["stats"], asdict(stats))
-    _write_json(paths["done"], {"listing": _listing_hash(chunk_hashes, check_audio), "stats": asdict(stats)})
+    _write_json(paths["done"], {"listing": listing.hexdigest(), "stats": asdict(stats)})
     shutil.rmtree(parts, ignore_errors=True)
     logger.info(
         "LibriLight %s: %d files -> %d recordings (%.1f h), %d supervisions (%.1f h of speech); %d rejected, "
