@@ -25,7 +25,7 @@ from nest_ssl.export.nemo import (
     write_nemo,
 )
 from nest_ssl.models import NESTModel
-from nest_ssl.train.checkpoint import load_checkpoint, save_checkpoint
+from nest_ssl.train.checkpoint import load_checkpoint
 from nest_ssl.train.run import init_from_pretrained
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,7 +1,6 @@
 """End-to-end training runs (real subprocesses, the tiny config on CPU): the README command, exact resume after
 SIGKILL, a corrupt newest checkpoint, non-finite losses, epochs/accumulation/validation cadence, and plotting."""
 
-import json
 import os
 import signal
 import subprocess

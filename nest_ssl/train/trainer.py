@@ -24,7 +24,7 @@ import os
 import signal
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from nest_ssl.train import checkpoint as ckpt_io
-from nest_ssl.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
+from nest_ssl.train.distributed import DistInfo, all_gather_objects, all_reduce_sum
 from nest_ssl.train.loggers import MetricsWriter, ProgressBar
 from nest_ssl.train.seeding import capture_rng_state, restore_rng_state, seed_for
 from nest_ssl.train.trainer_config import RunSettings
@@ -639,6 +639,11 @@ class Trainer:
         grad_norm = None
         step_t0 = time.time()
         fetcher = _Lookahead(self.train_loader, self.seed, self.info.rank, st.total_batch_idx)
+        if fetcher.next is None and st.batch_idx == 0:
+            # Without this, an epoch without batches would make max_epochs=-1 loop forever.
+            raise RuntimeError(
+                f"the training data gives no batch in epoch {st.epoch}: check model.train_ds (manifest, "
+                "min_duration/max_duration, batch_size with drop_last)")
         for batch, is_last in fetcher:
             if limit is not None and st.batch_idx + 1 >= limit:
                 is_last = True

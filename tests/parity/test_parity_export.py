@@ -7,7 +7,6 @@ import tarfile
 
 import pytest
 import torch
-import yaml
 from omegaconf import OmegaConf
 
 from nest_ssl.config import load_config
