@@ -34,7 +34,7 @@ from nest_ssl.train.distributed import (
     spawn,
 )
 from nest_ssl.train.loggers import setup_text_logging
-from nest_ssl.train.seeding import seed_for, set_deterministic
+from nest_ssl.train.seeding import derive_seed, seed_for, set_deterministic
 from nest_ssl.train.trainer import NonFiniteLossError, Trainer
 from nest_ssl.train.trainer_config import RunSettings, parse_run_config
 
@@ -252,7 +252,7 @@ def _spawned_run(container: dict, command_line: str | None) -> None:
 
 
 def build_trainer(cfg: DictConfig, settings: RunSettings, info: DistInfo, *, log_dir: Path, ckpt_dir: Path,
-                  init_weights: bool = True) -> Trainer:
+                  init_weights: bool = True, resume_step: int | None = None) -> Trainer:
     """Model (seeded init, init_from_* when init_weights), SyncBatchNorm, optimizer, scheduler, dataloaders and the
     Trainer around them, on this process's device."""
     from nest_ssl.data import build_dataloader
@@ -278,6 +278,14 @@ def build_trainer(cfg: DictConfig, settings: RunSettings, info: DistInfo, *, log
     sr = int(cfg.model.get("sample_rate", 16000))
     train_loader = build_dataloader(cfg.model.train_ds, sample_rate=sr, seed=settings.seed, rank=info.rank,
                                     world_size=info.world_size, training=True)
+    sampler = getattr(train_loader, "cut_sampler", None)
+    if resume_step and getattr(sampler, "iterable_dataset", False):
+        # Per-worker samplers (Shar input) cannot be fast-forwarded: as Lhotse advises, a resumed run reads the
+        # stream in a new order (a seed derived from the step) instead of replaying the data it has trained on.
+        data_seed = derive_seed(settings.seed, "resume", resume_step) % (1 << 31)
+        log.warning("iterable (Shar) training data cannot resume mid-stream; continuing with data seed %d", data_seed)
+        train_loader = build_dataloader(cfg.model.train_ds, sample_rate=sr, seed=data_seed, rank=info.rank,
+                                        world_size=info.world_size, training=True)
     val_cfg = cfg.model.get("validation_ds")
     val_loader = None
     if val_cfg is not None and val_cfg.get("manifest_filepath"):
@@ -326,7 +334,8 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
         if path and ckpt is None:
             ckpt = ckpt_io.load_checkpoint(path)
 
-        trainer = build_trainer(cfg, settings, info, log_dir=log_dir, ckpt_dir=ckpt_dir, init_weights=ckpt is None)
+        trainer = build_trainer(cfg, settings, info, log_dir=log_dir, ckpt_dir=ckpt_dir, init_weights=ckpt is None,
+                                resume_step=ckpt["global_step"] if ckpt is not None else None)
         if ckpt is not None:
             trainer.restore(ckpt, Path(path))
         del ckpt

@@ -328,6 +328,8 @@ class Trainer:
         self.sample_rate = int(cfg.model.get("sample_rate", 16000))
         self.seed = settings.seed
         self.sampler = _sampler_of(train_loader)
+        if getattr(self.sampler, "iterable_dataset", False):
+            self.sampler = None  # it runs inside the workers: its state here says nothing about the stream
         self._restored_sampler_state: dict | None = None
         self.last_metrics: dict[str, float] = {}
         self.stop_reason: str | None = None
