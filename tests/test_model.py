@@ -199,3 +199,15 @@ def test_builds_from_nemo_yaml_unchanged(tmp_path):
     with torch.device("meta"):
         model = NESTModel.from_config(cfg.model)
     assert count(model) == 113_106_000 and type(model.encoder).__module__ == "nest_ssl.modules.conformer"
+
+
+def test_batch_with_every_cut_rejected(tiny):
+    tiny.train()
+    empty = torch.zeros(0, 0)
+    lengths = torch.zeros(0, dtype=torch.int64)
+    out = tiny.training_output(type("B", (), dict(audio=empty, audio_len=lengths, noisy_audio=empty,
+                                                  noisy_audio_len=lengths)))
+    assert out.empty_mask and out.loss.item() == 0.0 and out.num_tokens == 0
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in tiny.parameters() if p.requires_grad)
+    tiny.zero_grad()

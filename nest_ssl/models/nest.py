@@ -173,6 +173,8 @@ class NESTModel(nn.Module):
     # ----------------------------------------------------------------------------------------------------------
     def training_output(self, batch, apply_mask: bool = True) -> StepOutput:
         """Forward and loss on an AudioNoiseBatch (or anything with its fields), as NeMo's training_step."""
+        if batch.audio.shape[0] == 0:
+            return self._empty_output(batch.audio.device)
         log_probs, encoded_len, masks, tokens = self.forward(
             input_signal=batch.audio,
             input_signal_length=batch.audio_len,
@@ -192,6 +194,16 @@ class NESTModel(nn.Module):
             num_masked_tokens=num_masked,
             num_tokens=num_tokens,
             empty_mask=num_masked == 0,
+        )
+
+    def _empty_output(self, device) -> StepOutput:
+        """A batch whose every cut was rejected by the data loader: a flagged zero that still touches every
+        trainable parameter, so that DDP's gradient all-reduce runs on this rank as on the others."""
+        loss = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        none = torch.zeros(0, dtype=torch.int64, device=device)
+        return StepOutput(
+            loss=loss, log_probs=torch.zeros(0, device=device), encoded_len=none, masks=torch.zeros(0, device=device),
+            tokens=none, num_masked_tokens=0, num_tokens=0, empty_mask=True,
         )
 
     # ----------------------------------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ class LoopState:
     nonfinite_in_a_row: int = 0
     skipped_nonfinite: int = 0  # steps skipped because the loss was not finite
     skipped_empty: int = 0  # steps skipped because no token was masked on any rank
+    rejected_cuts: int = 0  # training cuts this rank's loader dropped (unreadable, NaN/Inf, empty audio)
     last_saved_step: int = -1
     last_val_step: int = -1
 
@@ -490,6 +491,19 @@ class Trainer:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
+    def _record_rejects(self, rejected, purpose: str) -> None:
+        """Cuts the loader dropped are listed, with the reason, in the run folder (one file per rank, since each
+        rank reads its own cuts); training goes on without them."""
+        if purpose == "train":
+            self.state.rejected_cuts += len(rejected)
+        name = "rejected_cuts.tsv" if self.info.rank == 0 else f"rejected_cuts.rank{self.info.rank}.tsv"
+        path = Path(self.log_dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            for cut_id, reason in rejected:
+                reason = " ".join(str(reason).split())  # one line per cut, whatever the error text
+                f.write(f"{self.state.global_step}\t{purpose}\t{cut_id}\t{reason}\n")
+
     # ------------------------------------------------------------------------------------------------------------
     # Validation
 
@@ -512,6 +526,8 @@ class Trainer:
                 if cap is not None and i >= cap:
                     break
                 seed_for(self.seed, purpose, i, self.info.rank)
+                if getattr(batch, "rejected", None):
+                    self._record_rejects(batch.rejected, purpose)
                 batch = batch.to(self.device, non_blocking=True)
                 with self._autocast():
                     out = self.model.training_output(batch, apply_mask=True)
@@ -650,6 +666,8 @@ class Trainer:
             if limit is not None and st.batch_idx + 1 >= limit:
                 is_last = True
             seed_for(self.seed, "step", st.total_batch_idx, self.info.rank)
+            if getattr(batch, "rejected", None):
+                self._record_rejects(batch.rejected, "train")
             batch = batch.to(self.device, non_blocking=True)
             step_boundary = (st.batch_idx + 1) % acc == 0 or is_last
             sync_ctx = self.ddp.no_sync() if (self.ddp is not None and not step_boundary) else contextlib.nullcontext()
@@ -803,6 +821,7 @@ class Trainer:
             "masked_fraction": float(stats[4] / stats[5]) if stats[5] > 0 else 0.0,
             "target_perplexity": float(stats[7] / stats[1]) if stats[1] > 0 else 0.0,
             "skipped_steps": st.skipped_nonfinite,
+            "rejected_cuts": st.rejected_cuts,
         }
         if torch.cuda.is_available() and self.device.type == "cuda":
             metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
