@@ -242,3 +242,20 @@ def test_build_dataloader_over_shar_streams_nemo_batches_per_worker(tmp_path, cu
         worker1 = [i for pair in ids[1::2] for i in pair]
         assert worker0 != worker1
         assert len(set(worker0)) > 4 and len(set(worker1)) > 4
+
+
+def test_iterable_mode_buffers_default_small_because_shar_cuts_carry_audio(tmp_path, cuts_manifest):
+    from nest_ssl.data.sampler import ITERABLE_DEFAULTS, SAMPLER_DEFAULTS
+
+    _, src = cuts_manifest
+    out = tmp_path / "shar"
+    export_shar(src, out, shard_size=5, seed=0)
+    cfg = {"use_bucketing": True, "num_buckets": 2, "batch_duration": 5.0, "bucket_duration_bins": [2.0]}
+    shar = build_sampler(open_cutset(str(out)), cfg, seed=0)
+    assert shar.iterable_dataset and shar.buffer_size == ITERABLE_DEFAULTS["bucket_buffer_size"]
+    assert shar.source.shuffle_buffer_size == ITERABLE_DEFAULTS["shuffle_buffer_size"]
+    plain = build_sampler(open_cutset(src), cfg, seed=0)
+    assert not plain.iterable_dataset and plain.buffer_size == SAMPLER_DEFAULTS["bucket_buffer_size"]
+    # a value the user gives wins in both modes
+    given = build_sampler(open_cutset(str(out)), dict(cfg, bucket_buffer_size=50, shuffle_buffer_size=7), seed=0)
+    assert given.buffer_size == 50 and given.source.shuffle_buffer_size == 7

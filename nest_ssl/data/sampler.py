@@ -85,6 +85,12 @@ SAMPLER_DEFAULTS: Dict[str, Any] = {
     "force_iterable_dataset": False,
 }
 
+# Iterable (Shar) mode: a cut read from a Shar shard carries its encoded audio, so every buffered cut costs ~17 kB per
+# second of audio (~0.3 MB for a 17 s LibriLight window) in each DataLoader worker, and NeMo's 10000 + 10000 would
+# hold ~5 GB per worker. Shards are globally shuffled when written (`nest-ssl shar export`), so a small shuffle
+# buffer suffices, and 2000 cuts still fill 30 buckets for batches of ~1000 s of 17 s cuts.
+ITERABLE_DEFAULTS: Dict[str, Any] = {"bucket_buffer_size": 2000, "shuffle_buffer_size": 1000}
+
 # NeMo dataloading keys we know but do not implement (warned about, not silently dropped).
 _UNSUPPORTED_KEYS = {
     "bucket_batch_size": "per-bucket batch sizes need a custom constraint, which Lhotse cannot checkpoint; use "
@@ -383,7 +389,13 @@ def build_sampler(
     iterable = uses_iterable_dataset(cuts, ds_cfg, training)
     infinite = iterable and not bool(_cfg_get(ds_cfg, "force_finite"))
     use_bucketing = bool(_cfg_get(ds_cfg, "use_bucketing"))
-    shuffle_buffer = int(_cfg_get(ds_cfg, "shuffle_buffer_size") or 0)
+    buffer_defaults = ITERABLE_DEFAULTS if iterable else SAMPLER_DEFAULTS
+
+    def buffer_size(key: str) -> int:
+        value = _raw_get(ds_cfg, key)
+        return int(buffer_defaults[key] if value is None else value)
+
+    shuffle_buffer = buffer_size("shuffle_buffer_size")
 
     if iterable:
         src = manifest_source(cuts)
@@ -463,7 +475,7 @@ def build_sampler(
             shuffle=shuffle,
             drop_last=drop_last,
             duration_bins=bins,
-            buffer_size=int(_cfg_get(ds_cfg, "bucket_buffer_size")),
+            buffer_size=buffer_size("bucket_buffer_size"),
             quadratic_duration=quadratic,
             world_size=sampler_world,
             rank=sampler_rank,
