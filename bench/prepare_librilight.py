@@ -16,7 +16,7 @@ run. Each preparation runs in a fresh Python process; we report
 Targets: ours at least as fast as lhotse's with the same number of jobs; our peak memory flat across sizes.
 The default sizes are big enough for ours to use its worker pool at both (it prepares a subset of at most
 2 x jobs chunks of 64 files in-process), so that the memory comparison is like for like. The generated trees stay
-in --work-dir for the next run (about 0.3 GB per 1000 files).
+in --work-dir for the next run (about 0.2 GB per 1000 files).
 
   python bench/prepare_librilight.py [--sizes 1000,10000] [--jobs 1,2] [--work-dir bench/out]
 """
