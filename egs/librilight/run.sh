@@ -92,8 +92,9 @@ if stage_in_range 0; then
   for s in "${subset_list[@]}"; do
     [ -n "${ll_hours[$s]:-}" ] || die "unknown subset '$s' (choose from small, medium, large)"
     # The layout is <subset>/<speaker>/<book>/<file>.flac with <file>.json beside it; look at one file.
+    # A tar file still there means an interrupted download or extraction (it is deleted once extracted).
     first=$(find "$corpus_dir/$s" -mindepth 3 -maxdepth 3 -name '*.flac' -print -quit 2>/dev/null || true)
-    if [ -n "$first" ] && [ -f "${first%.flac}.json" ]; then
+    if [ -n "$first" ] && [ -f "${first%.flac}.json" ] && [ ! -e "$corpus_dir/$s.tar" ]; then
       log "LibriLight $s: found (e.g. $first)"
       continue
     fi
@@ -108,9 +109,10 @@ if stage_in_range 0; then
     fi
     missing=1
     log "LibriLight $s is missing or not in the expected layout: $corpus_dir/$s/<speaker>/<book>/<file>.flac + .json"
-    log "  download ${ll_size[$s]} (${ll_hours[$s]} h of audio) from $url; it needs about that much disk again"
-    log "  (or 2x while the tar and the extracted files coexist: 'wget -qO- $url | tar -x -C $corpus_dir' avoids it)"
-    log "  then: tar -xf $s.tar -C $corpus_dir   (or rerun with --download true; or --corpus-dir an existing copy)"
+    log "  download ${ll_size[$s]} (${ll_hours[$s]} h of audio) from $url"
+    log "  extracted it takes about ${ll_size[$s]} too, twice that while the tar is kept ('wget -qO- $url | tar -x -C"
+    log "  $corpus_dir' extracts while downloading); then: tar -xf $s.tar -C $corpus_dir && rm $s.tar"
+    log "  (or rerun with --download true, which resumes an interrupted download; or --corpus-dir an existing copy)"
   done
   if [ -n "$musan_dir" ]; then
     if [ -n "$(find "$musan_dir" \( -name '*.wav' -o -name '*.flac' \) -print -quit 2>/dev/null || true)" ]; then
