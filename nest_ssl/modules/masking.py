@@ -13,11 +13,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from nest_ssl.modules.frozen import FreezableModule
+
 # Utterances where one block would cover more than this fraction get the short rule instead: one 8-frame block at 0.
 _SHORT_BLOCK = 8
 
 
-class RandomBlockMasking(nn.Module):
+class RandomBlockMasking(FreezableModule):
     """forward(input_feats (B, D, T), input_lengths (B,)) -> (masked_feats, masks), both (B, D, T).
 
     Masked frames have all D features replaced by `mask_embedding`; masks is 1.0 there and 0.0 elsewhere.
@@ -35,25 +37,8 @@ class RandomBlockMasking(nn.Module):
             nn.init.normal_(self.mask_embedding, mean=0.0, std=0.1)
         else:
             self.mask_embedding = nn.Parameter(torch.ones(feat_in) * mask_value, requires_grad=False)
-        self._frozen = False
         if freeze:
             self.freeze()
-
-    def freeze(self) -> None:
-        """A fixed random mask vector (NEST): no gradient, and eval mode that model.train() does not undo."""
-        for p in self.parameters():
-            p.requires_grad = False
-        self._frozen = True
-        self.eval()
-
-    def unfreeze(self) -> None:
-        for p in self.parameters():
-            p.requires_grad = True
-        self._frozen = False
-        self.train()
-
-    def train(self, mode: bool = True):
-        return super().train(mode and not self._frozen)
 
     def forward(self, input_feats: torch.Tensor, input_lengths: torch.Tensor):
         B, _, T = input_feats.shape

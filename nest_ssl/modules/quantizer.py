@@ -14,13 +14,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nest_ssl.modules.frozen import FreezableModule
+
 # Score gaps below this are within float64 rounding of |c|^2 - 1 and of the sums; decide them NeMo's way.
 _TIE_GAP = 1e-9
 _EXACT_CHUNK = 64  # rows per exact re-score: 64 x 8192 x 16 float64 = 64 MiB at most
 _SCORE_ELEMS = 1 << 25  # float64 scores per chunk (256 MiB)
 
 
-class RandomProjectionVectorQuantizer(nn.Module):
+class RandomProjectionVectorQuantizer(FreezableModule):
     """forward(input_signal (B, D, T) or (B, T, D) if time_ahead) -> (xq, xid (B, T', books) int64).
 
     T' = T // combine_time_steps: `combine_time_steps` consecutive frames are concatenated (frame-major) into one
@@ -51,25 +53,8 @@ class RandomProjectionVectorQuantizer(nn.Module):
         codebooks = torch.randn(num_books, num_classes, code_dim).double()
         nn.init.normal_(codebooks, mean=0, std=1)
         self.codebooks = nn.Parameter(F.normalize(codebooks, dim=-1))
-        self._frozen = False
         if freeze:
             self.freeze()
-
-    def freeze(self) -> None:
-        """Targets must not drift: no gradients, and eval mode that model.train() does not undo."""
-        for p in self.parameters():
-            p.requires_grad = False
-        self._frozen = True
-        self.eval()
-
-    def unfreeze(self) -> None:
-        for p in self.parameters():
-            p.requires_grad = True
-        self._frozen = False
-        self.train()
-
-    def train(self, mode: bool = True):
-        return super().train(mode and not self._frozen)
 
     def forward(self, input_signal: torch.Tensor):
         x = input_signal if self.time_ahead else input_signal.transpose(1, 2)
