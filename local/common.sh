@@ -5,13 +5,14 @@
 # It provides
 #   log MSG...          "YYYY-mm-dd HH:MM:SS (file:line:function) MSG" on stderr (ESPnet/icefall format)
 #   die MSG...          log and exit 1
-#   recipe_cd DIR VAR...  make the path options in VAR... that the user gave absolute, then cd DIR
+#   recipe_cd VAR...    make the path options in VAR... that the user gave absolute, then cd to the recipe folder
 #   stage_in_range N    whether N lies in [--stage, --stop-stage]
 #   stage_begin N DESC [opt:KEY=VALUE]... [in:PATH]... [out:PATH]...
 #   stage_end N         see "Stage guards" below
 #   nest-ssl ...        the nest-ssl command (through `python -m nest_ssl.cli` when no script is on PATH)
-# and sets nest_repo (the repository root) and NEST_PYTHON.
+# and sets recipe_dir (the folder of the recipe script), nest_repo (the repository root) and NEST_PYTHON.
 
+recipe_dir=$(cd "$(dirname "$0")" && pwd)
 nest_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 _log_at() {
@@ -48,15 +49,21 @@ fi
 
 recipe_cd() {
   # Relative paths on the command line are meant from where the user stood; defaults (data_dir=data, ...)
-  # are meant inside the recipe directory. Fix the former, then move into the latter.
-  local dir=$1 v
-  shift
+  # are meant inside the recipe directory. Fix the former, then move into the latter. A wrapper recipe
+  # (parse_options_passthrough=true) names the path options it hands on too: they are fixed in passthrough_args.
+  local v i o
   for v in "$@"; do
     if [[ "${parsed_options:- }" == *" $v "* ]] && [ -n "${!v}" ] && [[ "${!v}" != /* ]]; then
       printf -v "$v" '%s' "$PWD/${!v}"
     fi
+    for ((i = 0; i < ${#passthrough_args[@]}; i += 2)); do
+      o=${passthrough_args[i]#--}  # --config-path (or --config_path) sets config_path
+      if [ "${o//-/_}" = "$v" ] && [ -n "${passthrough_args[i + 1]}" ] && [[ "${passthrough_args[i + 1]}" != /* ]]; then
+        passthrough_args[i + 1]=$PWD/${passthrough_args[i + 1]}
+      fi
+    done
   done
-  cd "$dir"
+  cd "$recipe_dir"
 }
 
 # Stage guards

@@ -17,9 +17,9 @@
 #   parsed_options         space-separated names set from the command line (e.g. " stage nj "), so a
 #                          script can tell "--stage 0 given" from "default 0" (see stage_begin in common.sh).
 #   parse_options_passthrough=true (set before sourcing): unknown options are not an error but are
-#                          appended, with their values, to the array passthrough_args. A thin wrapper
-#                          (egs/mini) uses it to hand options on to the recipe it calls, which then
-#                          applies the strict rule itself.
+#                          appended, with their values, to the array passthrough_args. A wrapper
+#                          (egs/mini, egs/nemo_manifest) uses it to hand options on to the recipe it calls,
+#                          which then applies the strict rule itself.
 
 parsed_options="${parsed_options:- }"
 passthrough_args=()

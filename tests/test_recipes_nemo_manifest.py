@@ -66,3 +66,17 @@ def test_nemo_manifests_through_shar_bins_and_training(tmp_path):
 
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=ENV)
     assert again.returncode == 0 and again.stderr.count("skipped, up to date") == 6, again.stderr[-3000:]
+
+
+def test_only_the_options_of_stages_4_to_7_are_handed_on_to_librilight(tmp_path):
+    """Options of ../librilight/run.sh's own data stages would be silently ignored there (--skip-data-prep true),
+    so this recipe refuses them, as it does typos; --help lists the options it hands on."""
+    for opt in ("--val-speakers", "--corpus-dir", "--skip-data-prep", "--no-such-option"):
+        r = subprocess.run([RECIPE, opt, "1", "--stop-stage", "0"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=60, env=ENV)
+        assert r.returncode == 1 and f"invalid option {opt}" in r.stderr, (opt, r.stderr[-2000:])
+    assert not (tmp_path / "data").exists()
+    h = subprocess.run([RECIPE, "--help"], capture_output=True, text=True, timeout=60, env=ENV)
+    assert h.returncode == 0
+    for opt in ("--use-shar", "--ngpus", "--nnodes", "--config-name", "--train-opts", "--noise-manifest"):
+        assert opt in h.stderr, opt

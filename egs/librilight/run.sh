@@ -7,9 +7,7 @@
 #
 # See README.md for the stages, disk and time per subset, multi-node training and resuming.
 set -euo pipefail
-
-here=$(cd "$(dirname "$0")" && pwd)
-. "$here/../../local/common.sh"
+. "$(dirname "$0")/../../local/common.sh"   # log, die, stage_begin/stage_end, recipe_cd, nest-ssl, $nest_repo
 
 stage=0
 stop_stage=7
@@ -17,13 +15,14 @@ force=false                # true: rerun every stage in [stage, stop_stage] even
 nj=8                       # parallel jobs for data preparation
 
 corpus_dir=download/librilight   # holds small/ medium/ large/ (as extracted from the LibriLight tar files)
-musan_dir=download/musan         # MUSAN or any folder of noise audio; "" for speech-only mixing
+musan_dir=download/musan         # MUSAN, any folder of noise audio or a noise manifest; "" for speech-only mixing
 subsets=small                    # comma-separated: small (577 h), medium (5,193 h), large (51,934 h)
 download=false                   # true: stage 0 downloads what is missing (nothing is downloaded otherwise)
 noise_parts=noise,music          # MUSAN parts for the noise set (its speech part is LibriVox, like LibriLight)
 noise_window=10                  # noise windows are at most this long (seconds)
 check_audio=tail                 # stage 1: header|tail|full (tail also decodes each file's last samples)
 prepare_chunk_size=64            # stage 1: files per unit of work, and of resumption after a kill
+skip_data_prep=false             # true: skip stages 0-3; another recipe (egs/nemo_manifest) made data/cuts, data/noise
 
 data_dir=data
 exp_dir=exp
@@ -56,7 +55,7 @@ Options (default):
   --stage N ($stage)  --stop-stage N ($stop_stage)  --force true|false ($force)  --nj N ($nj)
   --corpus-dir DIR ($corpus_dir)  --musan-dir DIR ($musan_dir)  --subsets LIST ($subsets)  --download true|false ($download)
   --noise-parts LIST ($noise_parts)  --noise-window SEC ($noise_window)  --check-audio header|tail|full ($check_audio)
-  --prepare-chunk-size N ($prepare_chunk_size)
+  --prepare-chunk-size N ($prepare_chunk_size)  --skip-data-prep true|false ($skip_data_prep)
   --data-dir DIR ($data_dir)  --exp-dir DIR ($exp_dir)
   --min-duration SEC ($min_duration)  --max-duration SEC ($max_duration)  --max-pause SEC ($max_pause)
   --val-speakers N ($val_speakers)  --max-val-hours H ($max_val_hours)  --seed N ($seed)
@@ -66,7 +65,7 @@ Options (default):
   --master-port PORT ($master_port)  --train-opts 'key=value ...' ($train_opts)"
 
 . "$nest_repo/local/parse_options.sh"
-recipe_cd "$here" corpus_dir musan_dir data_dir exp_dir config_path
+recipe_cd corpus_dir musan_dir data_dir exp_dir config_path
 
 manifests=$data_dir/manifests
 done_dir=$data_dir/.done
@@ -83,87 +82,94 @@ done
 noise_cuts=""
 [ -n "$musan_dir" ] && noise_cuts=$data_dir/noise/noise_cuts.jsonl.gz
 
-if stage_in_range 0; then
-  log "Stage 0: check the corpus layout in $corpus_dir (subsets: $subsets) and the noise folder $musan_dir"
-  # Sizes from the Libri-Light README; the tar files hold FLAC, so extracted sizes are about the same.
-  declare -A ll_hours=([small]=577 [medium]=5193 [large]=51934)
-  declare -A ll_size=([small]="35 GB" [medium]="321 GB" [large]="3.05 TB")
-  missing=0
-  for s in "${subset_list[@]}"; do
-    [ -n "${ll_hours[$s]:-}" ] || die "unknown subset '$s' (choose from small, medium, large)"
-    # The layout is <subset>/<speaker>/<book>/<file>.flac with <file>.json beside it; look at one file.
-    # A tar file still there means an interrupted download or extraction (it is deleted once extracted).
-    first=$(find "$corpus_dir/$s" -mindepth 3 -maxdepth 3 -name '*.flac' -print -quit 2>/dev/null || true)
-    if [ -n "$first" ] && [ -f "${first%.flac}.json" ] && [ ! -e "$corpus_dir/$s.tar" ]; then
-      log "LibriLight $s: found (e.g. $first)"
-      continue
-    fi
-    url="https://dl.fbaipublicfiles.com/librilight/data/$s.tar"
-    if [ "$download" = true ]; then
-      mkdir -p "$corpus_dir"
-      log "Downloading LibriLight $s (${ll_size[$s]}, ${ll_hours[$s]} h) into $corpus_dir (resumable: wget -c)"
-      wget -c -P "$corpus_dir" "$url"
-      tar -xf "$corpus_dir/$s.tar" -C "$corpus_dir"
-      rm "$corpus_dir/$s.tar"
-      continue
-    fi
-    missing=1
-    log "LibriLight $s is missing or not in the expected layout: $corpus_dir/$s/<speaker>/<book>/<file>.flac + .json"
-    log "  download ${ll_size[$s]} (${ll_hours[$s]} h of audio) from $url"
-    log "  extracted it takes about ${ll_size[$s]} too, twice that while the tar is kept ('wget -qO- $url | tar -x -C"
-    log "  $corpus_dir' extracts while downloading); then: tar -xf $s.tar -C $corpus_dir && rm $s.tar"
-    log "  (or rerun with --download true, which resumes an interrupted download; or --corpus-dir an existing copy)"
-  done
-  if [ -n "$musan_dir" ]; then
-    if [ -n "$(find "$musan_dir" \( -name '*.wav' -o -name '*.flac' \) -print -quit 2>/dev/null || true)" ]; then
-      log "Noise: found audio in $musan_dir"
-    elif [ "$download" = true ]; then
-      log "Downloading MUSAN (11 GB, 109 h) into $(dirname "$musan_dir")"
-      mkdir -p "$(dirname "$musan_dir")"
-      python -c 'import sys; from lhotse.recipes.musan import download_musan; download_musan(sys.argv[1])' \
-        "$(dirname "$musan_dir")"
-      [ -d "$musan_dir" ] || die "MUSAN was extracted to $(dirname "$musan_dir")/musan; pass --musan-dir to it"
-    else
+# Stages 0-3 make the training data: $data_dir/cuts/{train,val}.jsonl.gz and the noise set $noise_cuts.
+# A recipe that makes them its own way (egs/nemo_manifest) runs stages 4-7 of this one with --skip-data-prep true.
+if [ "$skip_data_prep" = true ]; then
+  [ "$stage" -gt 3 ] ||
+    log "Stages 0-3: skipped (--skip-data-prep true); training reads $data_dir/cuts and ${noise_cuts:-no noise set}"
+else
+  if stage_in_range 0; then
+    log "Stage 0: check the corpus layout in $corpus_dir (subsets: $subsets) and the noise folder $musan_dir"
+    # Sizes from the Libri-Light README; the tar files hold FLAC, so extracted sizes are about the same.
+    declare -A ll_hours=([small]=577 [medium]=5193 [large]=51934)
+    declare -A ll_size=([small]="35 GB" [medium]="321 GB" [large]="3.05 TB")
+    missing=0
+    for s in "${subset_list[@]}"; do
+      [ -n "${ll_hours[$s]:-}" ] || die "unknown subset '$s' (choose from small, medium, large)"
+      # The layout is <subset>/<speaker>/<book>/<file>.flac with <file>.json beside it; look at one file.
+      # A tar file still there means an interrupted download or extraction (it is deleted once extracted).
+      first=$(find "$corpus_dir/$s" -mindepth 3 -maxdepth 3 -name '*.flac' -print -quit 2>/dev/null || true)
+      if [ -n "$first" ] && [ -f "${first%.flac}.json" ] && [ ! -e "$corpus_dir/$s.tar" ]; then
+        log "LibriLight $s: found (e.g. $first)"
+        continue
+      fi
+      url="https://dl.fbaipublicfiles.com/librilight/data/$s.tar"
+      if [ "$download" = true ]; then
+        mkdir -p "$corpus_dir"
+        log "Downloading LibriLight $s (${ll_size[$s]}, ${ll_hours[$s]} h) into $corpus_dir (resumable: wget -c)"
+        wget -c -P "$corpus_dir" "$url"
+        tar -xf "$corpus_dir/$s.tar" -C "$corpus_dir"
+        rm "$corpus_dir/$s.tar"
+        continue
+      fi
       missing=1
-      log "Noise folder $musan_dir has no audio. MUSAN: https://www.openslr.org/resources/17/musan.tar.gz"
-      log "  (11 GB download, about 11 GB extracted, 109 h: music 42 h, speech 60 h, noise 6 h); extract so that"
-      log "  $musan_dir/{music,noise,speech} exist, or rerun with --download true, or point --musan-dir at any"
-      log "  folder of noise audio, or --musan-dir '' to train without a noise set (speech-only mixing)."
+      log "LibriLight $s is missing or not in the expected layout: $corpus_dir/$s/<speaker>/<book>/<file>.flac + .json"
+      log "  download ${ll_size[$s]} (${ll_hours[$s]} h of audio) from $url"
+      log "  extracted it takes about ${ll_size[$s]} too, twice that while the tar is kept ('wget -qO- $url | tar -x -C"
+      log "  $corpus_dir' extracts while downloading); then: tar -xf $s.tar -C $corpus_dir && rm $s.tar"
+      log "  (or rerun with --download true, which resumes an interrupted download; or --corpus-dir an existing copy)"
+    done
+    if [ -n "$musan_dir" ]; then
+      if [ -n "$(find "$musan_dir" \( -name '*.wav' -o -name '*.flac' \) -print -quit 2>/dev/null || true)" ]; then
+        log "Noise: found audio in $musan_dir"
+      elif [ "$download" = true ]; then
+        log "Downloading MUSAN (11 GB, 109 h) into $(dirname "$musan_dir")"
+        mkdir -p "$(dirname "$musan_dir")"
+        python -c 'import sys; from lhotse.recipes.musan import download_musan; download_musan(sys.argv[1])' \
+          "$(dirname "$musan_dir")"
+        [ -d "$musan_dir" ] || die "MUSAN was extracted to $(dirname "$musan_dir")/musan; pass --musan-dir to it"
+      else
+        missing=1
+        log "Noise folder $musan_dir has no audio. MUSAN: https://www.openslr.org/resources/17/musan.tar.gz"
+        log "  (11 GB download, about 11 GB extracted, 109 h: music 42 h, speech 60 h, noise 6 h); extract so that"
+        log "  $musan_dir/{music,noise,speech} exist, or rerun with --download true, or point --musan-dir at any"
+        log "  folder of noise audio, or --musan-dir '' to train without a noise set (speech-only mixing)."
+      fi
     fi
+    [ $missing -eq 0 ] || die "Stage 0: data missing (see above); nothing was downloaded (use --download true)"
   fi
-  [ $missing -eq 0 ] || die "Stage 0: data missing (see above); nothing was downloaded (use --download true)"
-fi
 
-if stage_begin 1 "LibriLight manifests ($subsets)" opt:subsets="$subsets" opt:check_audio="$check_audio" \
-    "${stage1_io[@]}"; then
-  # Streams the corpus in --nj processes; a killed run resumes from its finished chunks, and every bad file is
-  # listed with the reason in $manifests/rejects_<subset>.tsv instead of stopping the run.
-  nest-ssl prepare librilight "$corpus_dir" "$manifests" --subsets "$subsets" --num-jobs "$nj" \
-    --check-audio "$check_audio" --chunk-size "$prepare_chunk_size"
-  stage_end 1
-fi
+  if stage_begin 1 "LibriLight manifests ($subsets)" opt:subsets="$subsets" opt:check_audio="$check_audio" \
+      "${stage1_io[@]}"; then
+    # Streams the corpus in --nj processes; a killed run resumes from its finished chunks, and every bad file is
+    # listed with the reason in $manifests/rejects_<subset>.tsv instead of stopping the run.
+    nest-ssl prepare librilight "$corpus_dir" "$manifests" --subsets "$subsets" --num-jobs "$nj" \
+      --check-audio "$check_audio" --chunk-size "$prepare_chunk_size"
+    stage_end 1
+  fi
 
-if [ -z "$musan_dir" ]; then
-  stage_in_range 2 && log "Stage 2: no noise folder (--musan-dir ''): training mixes speech only"
-elif stage_begin 2 "noise set from $musan_dir" opt:noise_parts="$noise_parts" opt:noise_window="$noise_window" \
-    in:"$musan_dir" out:"$noise_cuts"; then
-  nest-ssl prepare noise "$musan_dir" "$data_dir/noise" --parts "$noise_parts" --window "$noise_window"
-  stage_end 2
-fi
+  if [ -z "$musan_dir" ]; then
+    stage_in_range 2 && log "Stage 2: no noise folder (--musan-dir ''): training mixes speech only"
+  elif stage_begin 2 "noise set from $musan_dir" opt:noise_parts="$noise_parts" opt:noise_window="$noise_window" \
+      in:"$musan_dir" out:"$noise_cuts"; then
+    nest-ssl prepare noise "$musan_dir" "$data_dir/noise" --parts "$noise_parts" --window "$noise_window"
+    stage_end 2
+  fi
 
-if stage_begin 3 "training windows and a validation split by speaker" opt:min_duration="$min_duration" \
-    opt:max_duration="$max_duration" opt:max_pause="$max_pause" opt:val_speakers="$val_speakers" \
-    opt:max_val_hours="$max_val_hours" opt:seed="$seed" "${cut_manifests[@]/#/in:}" \
-    out:"$data_dir/cuts/train.jsonl.gz" out:"$data_dir/cuts/val.jsonl.gz"; then
-  # VAD segments are merged across short pauses and long spans split, into windows of min..max duration.
-  mkdir -p "$data_dir/cuts"
-  nest-ssl cuts windows "$(IFS=,; echo "${cut_manifests[*]}")" "$data_dir/cuts/windows.jsonl.gz" \
-    --min-duration "$min_duration" --max-duration "$max_duration" --max-pause "$max_pause"
-  python "$nest_repo/local/split_by_speaker.py" "$data_dir/cuts/windows.jsonl.gz" \
-    "$data_dir/cuts/train.jsonl.gz" "$data_dir/cuts/val.jsonl.gz" \
-    --val-speakers "$val_speakers" --max-val-hours "$max_val_hours" --seed "$seed"
-  rm "$data_dir/cuts/windows.jsonl.gz"
-  stage_end 3
+  if stage_begin 3 "training windows and a validation split by speaker" opt:min_duration="$min_duration" \
+      opt:max_duration="$max_duration" opt:max_pause="$max_pause" opt:val_speakers="$val_speakers" \
+      opt:max_val_hours="$max_val_hours" opt:seed="$seed" "${cut_manifests[@]/#/in:}" \
+      out:"$data_dir/cuts/train.jsonl.gz" out:"$data_dir/cuts/val.jsonl.gz"; then
+    # VAD segments are merged across short pauses and long spans split, into windows of min..max duration.
+    mkdir -p "$data_dir/cuts"
+    nest-ssl cuts windows "$(IFS=,; echo "${cut_manifests[*]}")" "$data_dir/cuts/windows.jsonl.gz" \
+      --min-duration "$min_duration" --max-duration "$max_duration" --max-pause "$max_pause"
+    python "$nest_repo/local/split_by_speaker.py" "$data_dir/cuts/windows.jsonl.gz" \
+      "$data_dir/cuts/train.jsonl.gz" "$data_dir/cuts/val.jsonl.gz" \
+      --val-speakers "$val_speakers" --max-val-hours "$max_val_hours" --seed "$seed"
+    rm "$data_dir/cuts/windows.jsonl.gz"
+    stage_end 3
+  fi
 fi
 
 train_manifest=$data_dir/cuts/train.jsonl.gz

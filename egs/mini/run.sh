@@ -10,9 +10,7 @@
 #   ./run.sh --stage 6                        # train again: resumes from the last checkpoint
 #   ./run.sh --train-opts "trainer.max_steps=200"   # any option of ../librilight/run.sh works here too
 set -euo pipefail
-
-here=$(cd "$(dirname "$0")" && pwd)
-. "$here/../../local/common.sh"
+. "$(dirname "$0")/../../local/common.sh"   # log, die, stage_begin/stage_end, recipe_cd, nest-ssl, $nest_repo
 
 stage=0
 stop_stage=7
@@ -42,7 +40,7 @@ and every option of ../librilight/run.sh (see ../librilight/run.sh --help), whic
 # Our own options are parsed here; the others are handed on to ../librilight/run.sh, which rejects unknown ones.
 parse_options_passthrough=true
 . "$nest_repo/local/parse_options.sh"
-recipe_cd "$here" data_dir exp_dir
+recipe_cd data_dir exp_dir corpus_dir musan_dir config_path   # the last three only when handed on
 done_dir=$data_dir/.done
 
 if stage_begin 0 "generate a LibriLight-format corpus and a MUSAN-format noise set" opt:speakers="$speakers" \
@@ -63,7 +61,7 @@ forward=(--stop-stage "$stop_stage" --force "$force" --data-dir "$data_dir" --ex
 if [[ "$parsed_options" == *" stage "* ]]; then
   forward+=(--stage "$stage")
 fi
-exec "$here/../librilight/run.sh" \
+exec "$recipe_dir/../librilight/run.sh" \
   --corpus-dir "$data_dir/corpus" --musan-dir "$data_dir/musan" --subsets small --nj 2 \
   --min-duration 1.0 --max-duration 10 --val-speakers 1 --num-buckets 4 \
   --config-name nest_tiny --ngpus 0 \

@@ -5,16 +5,14 @@
 #   ./run.sh --train-manifest /data/train.json --val-manifest /data/dev.json --noise-manifest /data/noise.json
 #   ./run.sh --train-manifest a.json,b.json --val-manifest dev.json --ngpus 8 --use-shar true
 #
-# The stages are those of egs/librilight from the training windows on, with the NeMo manifests converted first.
+# Stages 0-3 (here) turn the NeMo manifests into training and validation windows and a noise set; stages 4-7
+# (Shar shards, bucket bins, training, export) are those of ../librilight/run.sh, run on the same data/ and exp/.
 set -euo pipefail
-
-here=$(cd "$(dirname "$0")" && pwd)
-. "$here/../../local/common.sh"
+. "$(dirname "$0")/../../local/common.sh"   # log, die, stage_begin/stage_end, recipe_cd, nest-ssl, $nest_repo
 
 stage=0
 stop_stage=7
-force=false
-nj=8
+force=false                      # true: rerun every stage in [stage, stop_stage] even when up to date
 
 train_manifest=""                # NeMo manifest(s), comma-separated (required)
 val_manifest=""                  # NeMo manifest(s), comma-separated (required)
@@ -26,35 +24,31 @@ data_dir=data
 exp_dir=exp
 min_duration=1.0                 # training windows (seconds): dropped below, split above max
 max_duration=20.0
-seed=0
-use_shar=false
-shard_size=1000
-num_buckets=30
 
-config_path=$nest_repo/recipes/nest/conf
-config_name=nest_fast-conformer
-exp_name=""
-ngpus=1
-nnodes=1
-node_rank=0
-master_addr=localhost
-master_port=29500
-train_opts=""
+# The options of ../librilight/run.sh's stages 4-7: handed on to it as given (its --help has their defaults).
+librilight_options=(--use-shar --shard-size --num-buckets --seed --nj --config-path --config-name --exp-name
+  --ngpus --nnodes --node-rank --master-addr --master-port --train-opts)
 
 help_message="Usage: $0 --train-manifest LIST --val-manifest LIST [--noise-manifest M] [options]
 Stages: 0 check the manifests  1 NeMo -> Lhotse cuts  2 noise set (when --noise-manifest)  3 training windows
-        4 Shar shards (--use-shar true)  5 bucket bins  6 training (torchrun)  7 export (.nemo, encoder-only), summary
+        then those of ../librilight/run.sh: 4 Shar shards (--use-shar true)  5 bucket bins  6 training (torchrun)
+        7 export (.nemo, encoder-only), summary
 Options (default):
-  --stage N ($stage)  --stop-stage N ($stop_stage)  --force true|false ($force)  --nj N ($nj)
+  --stage N ($stage)  --stop-stage N ($stop_stage)  --force true|false ($force)
   --train-manifest LIST  --val-manifest LIST  --noise-manifest M  --noise-parts LIST ($noise_parts)
   --noise-window SEC ($noise_window)  --data-dir DIR ($data_dir)  --exp-dir DIR ($exp_dir)
-  --min-duration SEC ($min_duration)  --max-duration SEC ($max_duration)  --seed N ($seed)
-  --use-shar true|false ($use_shar)  --shard-size N ($shard_size)  --num-buckets N ($num_buckets)
-  --config-path DIR ($config_path)  --config-name NAME ($config_name)  --exp-name NAME (config name)
-  --ngpus N ($ngpus)  --nnodes N ($nnodes)  --node-rank N ($node_rank)  --master-addr HOST ($master_addr)
-  --master-port PORT ($master_port)  --train-opts 'key=value ...'"
+  --min-duration SEC ($min_duration)  --max-duration SEC ($max_duration)
+and these options of ../librilight/run.sh for stages 4-7 (see ../librilight/run.sh --help for their defaults):
+  ${librilight_options[*]:0:7}
+  ${librilight_options[*]:7}"
 
+# Our own options are parsed here; those of stages 4-7 are collected for ../librilight/run.sh, others are errors.
+parse_options_passthrough=true
 . "$nest_repo/local/parse_options.sh"
+for ((i = 0; i < ${#passthrough_args[@]}; i += 2)); do
+  [[ " ${librilight_options[*]} " == *" ${passthrough_args[i]//_/-} "* ]] ||
+    die "invalid option ${passthrough_args[i]} (run $0 --help for the options)"
+done
 # Manifest lists are comma-separated: make each relative entry absolute before moving into the recipe folder.
 abs_list() {
   local out=() p
@@ -67,7 +61,7 @@ abs_list() {
 train_manifest=$(abs_list "$train_manifest")
 val_manifest=$(abs_list "$val_manifest")
 noise_manifest=$(abs_list "$noise_manifest")
-recipe_cd "$here" data_dir exp_dir config_path
+recipe_cd data_dir exp_dir config_path
 
 manifests=$data_dir/manifests
 done_dir=$data_dir/.done
@@ -129,84 +123,16 @@ if stage_begin 3 "training and validation windows" opt:min_duration="$min_durati
   stage_end 3
 fi
 
-train_for_training=$data_dir/cuts/train.jsonl.gz
-if [ "$use_shar" = true ]; then
-  train_for_training=$data_dir/shar/train
-  if stage_begin 4 "Shar shards of the training windows" opt:shard_size="$shard_size" opt:seed="$seed" \
-      in:"$data_dir/cuts/train.jsonl.gz" out:"$train_for_training"; then
-    rm -rf "$train_for_training"
-    nest-ssl shar export "$data_dir/cuts/train.jsonl.gz" "$train_for_training" --shard-size "$shard_size" \
-      --seed "$seed" --num-jobs "$nj"
-    stage_end 4
-  fi
-elif stage_in_range 4; then
-  log "Stage 4: skipped (--use-shar false): training reads $train_for_training"
+if [ "$stop_stage" -lt 4 ]; then
+  log "Done (stages $stage..$stop_stage)."
+  exit 0
 fi
-
-if stage_begin 5 "bucket duration bins" opt:num_buckets="$num_buckets" in:"$data_dir/cuts/train.jsonl.gz" \
-    out:"$data_dir/bucket_bins.txt"; then
-  nest-ssl cuts estimate-bins "$data_dir/cuts/train.jsonl.gz" --num-buckets "$num_buckets" \
-    --key model.train_ds > "$data_dir/bucket_bins.txt.tmp"
-  mv "$data_dir/bucket_bins.txt.tmp" "$data_dir/bucket_bins.txt"
-  log "$(cat "$data_dir/bucket_bins.txt")"
-  stage_end 5
+# Stages 4-7: ../librilight/run.sh with its data stages skipped, on the windows and the noise set made above
+# (--musan-dir is its noise source: the same as ours, or '' for none). --stage is handed on only when it was given
+# and is one of those stages, so that it forces a start there; otherwise stage 4 runs only when not up to date.
+forward=(--skip-data-prep true --data-dir "$data_dir" --exp-dir "$exp_dir" --musan-dir "$noise_manifest"
+  --stop-stage "$stop_stage" --force "$force")
+if [[ "$parsed_options" == *" stage "* ]] && [ "$stage" -ge 4 ]; then
+  forward+=(--stage "$stage")
 fi
-
-run_dir=$exp_dir/${exp_name:-$config_name}
-done_dir=$run_dir/.done
-ckpt_dir=$run_dir/checkpoints
-
-if stage_begin 6 "training ($config_name, $nnodes node(s) x $ngpus GPU(s))" opt:config_name="$config_name" \
-    opt:train_opts="$train_opts" opt:use_shar="$use_shar" in:"$config_path/$config_name.yaml" \
-    in:"$train_for_training" in:"$data_dir/cuts/val.jsonl.gz" in:"$data_dir/bucket_bins.txt" \
-    ${noise_cuts:+in:"$noise_cuts"} out:"$ckpt_dir"; then
-  overrides=(
-    "model.train_ds.manifest_filepath=$train_for_training"
-    "model.validation_ds.manifest_filepath=$data_dir/cuts/val.jsonl.gz"
-    "model.train_ds.noise_manifest=${noise_cuts:-null}"
-    "model.validation_ds.noise_manifest=${noise_cuts:-null}"
-    "++model.train_ds.use_bucketing=true"
-    "++$(cat "$data_dir/bucket_bins.txt")"
-    "++model.train_ds.seed=$seed"
-    "exp_manager.exp_dir=$exp_dir"
-    "exp_manager.name=${exp_name:-$config_name}"
-    "trainer.num_nodes=$nnodes"
-  )
-  if [ "$ngpus" -eq 0 ]; then
-    overrides+=("trainer.accelerator=cpu" "trainer.devices=1" "trainer.strategy=auto")
-    nproc=1
-  else
-    overrides+=("trainer.accelerator=gpu" "trainer.devices=$ngpus")
-    nproc=$ngpus
-  fi
-  if [ "$nnodes" -eq 1 ]; then
-    launcher=(--standalone --nnodes 1 --nproc_per_node "$nproc")
-  else
-    launcher=(--nnodes "$nnodes" --node_rank "$node_rank" --master_addr "$master_addr" --master_port "$master_port"
-      --nproc_per_node "$nproc")
-  fi
-  # exp_manager.resume_if_exists (true in the configs): a rerun continues from the last checkpoint.
-  # shellcheck disable=SC2086
-  python -m torch.distributed.run "${launcher[@]}" "$nest_repo/recipes/nest/train.py" \
-    --config-path "$config_path" --config-name "$config_name" "${overrides[@]}" $train_opts
-  stage_end 6
-fi
-
-if [ "$node_rank" -ne 0 ]; then
-  stage_in_range 7 && log "Stage 7: skipped on node $node_rank (node 0 exports)"
-elif stage_begin 7 "export and summary" in:"$ckpt_dir" out:"$run_dir/export/model.nemo" \
-    out:"$run_dir/export/encoder.ckpt" out:"$run_dir/summary.txt"; then
-  ckpt=$(python "$nest_repo/local/summary.py" last-checkpoint "$run_dir")
-  mkdir -p "$run_dir/export"
-  nest-ssl export "$ckpt" --to nemo "$run_dir/export/model.nemo"
-  # encoder-only: the encoder weights as a Lightning-style .ckpt, for NeMo's init_from_ptl_ckpt downstream
-  nest-ssl export "$ckpt" --to nemo "$run_dir/export/encoder.ckpt" --encoder-only
-  nest-ssl plot "$run_dir"  # writes $run_dir/curves.png
-  python "$nest_repo/local/summary.py" summary "$run_dir" --train-cuts "$data_dir/cuts/train.jsonl.gz" \
-    --val-cuts "$data_dir/cuts/val.jsonl.gz" --checkpoint "$ckpt" > "$run_dir/summary.txt.tmp"
-  mv "$run_dir/summary.txt.tmp" "$run_dir/summary.txt"
-  cat "$run_dir/summary.txt"
-  stage_end 7
-fi
-
-log "Done (stages $stage..$stop_stage)."
+exec "$recipe_dir/../librilight/run.sh" "${forward[@]}" "${passthrough_args[@]}"
