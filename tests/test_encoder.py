@@ -437,3 +437,25 @@ def test_streaming_caches_are_rejected():
     enc = tiny().eval()
     with pytest.raises(NotImplementedError, match="cache"):
         enc(audio_signal=torch.randn(1, 80, 16), length=torch.tensor([16]), cache_last_channel=torch.zeros(1))
+
+
+def test_fast_cpu_dropout_has_torchs_distribution_and_gradient():
+    from nest_ssl.modules.dropout import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.1).train()
+    x = torch.randn(64, 128, 256, requires_grad=True)
+    torch.manual_seed(1)
+    y = drop(x)
+    kept = y != 0
+    frac = kept.float().mean().item()
+    assert abs(frac - 0.9) < 0.002  # 2M elements: the standard error is 2e-4
+    assert torch.allclose(y[kept], x[kept] / 0.9)
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / 0.9)
+    # reproducible from torch's seed, and different from the next draw
+    torch.manual_seed(1)
+    assert torch.equal(drop(x), y)
+    assert not torch.equal(drop(x), y)
+    drop.eval()
+    assert drop(x) is x

@@ -218,3 +218,31 @@ def test_batch_with_every_cut_rejected(tiny):
     out.loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in tiny.parameters() if p.requires_grad)
     tiny.zero_grad()
+
+
+def test_training_output_loss_and_gradients_equal_nemos_forward_then_loss(tiny):
+    """training_output decodes only the masked tokens; loss and gradients are those of forward() + loss()."""
+    tiny.train()
+    for m in tiny.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    tiny.preprocessor.featurizer.dither = 0.0
+    audio, lengths, noisy = batch_of([64000, 41000, 30000])
+    batch = type("B", (), dict(audio=audio, audio_len=lengths, noisy_audio=noisy, noisy_audio_len=lengths))
+    torch.manual_seed(5)
+    out = tiny.training_output(batch)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in tiny.named_parameters() if p.grad is not None}
+    tiny.zero_grad()
+    torch.manual_seed(5)
+    log_probs, enc_len, masks, tokens = tiny(input_signal=audio, input_signal_length=lengths, noisy_input_signal=noisy,
+                                             noisy_input_signal_length=lengths, apply_mask=True)
+    full = tiny.loss(masks=masks, decoder_outputs=log_probs, targets=tokens, decoder_lengths=enc_len)
+    full.backward()
+    assert torch.equal(masks, out.masks) and out.num_masked_tokens > 0
+    assert out.log_probs.shape == (out.num_masked_tokens, 1024, 1)
+    assert torch.allclose(out.loss, full, rtol=1e-6)
+    for n, p in tiny.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(grads[n], p.grad, rtol=1e-4, atol=1e-7), n
+    tiny.zero_grad()

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nest_ssl.modules.dropout import Dropout
+
 __all__ = ["RelPositionalEncoding", "RelPositionMultiHeadAttention", "rel_shift", "INF_VAL"]
 
 # Masked scores are set to -INF_VAL rather than -inf: a fully masked row (a padded query) then gives a finite
@@ -69,8 +71,8 @@ class RelPositionalEncoding(nn.Module):
         self.d_model = d_model
         self.xscale = xscale
         self.max_len = max_len
-        self.dropout = nn.Dropout(p=dropout_rate)
-        self.dropout_emb = nn.Dropout(dropout_rate_emb) if dropout_rate_emb > 0 else None
+        self.dropout = Dropout(p=dropout_rate)
+        self.dropout_emb = Dropout(dropout_rate_emb) if dropout_rate_emb > 0 else None
         self._pe = None  # (1, 2L-1, d_model) float32, rows for positions L-1 down to -(L-1)
 
     @property
@@ -156,7 +158,7 @@ class RelPositionMultiHeadAttention(nn.Module):
         self.linear_k = nn.Linear(n_feat, n_feat, bias=use_bias)
         self.linear_v = nn.Linear(n_feat, n_feat, bias=use_bias)
         self.linear_out = nn.Linear(n_feat, n_feat, bias=use_bias)
-        self.dropout = nn.Dropout(p=dropout_rate)
+        self.dropout = Dropout(p=dropout_rate)
         self.linear_pos = nn.Linear(n_feat, n_feat, bias=False)
         if pos_bias_u is None or pos_bias_v is None:
             self.pos_bias_u = nn.Parameter(torch.zeros(self.h, self.d_k))

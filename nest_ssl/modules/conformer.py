@@ -22,6 +22,8 @@ import torch
 from torch import nn
 
 from nest_ssl.modules.attention import RelPositionalEncoding, RelPositionMultiHeadAttention
+from nest_ssl.modules.dropout import Dropout
+from nest_ssl.modules.pointwise import pointwise_conv
 from nest_ssl.modules.subsampling import ConvSubsampling
 
 __all__ = [
@@ -82,7 +84,7 @@ class ConformerFeedForward(nn.Module):
         self.use_bias = use_bias
         self.linear1 = nn.Linear(d_model, d_ff, bias=use_bias)
         self.activation = activation if activation is not None else nn.SiLU()  # NeMo's Swish is SiLU
-        self.dropout = nn.Dropout(p=dropout)
+        self.dropout = Dropout(p=dropout)
         self.linear2 = nn.Linear(d_ff, d_model, bias=use_bias)
 
     def forward(self, x):
@@ -169,20 +171,20 @@ class ConformerConvolution(nn.Module):
         """x (B, T, d), pad_mask (B, T) True at padding -> (B, T, d)."""
         if cache is not None:
             raise NotImplementedError("cache-aware streaming convolution (cache_last_time) is not implemented")
-        x = self.pointwise_conv1(x.transpose(1, 2))
+        # The two pointwise convolutions run channels-last as matrix products (see nest_ssl/modules/pointwise.py).
+        x = pointwise_conv(self.pointwise_conv1, x)
         if self.pointwise_activation == "glu_":
-            x = nn.functional.glu(x, dim=1)
+            x = nn.functional.glu(x, dim=-1)
         else:
             x = self.pointwise_activation(x)
         if pad_mask is not None:
-            x = x.masked_fill(pad_mask.unsqueeze(1), 0.0)
-        x = self.depthwise_conv(nn.functional.pad(x, (self._left_padding, self._right_padding)))
+            x = x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
+        x = self.depthwise_conv(nn.functional.pad(x.transpose(1, 2), (self._left_padding, self._right_padding)))
         if self.norm_type == "layer_norm":
             x = self.batch_norm(x.transpose(1, 2)).transpose(1, 2)
         else:
             x = self.batch_norm(x)
-        x = self.pointwise_conv2(self.activation(x))
-        return x.transpose(1, 2)
+        return pointwise_conv(self.pointwise_conv2, self.activation(x).transpose(1, 2))
 
 
 class ConformerLayer(nn.Module):
@@ -237,7 +239,7 @@ class ConformerLayer(nn.Module):
         )
         self.norm_feed_forward2 = nn.LayerNorm(d_model)
         self.feed_forward2 = ConformerFeedForward(d_model=d_model, d_ff=d_ff, dropout=dropout, use_bias=use_bias)
-        self.dropout = nn.Dropout(dropout)  # one residual dropout shared by the four branches
+        self.dropout = Dropout(dropout)  # one residual dropout shared by the four branches
         self.norm_out = nn.LayerNorm(d_model)
 
     def forward(self, x, att_mask=None, pos_emb=None, pad_mask=None, cache_last_channel=None, cache_last_time=None):

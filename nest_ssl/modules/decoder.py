@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from nest_ssl.modules.pointwise import pointwise_conv
+
 _INITS = {
     "xavier_uniform": lambda w: nn.init.xavier_uniform_(w, gain=1.0),
     "xavier_normal": lambda w: nn.init.xavier_normal_(w, gain=1.0),
@@ -37,7 +39,8 @@ class MultiSoftmaxDecoder(nn.Module):
             _INITS[init_mode](self.decoder_layers[0].weight)
 
     def forward(self, encoder_output: torch.Tensor) -> torch.Tensor:
-        logits = self.decoder_layers(encoder_output).transpose(1, 2)
+        # The k=1 conv as a matrix product on (B, T', D): the same sums, straight into (B, T', C).
+        logits = pointwise_conv(self.decoder_layers[0], encoder_output.transpose(1, 2))
         logits = logits.reshape(logits.shape[0], logits.shape[1], self.num_classes, self.num_decoders)
         if self.squeeze_single and self.num_decoders == 1:
             logits = logits.squeeze(-1)

@@ -43,11 +43,15 @@ class MLMLoss(nn.Module):
         width = selected.shape[-1]
         targets = targets[:, :width] if targets.shape[-1] >= width else nn.functional.pad(
             targets, (0, width - targets.shape[-1]))
-        if not bool(selected.any()):
+        return self.nll(decoder_outputs[selected], targets[selected])
+
+    @staticmethod
+    def nll(picked: torch.Tensor, picked_targets: torch.Tensor) -> torch.Tensor:
+        """Mean NLL of the masked tokens' log-probs (N, C) for their targets (N,)."""
+        if picked.shape[0] == 0:
             # Sum of an empty slice: exactly 0 with zero gradients, even if some log-prob is -inf (0 * -inf = NaN).
-            return decoder_outputs.reshape(-1)[:0].sum()
-        picked = decoder_outputs[selected]  # (N, C)
-        return nn.functional.nll_loss(picked, targets[selected])
+            return picked.reshape(-1)[:0].sum()
+        return nn.functional.nll_loss(picked, picked_targets)
 
 
 class MultiMLMLoss(nn.Module):
@@ -74,6 +78,19 @@ class MultiMLMLoss(nn.Module):
     def token_mask(self, masks: torch.Tensor) -> torch.Tensor:
         """bool (B, T'): the tokens the loss is computed on (count them to weight or flag a batch)."""
         return self.mlm_loss.token_mask(masks)
+
+    def loss_on_tokens(self, picked: torch.Tensor, picked_targets: torch.Tensor) -> torch.Tensor:
+        """The loss from the masked tokens alone: log-probs (N, C, H) and targets (N, H) (no H axis when squeezed).
+
+        Equal to forward() on the whole batch, which selects exactly these tokens, so a caller that knows the masks
+        before decoding can decode only the masked tokens.
+        """
+        if self.squeeze_single and self.num_decoders == 1:
+            return self.mlm_loss.nll(picked, picked_targets)
+        loss = 0.0
+        for i in range(self.num_decoders):
+            loss = loss + self.mlm_loss.nll(picked[:, :, i], picked_targets[:, i])
+        return loss / self.num_decoders
 
     def forward(self, masks, decoder_outputs, targets, decoder_lengths=None, target_lengths=None):
         if self.squeeze_single and self.num_decoders == 1:

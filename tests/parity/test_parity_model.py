@@ -7,6 +7,7 @@ real speech plus noise. Every measured difference is printed (run with `-s`) for
 import copy
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import soundfile as sf
@@ -182,22 +183,21 @@ def test_train_mode_gradients(models, batch):
     _with_masks(nemo, masked, masks)
     _with_masks(ours, masked, masks)
     l_nemo = _forward_loss(nemo, audio, lengths, noisy)
-    l_ours = _forward_loss(ours, audio, lengths, noisy)
+    # ours through training_output: the trainer's path, which decodes only the masked tokens
+    batch = SimpleNamespace(audio=audio, audio_len=lengths, noisy_audio=noisy, noisy_audio_len=lengths)
+    l_ours = ours.training_output(batch, apply_mask=True).loss
     l_nemo.backward()
     l_ours.backward()
     rel = abs(l_nemo.item() - l_ours.item()) / abs(l_nemo.item())
     report("train loss (NeMo, ours, rel diff)", (l_nemo.item(), l_ours.item(), rel))
     assert rel <= 1e-4
-    worst = 0.0
     params_ours = dict(ours.named_parameters())
-    for name, p in nemo.named_parameters():
-        if not name.startswith("encoder.") or p.grad is None:
-            continue
-        g_nemo, g_ours = p.grad, params_ours[name].grad
-        scale = g_nemo.abs().max().item()
-        if scale == 0:
-            assert g_ours.abs().max().item() == 0, name
-            continue
-        worst = max(worst, (g_nemo - g_ours).abs().max().item() / scale)
-    report("encoder gradients: worst max abs diff / scale over parameters", worst)
-    assert worst <= 1e-4
+    encoder = [(name, p.grad, params_ours[name].grad) for name, p in nemo.named_parameters()
+               if name.startswith("encoder.") and p.grad is not None]
+    # One scale for the whole encoder gradient: some parameters' gradients are zero in exact arithmetic (the
+    # depthwise-conv bias before BatchNorm, the key bias under softmax), so their own scale is rounding noise.
+    scale = max(g.abs().max().item() for _, g, _ in encoder)
+    worst = max((g_nemo - g_ours).abs().max().item() for _, g_nemo, g_ours in encoder)
+    report("encoder gradients: max abs diff, scale, relative", (worst, scale, worst / scale))
+    assert all(g_ours is not None for _, _, g_ours in encoder)
+    assert worst <= 1e-4 * scale
