@@ -459,3 +459,15 @@ def test_fast_cpu_dropout_has_torchs_distribution_and_gradient():
     assert not torch.equal(drop(x), y)
     drop.eval()
     assert drop(x) is x
+
+
+def test_fast_cpu_dropout_mask_has_p_in_every_position_and_odd_sizes():
+    from nest_ssl.modules.dropout import _drop_mask
+
+    torch.manual_seed(0)
+    mask = _drop_mask((2001, 1001), 0.25, "cpu")  # odd number of elements: the last int64 draw is half used
+    flat = mask.view(-1).float()
+    # elements from low and high 32-bit words alternate: both must be dropped with probability p
+    for part in (flat[0::2], flat[1::2]):
+        assert abs(part.mean().item() - 0.25) < 0.003  # 1M draws each: standard error 4e-4
+    assert _drop_mask((3, 5, 7), 0.5, "cpu").shape == (3, 5, 7)
