@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from nest_ssl.config import ConfigError, instantiate
+from nest_ssl.modules.loss import fit_tokens
 
 log = logging.getLogger(__name__)
 
@@ -251,14 +252,6 @@ class NESTModel(nn.Module):
             )
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(LEGACY_PREFIXES)}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-def fit_tokens(tokens: torch.Tensor, width: int) -> torch.Tensor:
-    """Targets (B, T'', ...) cropped or right-padded with 0 to `width` tokens, as NeMo's loss does."""
-    if tokens.shape[1] >= width:
-        return tokens[:, :width]
-    pad = tokens.new_zeros((tokens.shape[0], width - tokens.shape[1]) + tuple(tokens.shape[2:]))
-    return torch.cat([tokens, pad], dim=1)
 
 
 def _post_conv_adjusted(cfg: DictConfig) -> DictConfig:

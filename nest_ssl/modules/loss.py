@@ -23,6 +23,14 @@ def token_mask(masks: torch.Tensor, combine_time_steps: int, mask_threshold: flo
     return grouped.mean(-1) > mask_threshold
 
 
+def fit_tokens(tokens: torch.Tensor, width: int) -> torch.Tensor:
+    """Targets (B, T'', ...) cropped, or right-padded with 0, to the `width` tokens of the masks, as NeMo does."""
+    if tokens.shape[1] >= width:
+        return tokens[:, :width]
+    pad = tokens.new_zeros((tokens.shape[0], width - tokens.shape[1]) + tuple(tokens.shape[2:]))
+    return torch.cat([tokens, pad], dim=1)
+
+
 class MLMLoss(nn.Module):
     """NLL over masked tokens for one decoder: forward(decoder_outputs (B,T',C), targets (B,T''), ..., masks)."""
 
@@ -39,11 +47,7 @@ class MLMLoss(nn.Module):
         # decoder_lengths / target_lengths are accepted for NeMo's signature; padding is never masked, so unused.
         masks = spec_masks if masks is None else masks
         selected = self.token_mask(masks)
-        # Targets are right-padded with 0 (or cropped) to the token count of the masks, as NeMo does.
-        width = selected.shape[-1]
-        targets = targets[:, :width] if targets.shape[-1] >= width else nn.functional.pad(
-            targets, (0, width - targets.shape[-1]))
-        return self.nll(decoder_outputs[selected], targets[selected])
+        return self.nll(decoder_outputs[selected], fit_tokens(targets, selected.shape[-1])[selected])
 
     @staticmethod
     def nll(picked: torch.Tensor, picked_targets: torch.Tensor) -> torch.Tensor:
