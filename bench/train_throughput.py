@@ -40,22 +40,20 @@ def measure(trainer, loader, steps: int, warmup: int) -> tuple[float, float, int
     """(audio seconds per second, seconds per step, steps) of `steps` training steps after `warmup` ones."""
     import torch
 
+    def fit_for(n: int) -> None:
+        trainer.t.max_steps = trainer.state.global_step + n
+        trainer.stop_reason = None
+        trainer.fit()
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+
     trainer.train_loader = loader
     st = trainer.state
-    t = trainer.t
-    t.max_steps = st.global_step + warmup
-    trainer.stop_reason = None
-    trainer.fit()
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize()
+    fit_for(warmup)
     trainer._audio_since_log = 0.0
     trainer._train_time_since_log = 0.0
     start_step = st.global_step
-    t.max_steps = st.global_step + steps
-    trainer.stop_reason = None
-    trainer.fit()
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize()
+    fit_for(steps)
     done = st.global_step - start_step
     secs = trainer._train_time_since_log
     return trainer._audio_since_log / max(secs, 1e-9), secs / max(done, 1), done
