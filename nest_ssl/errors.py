@@ -1,0 +1,53 @@
+"""User errors: one family of exceptions for mistakes the user can fix (a bad config value, a missing manifest, a
+foreign checkpoint). The command line turns any of them into one line, `nest-ssl: error: <message>`, and exit code 2;
+anything else is a bug of ours and keeps its traceback.
+
+A message names the key or file (and line), the value found and what to do. `describe_os_error` words an OSError by
+what actually happened, so that permission denied is not reported as "corrupt" and a folder not as "not found".
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A mistake in the input (config, command line, files) that the message tells the user how to fix."""
+
+
+# errno -> what it means for a file the user gave us; the rest fall back to the OS's own wording
+_OS_REASONS = {
+    errno.ENOENT: "does not exist",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EISDIR: "is a directory, not a file",
+    errno.ENOTDIR: "a component of the path is not a directory",
+    errno.ENOSPC: "no space left on the device (the disk is full)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.ENAMETOOLONG: "the file name is too long",
+    errno.ELOOP: "too many levels of symbolic links",
+    errno.EIO: "input/output error (a failing disk or network file system?)",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """What happened, in words, without the path (the caller names it): 'permission denied', 'no space left ...'."""
+    if err.errno in _OS_REASONS:
+        return _OS_REASONS[err.errno]
+    return err.strerror or str(err)
+
+
+def check_readable_file(path: str | Path, what: str) -> Path:
+    """`path` as a Path if it is a readable regular file, else a UserError naming `what` (a key or argument)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what}={p}: is a directory, not a file; give the file's path")
+    if not p.exists():
+        hint = " (a broken symbolic link)" if p.is_symlink() else ""
+        raise UserError(f"{what}={p}: does not exist{hint}; check the path")
+    if not os.access(p, os.R_OK):
+        raise UserError(f"{what}={p}: permission denied; make it readable (chmod +r) or use a copy")
+    return p
