@@ -23,6 +23,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf._utils import get_yaml_loader
 
+from nest_ssl.errors import UserError
+
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "recipes" / "nest" / "conf"
 DEFAULT_CONFIG_NAME = "nest_fast-conformer"
 
@@ -55,7 +57,7 @@ NEMO_TARGETS = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or an override that cannot be used; the message says where and what to do."""
 
 

@@ -32,6 +32,8 @@ from lhotse.serialization import deserialize_item
 from lhotse.supervision import SupervisionSegment
 from lhotse.utils import compute_num_samples
 
+from nest_ssl.errors import UserError
+
 log = logging.getLogger(__name__)
 
 PathSpec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
@@ -46,7 +48,7 @@ DEFAULT_DURATION_TOLERANCE = 0.1
 _SHAR_CUTS_RE = re.compile(r"^cuts\.(\d+)\.jsonl(\.gz)?$")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A user-facing problem with a manifest: the message names the file (and line) and says what to do."""
 
     def __init__(self, message: str, *, path: Optional[str] = None, line: Optional[int] = None):

@@ -31,10 +31,12 @@ import torch
 from lhotse import CutSet
 from lhotse.cut import Cut
 
+from nest_ssl.errors import UserError
+
 log = logging.getLogger("nest_ssl.data")
 
 
-class EmptyNoiseManifestError(ValueError):
+class EmptyNoiseManifestError(UserError, ValueError):
     """A noise manifest was given but holds no usable entries."""
 
 

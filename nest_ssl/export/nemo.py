@@ -29,6 +29,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nest_ssl.config import NEMO_TARGETS, OUR_CLASSES, ConfigError
+from nest_ssl.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ _OURS_TO_NEMO = {ours: nemo for nemo, ours in NEMO_TARGETS.items()}
 _OURS_TO_NEMO.setdefault(OUR_CLASSES["MLMLoss"], "nemo.collections.asr.losses.MLMLoss")
 
 
-class ExportError(RuntimeError):
-    pass
+class ExportError(UserError, RuntimeError):
+    """A checkpoint or .nemo archive that cannot be exported, imported or loaded; the message names the file."""
 
 
 def _plain(node: Any) -> Any:

@@ -25,6 +25,8 @@ from typing import Any, Iterable
 
 import torch
 
+from nest_ssl.errors import UserError
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -33,7 +35,7 @@ PREV_SUFFIX = ".prev"
 TMP_PREFIX = ".tmp-"
 
 
-class CorruptCheckpointError(RuntimeError):
+class CorruptCheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be read, or whose content does not match its digest."""
 
 

@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nest_ssl.config import ConfigError
+from nest_ssl.errors import UserError
 from nest_ssl.train import checkpoint as ckpt_io
 from nest_ssl.train.distributed import (
     DistInfo,
@@ -51,8 +52,8 @@ class RunResult:
     stop_reason: str | None = None
 
 
-class ResumeError(RuntimeError):
-    pass
+class ResumeError(UserError, RuntimeError):
+    """No checkpoint to resume from where the config asks for one, or an unusable one."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
