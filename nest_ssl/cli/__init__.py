@@ -23,9 +23,15 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nest_ssl import __version__
+
     parser = argparse.ArgumentParser(prog="nest-ssl", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"nest-ssl {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a user error too (anywhere on the line; or NEST_SSL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    parser._nest_subparsers = {}  # name -> (sub-parser, module), for commands that take intermixed arguments
     for name, module_name in COMMANDS.items():
         try:
             module = importlib.import_module(f"nest_ssl.cli.{module_name}")
@@ -36,12 +42,34 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
+        parser._nest_subparsers[name] = (p, module)
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Top-level parsing; a command whose module sets INTERMIXED (train: Hydra's `key=value` overrides and options
+    in any order) parses its own arguments with parse_intermixed_args."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub, module = parser._nest_subparsers.get(args.command, (None, None))
+        if sub is None or not getattr(module, "INTERMIXED", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        rest = argv[argv.index(args.command) + 1:]
+        args = sub.parse_intermixed_args(rest, argparse.Namespace(command=args.command, debug=args.debug))
+    return args
+
+
+def _dispatch(argv: list[str]) -> int:
+    args = parse_args(argv)
     return int(args._run(args) or 0)
+
+
+def main(argv=None) -> int:
+    """`nest-ssl COMMAND ...`: user errors end in one line `nest-ssl: error: ...` and exit code 2 (see guard.py)."""
+    from nest_ssl.cli.guard import run_guarded
+
+    return run_guarded(_dispatch, argv)
 
 
 if __name__ == "__main__":
