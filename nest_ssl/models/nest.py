@@ -38,6 +38,9 @@ class StepOutput:
     num_masked_tokens: int  # tokens the loss is computed on
     num_tokens: int  # valid (unpadded) tokens in the batch
     empty_mask: bool  # no token passed the mask threshold: the loss is a flagged zero, not NaN
+    # (N, num_books) (or (N,) squeezed) targets of the rows of log_probs when those are the N masked tokens; None
+    # when log_probs covers the whole batch. For the trainer's accuracy and code counts; the loss does not read it.
+    masked_targets: torch.Tensor | None = None
 
 
 class PostConvMasking(nn.Module):
@@ -165,8 +168,11 @@ class NESTModel(nn.Module):
 
         if self.pre_encoder is not None:
             # The subsampler takes (B, T, D); NeMo 2.7.3 passes (B, D, T) here and fails, so this path is our fix.
-            feats, _ = self.pre_encoder.pre_encode(x=clean.transpose(1, 2), lengths=clean_len)
-            _, tokens = self.quantizer(input_signal=feats.transpose(1, 2))
+            # The targets come from these subsampled clean features: an fp32 island under autocast (as the
+            # quantizer is), so bf16 training predicts the tokens fp32 training would.
+            with torch.autocast(clean.device.type, enabled=False):
+                feats, _ = self.pre_encoder.pre_encode(x=clean.transpose(1, 2), lengths=clean_len)
+                _, tokens = self.quantizer(input_signal=feats.transpose(1, 2))
             self.pre_encoder.apply_mask = apply_mask
             encoded, encoded_len = self.encoder(audio_signal=noisy, length=noisy_len)
             masks = self.pre_encoder.current_mask
@@ -212,10 +218,12 @@ class NESTModel(nn.Module):
         if num_masked and selected.shape[1] == encoded.shape[2]:
             picked = encoded.transpose(1, 2)[selected]  # (N, d_model)
             log_probs = self.decoder(encoder_output=picked.t().unsqueeze(0))[0]
-            loss = self.loss.loss_on_tokens(log_probs, fit_tokens(tokens, selected.shape[1])[selected])
+            masked_targets = fit_tokens(tokens, selected.shape[1])[selected]
+            loss = self.loss.loss_on_tokens(log_probs, masked_targets)
         else:
             # No masked token (the loss is a graph-connected zero through the full decoder, so every parameter
             # takes part in the backward, as DDP requires), or token and encoder rates differ: NeMo's way.
+            masked_targets = None
             log_probs = self.decoder(encoder_output=encoded)
             loss = self.loss(masks=masks, decoder_outputs=log_probs, targets=tokens, decoder_lengths=encoded_len)
         return StepOutput(
@@ -227,6 +235,7 @@ class NESTModel(nn.Module):
             num_masked_tokens=num_masked,
             num_tokens=int(encoded_len.sum()),
             empty_mask=num_masked == 0,
+            masked_targets=masked_targets,
         )
 
     def _empty_output(self, device) -> StepOutput:

@@ -44,4 +44,8 @@ class MultiSoftmaxDecoder(nn.Module):
         logits = logits.reshape(logits.shape[0], logits.shape[1], self.num_classes, self.num_decoders)
         if self.squeeze_single and self.num_decoders == 1:
             logits = logits.squeeze(-1)
-        return torch.log_softmax(logits, dim=2)
+        # The projection may run in bf16 under autocast, the normalisation over 8192 classes does not: log_softmax
+        # in fp32 (CUDA's autocast does that by itself, the CPU's does not). A no-op for fp32 logits.
+        with torch.autocast(logits.device.type, enabled=False):
+            return torch.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits,
+                                     dim=2)

@@ -52,10 +52,13 @@ class MLMLoss(nn.Module):
     @staticmethod
     def nll(picked: torch.Tensor, picked_targets: torch.Tensor) -> torch.Tensor:
         """Mean NLL of the masked tokens' log-probs (N, C) for their targets (N,)."""
-        if picked.shape[0] == 0:
-            # Sum of an empty slice: exactly 0 with zero gradients, even if some log-prob is -inf (0 * -inf = NaN).
-            return picked.reshape(-1)[:0].sum()
-        return nn.functional.nll_loss(picked, picked_targets)
+        # fp32 under autocast as well: the mean over many tokens must not round in bf16 (a no-op for fp32 inputs).
+        picked = picked.float() if picked.dtype in (torch.float16, torch.bfloat16) else picked
+        with torch.autocast(picked.device.type, enabled=False):
+            if picked.shape[0] == 0:
+                # Sum of an empty slice: exactly 0 with zero gradients, even if some log-prob is -inf (0 * -inf = NaN).
+                return picked.reshape(-1)[:0].sum()
+            return nn.functional.nll_loss(picked, picked_targets)
 
 
 class MultiMLMLoss(nn.Module):

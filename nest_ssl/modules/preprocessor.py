@@ -176,10 +176,16 @@ class FilterbankFeatures(nn.Module):
         return self.log_zero_guard_value
 
     def forward(self, x: torch.Tensor, seq_len: torch.Tensor, linear_spec: bool = False):
-        if self.use_grads:
-            return self._features(x, seq_len, linear_spec)
-        with torch.no_grad():
-            return self._features(x, seq_len, linear_spec)
+        # The whole front end is an fp32 island under autocast: in bf16 the STFT power, the log of values near the
+        # zero guard and the mean/std would round visibly, and the clean features are the quantizer's targets.
+        # Outside autocast this changes nothing (fp32 inputs stay as they are).
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        with torch.autocast(x.device.type, enabled=False):
+            if self.use_grads:
+                return self._features(x, seq_len, linear_spec)
+            with torch.no_grad():
+                return self._features(x, seq_len, linear_spec)
 
     def _features(self, x, seq_len_time, linear_spec):
         # Negative counts can only come from exact_pad with N < hop; they mean "no frame".
@@ -196,12 +202,11 @@ class FilterbankFeatures(nn.Module):
             beyond = torch.arange(x.shape[1], device=x.device)[None, :] >= seq_len_time[:, None]
             x = x.masked_fill(beyond, 0.0)
 
-        with torch.amp.autocast(x.device.type, enabled=False):
-            spec = torch.stft(
-                x, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
-                center=not self.exact_pad, window=self.window.to(dtype=torch.float, device=x.device),
-                return_complex=True, pad_mode="constant",
-            )
+        spec = torch.stft(
+            x, n_fft=self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+            center=not self.exact_pad, window=self.window.to(dtype=torch.float, device=x.device),
+            return_complex=True, pad_mode="constant",
+        )
         # Same op sequence as NeMo (not .abs(), which rounds differently); guard keeps sqrt differentiable at 0.
         x = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + (_EPS if self.use_grads else 0))
         if self.mag_power != 1.0:
@@ -209,8 +214,7 @@ class FilterbankFeatures(nn.Module):
         if linear_spec:
             return x, seq_len
 
-        with torch.amp.autocast(x.device.type, enabled=False):
-            x = torch.matmul(self.fb.to(x.dtype), x)
+        x = torch.matmul(self.fb.to(x.dtype), x)
         if self.log:
             if self.log_zero_guard_type == "add":
                 x = torch.log(x + self._guard(x))
