@@ -14,6 +14,7 @@ before it to resume from.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from typing import Any, Iterable
 
 import torch
 
-from nest_ssl.errors import UserError
+from nest_ssl.errors import UserError, describe_os_error
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,17 @@ PREV_SUFFIX = ".prev"
 TMP_PREFIX = ".tmp-"
 
 
-class CorruptCheckpointError(UserError, RuntimeError):
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint file that cannot be used: the message says why (unreadable, a folder, foreign, damaged)."""
+
+
+class CorruptCheckpointError(CheckpointError):
     """A checkpoint that cannot be read, or whose content does not match its digest."""
+
+
+class PickledCheckpointError(CorruptCheckpointError):
+    """A checkpoint holding pickled Python objects (NeMo's own Lightning checkpoints), which weights-only loading
+    refuses; `nest_ssl.export.nemo.load_checkpoint_any` falls back to a full unpickling for those."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -100,6 +110,10 @@ def atomic_write(path: str | Path, write_fn) -> Path:
     """Calls write_fn(tmp_path) and moves the finished, fsync'ed file over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory; give a file name to write (e.g. {path / 'model.ckpt'})")
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{path}: exists and is not a regular file; give another output file name")
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=str(path.parent))
     os.close(fd)
     try:
@@ -107,11 +121,14 @@ def atomic_write(path: str | Path, write_fn) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(err, OSError) and err.errno is not None and err.filename is None:
+            # A failed write() names no file; name the one being written (a full disk reads "no space left ...").
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
     _fsync_dir(path.parent)
     return path
@@ -122,20 +139,69 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     ckpt.setdefault("nest_ssl", {})
     ckpt["nest_ssl"]["format_version"] = FORMAT_VERSION
     ckpt["nest_ssl"]["digest"] = digest(ckpt)
-    return atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+    return atomic_write(path, lambda tmp: torch_save(ckpt, tmp))
+
+
+def torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save through a Python file: a full disk then raises OSError(ENOSPC) instead of torch's opaque
+    "unexpected pos" RuntimeError."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _unreadable(path: Path, err: Exception) -> CheckpointError:
+    """Says what is true about a file torch.load could not read: permission, damage, or not a checkpoint."""
+    # torch reports a damaged zip as OSError(EINVAL): only access errors are about the file rather than its bytes
+    if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EISDIR, errno.EIO, errno.ENOENT):
+        return CheckpointError(f"{path}: cannot be read: {describe_os_error(err)}")
+    text = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    if "weights_only" in str(err) or "Unsupported global" in str(err):
+        return PickledCheckpointError(f"{path}: cannot be read with weights_only=True (it holds pickled Python "
+                                      f"objects: {text})")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch's zip format, or its legacy pickle format
+        return CorruptCheckpointError(f"{path}: cannot be read: the file is damaged or truncated "
+                                      f"({type(err).__name__}: {text}); use another checkpoint (e.g. the .prev one)")
+    return CorruptCheckpointError(f"{path}: cannot be read: not a PyTorch checkpoint (it starts with {head!r}); give "
+                                  "a .ckpt written by nest-ssl, NeMo or Lightning")
+
+
+def check_checkpoint_file(path: str | Path, what: str = "checkpoint") -> Path:
+    """`path` if it names an existing, readable file; otherwise a CheckpointError saying which of those it is not."""
+    p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(f"{what}={p}: is a directory, not a checkpoint file; give the file inside it "
+                              "(e.g. <run>/checkpoints/<name>-last.ckpt)")
+    if not p.exists():
+        raise CheckpointError(f"{what}={p}: does not exist; check the path")
+    if not p.is_file():
+        raise CheckpointError(f"{what}={p}: is not a regular file")
+    try:
+        with open(p, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise CheckpointError(f"{what}={p}: cannot be read: {describe_os_error(err)}") from None
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{what}={p}: is empty (0 bytes; an interrupted copy?); use another checkpoint")
+    return p
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu", verify: bool = True) -> dict:
     """Reads a checkpoint; raises CorruptCheckpointError when it is unreadable or fails its digest."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     try:
         ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as err:
-        raise CorruptCheckpointError(f"{path}: cannot be read ({type(err).__name__}: {str(err)[:200]})") from err
+        raise _unreadable(path, err) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CorruptCheckpointError(f"{path}: not a checkpoint (no state_dict)")
+        held = f"a dict with keys {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CorruptCheckpointError(f"{path}: not a model checkpoint (a torch file holding {held}, no state_dict); "
+                                     "give a .ckpt written by nest-ssl, NeMo or Lightning")
     if verify:
         saved = ckpt.get("nest_ssl", {}).get("digest")
         if saved is None:
@@ -218,7 +284,7 @@ def find_resume_checkpoint(ckpt_dir: str | Path, map_location: Any = "cpu") -> F
     for path in resume_candidates(ckpt_dir):
         try:
             ckpt = load_checkpoint(path, map_location=map_location)
-        except (CorruptCheckpointError, OSError) as err:
+        except (CheckpointError, OSError) as err:
             log.error("skipping checkpoint %s: %s", path, err)
             skipped.append((path, str(err)))
             continue
