@@ -115,7 +115,7 @@ def series(rows: list[dict[str, Any]], key: str) -> dict[int, float]:
 
 
 class ProgressBar:
-    """tqdm bar over optimizer steps: step, loss, learning rate, audio hours per second, and time left."""
+    """tqdm bar over optimizer steps: step, loss, masked accuracy, learning rate, audio hours/s, and time left."""
 
     def __init__(self, enabled: bool, total: int | None, initial: int):
         self.bar = None
@@ -134,13 +134,16 @@ class ProgressBar:
                 else None,
             )
 
-    def update(self, step: int, loss: float | None, lr: float, audio_hours_per_s: float | None) -> None:
+    def update(self, step: int, loss: float | None, lr: float, audio_hours_per_s: float | None,
+               acc: float | None = None) -> None:
         if self.bar is None:
             return
         self.bar.n = step
         post = {}
         if loss is not None:
             post["loss"] = f"{loss:.4f}"
+        if acc is not None:
+            post["acc"] = f"{acc:.3f}"  # masked-token top-1 accuracy of the step
         post["lr"] = f"{lr:.3e}"
         if audio_hours_per_s is not None:
             post["audio_h/s"] = f"{audio_hours_per_s:.3g}"

@@ -34,6 +34,7 @@ from torch import nn
 
 from nest_ssl.train import checkpoint as ckpt_io
 from nest_ssl.train.distributed import DistInfo, all_gather_objects, all_reduce_sum
+from nest_ssl.train.health import CollapseAlarm, CumulativeCounts, HealthLayout, step_metrics, validation_metrics
 from nest_ssl.train.loggers import MetricsWriter, ProgressBar
 from nest_ssl.train.seeding import capture_rng_state, restore_rng_state, seed_for
 from nest_ssl.train.trainer_config import RunSettings
@@ -41,6 +42,7 @@ from nest_ssl.train.trainer_config import RunSettings
 log = logging.getLogger("nest_ssl.train")
 
 TRACE_ENV = "NEST_SSL_TRACE_DIR"  # debugging aid: per-rank, per-step sample ids and weight digests
+_NSTATS = 9  # the trainer's per-step statistics (see _train_epoch); the health sums follow them
 
 
 class NonFiniteLossError(RuntimeError):
@@ -369,6 +371,15 @@ class Trainer:
         self._train_time_since_log = 0.0
         self._audio_since_log = 0.0
         self._audio_per_s_ema: float | None = None
+        # Learning health (nest_ssl/train/health.py): accuracy and target-code counts ride the step's all-reduce
+        # (after the trainer's own statistics, from index _NSTATS); the cumulative counts and the alarm's state
+        # are kept in the checkpoint.
+        quantizer = getattr(model, "quantizer", None)
+        self.health = HealthLayout(int(getattr(quantizer, "num_classes", cfg.model.num_classes)),
+                                   int(getattr(quantizer, "num_books", cfg.model.get("num_books", 1))))
+        self.cum_counts = CumulativeCounts(self.health.num_classes, self.health.num_books)
+        self.alarm = CollapseAlarm(settings.health, announce=info.is_global_zero)  # same state on every rank
+        self._val_health: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------------------------
     # Checkpoint content
@@ -401,6 +412,7 @@ class Trainer:
                 "world_size": self.info.world_size,
                 "config": cfg_plain,
                 "last_metrics": dict(self.last_metrics),
+                "health": {"cumulative": self.cum_counts.state_dict(), "alarm": self.alarm.state_dict()},
             },
         }
         if self.scaler is not None:
@@ -424,6 +436,10 @@ class Trainer:
         if cb:
             self.ckpt.load_state_dict(cb)
         self.last_metrics = dict(nest.get("last_metrics") or {})
+        health = nest.get("health") or {}
+        if "cumulative" in health:
+            self.cum_counts.load_state_dict(health["cumulative"])
+        self.alarm.load_state_dict(health.get("alarm") or {})
         saved_ws = nest.get("world_size", 1)
         rng = nest.get("rng_per_rank") or [nest.get("rng")]
         if saved_ws == self.info.world_size and len(rng) > self.info.rank and rng[self.info.rank]:
@@ -514,7 +530,8 @@ class Trainer:
         if self.val_loader is None:
             return None
         self.model.eval()
-        total = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, batches, empty batches
+        # loss sum, batches, empty batches, then the health sums of the masked tokens (accuracy, the floor's counts)
+        total = torch.zeros(3 + self.health.width, dtype=torch.float64, device=self.device)
         cap = self.t.limit_val_batches
         cap = None if isinstance(cap, float) else int(cap)
         if limit is not None:
@@ -536,6 +553,7 @@ class Trainer:
                     continue
                 total[0] += out.loss.double()
                 total[1] += 1
+                self.health.add(total[3:], out, count="masked")
         torch.set_rng_state(cpu_state)
         all_reduce_sum(self.info, total)
         self.model.train()
@@ -543,8 +561,11 @@ class Trainer:
             log.warning("validation: %d batch(es) had no masked token (or a non-finite loss) and were left out",
                         int(total[2]))
         if total[1] == 0:
+            self._val_health = {}
             return None
-        return float(total[0] / total[1])
+        val_loss = float(total[0] / total[1])
+        self._val_health = validation_metrics(self.health, total[3:], val_loss)  # val_acc, val_floor, ...
+        return val_loss
 
     def _run_validation(self) -> None:
         val_loss = self.validate()
@@ -553,8 +574,16 @@ class Trainer:
         if val_loss is None:
             return
         self.last_metrics["val_loss"] = val_loss
-        self.metrics_writer.log({"val_loss": val_loss, "epoch": st.epoch}, st.global_step)
-        log.info("epoch %d step %d: val_loss=%.4f", st.epoch, st.global_step, val_loss)
+        vh = dict(self._val_health)
+        self.alarm.check_floor(st.global_step, val_loss, vh.get("val_floor"), vh.get("val_floor_tokens"))
+        self.metrics_writer.log({"val_loss": val_loss, "epoch": st.epoch, **vh, **self.alarm.flags()},
+                                st.global_step)
+        floor = vh.get("val_floor")
+        log.info("epoch %d step %d: val_loss=%.4f (context-free floor %s: %s) val_acc=%s (chance %s)",
+                 st.epoch, st.global_step, val_loss, "n/a" if floor is None else f"{floor:.4f}",
+                 "n/a" if floor is None else f"{val_loss - floor:+.4f}",
+                 f"{vh['val_acc']:.4f}" if "val_acc" in vh else "n/a",
+                 f"{vh['val_chance_majority']:.4f}" if "val_chance_majority" in vh else "n/a")
 
     # ------------------------------------------------------------------------------------------------------------
     # Checkpoints
@@ -651,8 +680,9 @@ class Trainer:
         acc = t.accumulate_grad_batches
         limit = None if isinstance(t.limit_train_batches, float) else int(t.limit_train_batches)
         # Per optimizer step: loss sum, micro-batches, non-finite, empty-mask, masked tokens, tokens,
-        # audio seconds, perplexity sum, stop request.
-        stats = torch.zeros(9, dtype=torch.float64, device=self.device)
+        # audio seconds, (unused), stop request; then the health sums (accuracy, target-code counts), so that one
+        # all-reduce per step carries them all.
+        stats = torch.zeros(_NSTATS + self.health.width, dtype=torch.float64, device=self.device)
         micro = 0
         grad_norm = None
         step_t0 = time.time()
@@ -688,7 +718,7 @@ class Trainer:
             stats[4] += out.num_masked_tokens
             stats[5] += out.num_tokens
             stats[6] += float(batch.audio_len.sum()) / self.sample_rate
-            stats[7] += _target_perplexity(out.tokens, out.encoded_len)
+            self.health.add(stats[_NSTATS:], out, count="valid")
             if self.trace_dir:
                 self._trace({"batch": st.total_batch_idx, "rank": self.info.rank, "epoch": st.epoch,
                              "sample_ids": list(batch.sample_id or []), "loss": float(out.loss.detach())})
@@ -700,6 +730,7 @@ class Trainer:
             if step_boundary:
                 stats[8] = 1.0 if self._stop_requested() else 0.0
                 all_reduce_sum(self.info, stats)
+                self.cum_counts.add(self.health.counts(stats[_NSTATS:]))  # every rank adds the same sums
                 stepped = self._optimizer_step(stats, micro)
                 if stepped:
                     grad_norm = self._last_grad_norm
@@ -712,7 +743,8 @@ class Trainer:
                     self._log_step(stats, grad_norm, step_time)
                 elif stepped:
                     self.bar.update(st.global_step, float(stats[0] / max(1.0, float(stats[1] - stats[2]))),
-                                    self._step_lr, self._audio_per_s_ema / 3600.0)
+                                    self._step_lr, self._audio_per_s_ema / 3600.0,
+                                    acc=self.health.accuracy(stats[_NSTATS:]))
                 if stats[8] > 0 and not self.stop_reason:
                     self.stop_reason = "preempted" if self._preempted else "max_time_per_run"
                 stats.zero_()
@@ -819,18 +851,26 @@ class Trainer:
             "throughput_per_device": audio_per_s / self.info.world_size,
             "step_time": step_time if self.s.exp_manager.log_step_timing else None,
             "masked_fraction": float(stats[4] / stats[5]) if stats[5] > 0 else 0.0,
-            "target_perplexity": float(stats[7] / stats[1]) if stats[1] > 0 else 0.0,
             "skipped_steps": st.skipped_nonfinite,
             "rejected_cuts": st.rejected_cuts,
         }
+        # masked_acc, chances, this step's all-rank target_perplexity / coverage, the cumulative ones, the alarm
+        health = step_metrics(self.health, stats[_NSTATS:])
+        metrics.update(health)
+        metrics.update(self.cum_counts.metrics())
+        self.alarm.check_coverage(st.global_step, health.get("target_attainable_coverage"),
+                                  health.get("target_coverage"))
+        metrics.update(self.alarm.flags())
         if torch.cuda.is_available() and self.device.type == "cuda":
             metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.last_metrics["train_loss"] = loss
         self.metrics_writer.log(metrics, st.global_step)
-        self.bar.update(st.global_step, loss, lr, (self._audio_per_s_ema or audio_per_s) / 3600.0)
+        acc = health.get("masked_acc")
+        self.bar.update(st.global_step, loss, lr, (self._audio_per_s_ema or audio_per_s) / 3600.0, acc=acc)
         if not (self.t.enable_progress_bar and self.info.is_global_zero):
-            log.info("epoch %d step %d: train_loss=%.4f lr=%.3e grad_norm=%s audio_h/s=%.3g",
-                     st.epoch, st.global_step, loss, lr,
+            log.info("epoch %d step %d: train_loss=%.4f masked_acc=%s (chance %s) lr=%.3e grad_norm=%s "
+                     "audio_h/s=%.3g", st.epoch, st.global_step, loss, "n/a" if acc is None else f"{acc:.4f}",
+                     f"{health['chance_majority']:.4f}" if "chance_majority" in health else "n/a", lr,
                      "n/a" if grad_norm is None else f"{float(grad_norm):.3f}", audio_per_s / 3600.0)
         self._train_time_since_log = 0.0
         self._audio_since_log = 0.0
@@ -846,18 +886,3 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return tuple(_to_cpu(v) for v in obj)
     return obj
-
-
-def _target_perplexity(tokens: torch.Tensor, lengths: torch.Tensor) -> float:
-    """exp(entropy) of the target codes over the unpadded tokens of a batch: how many codes are in use."""
-    with torch.no_grad():
-        if tokens.dim() == 2:
-            tokens = tokens.unsqueeze(-1)
-        T = tokens.size(1)
-        valid = torch.arange(T, device=tokens.device)[None, :] < lengths.to(tokens.device)[:, None]
-        ids = tokens[valid].reshape(-1)
-        if ids.numel() == 0:
-            return 0.0
-        counts = torch.bincount(ids).double()
-        p = counts[counts > 0] / ids.numel()
-        return float(torch.exp(-(p * p.log()).sum()))

@@ -6,7 +6,7 @@ supported (it does what it does in Lightning/NeMo), accepted only at values that
 with the nearest valid key, so a typo never passes silently.
 
 Our own few settings (there is no Lightning or NeMo key for them) live in a top-level `nest_trainer:` section:
-`seed` and `max_consecutive_nonfinite`.
+`seed`, `max_consecutive_nonfinite` and `health` (the collapse alarm's thresholds, nest_ssl/train/health.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nest_ssl.config import ConfigError
+from nest_ssl.train.health import HealthSettings, parse_health
 
 TOP_LEVEL_KEYS = (
     "name",
@@ -183,6 +184,7 @@ CHECKPOINT_DEFAULTS: dict[str, Any] = {
 NEST_TRAINER_DEFAULTS: dict[str, Any] = {
     "seed": 0,  # every random stream (model init, dropout, masking, augmentation, shuffling) derives from it
     "max_consecutive_nonfinite": 10,  # stop after this many optimizer steps in a row had a non-finite loss
+    "health": None,  # collapse alarm thresholds: nest_ssl.train.health.HEALTH_DEFAULTS for the keys left out
 }
 
 PRECISIONS = {
@@ -286,6 +288,7 @@ class RunSettings:
     seed: int = 0
     max_consecutive_nonfinite: int = 10
     name: str = "default"
+    health: HealthSettings = field(default_factory=HealthSettings)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -596,6 +599,7 @@ def parse_nest_trainer(node: Any) -> dict:
     r = {**NEST_TRAINER_DEFAULTS, **raw}
     _int("nest_trainer", "seed", r["seed"], 0)
     _int("nest_trainer", "max_consecutive_nonfinite", r["max_consecutive_nonfinite"], 1)
+    r["health"] = parse_health(r["health"])
     return r
 
 
@@ -643,4 +647,5 @@ def parse_run_config(cfg: DictConfig | Mapping) -> RunSettings:
         seed=int(nest["seed"]),
         max_consecutive_nonfinite=int(nest["max_consecutive_nonfinite"]),
         name=str(exp.name or name),
+        health=nest["health"],
     )
