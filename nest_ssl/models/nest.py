@@ -41,9 +41,6 @@ class StepOutput:
     # (N, num_books) (or (N,) squeezed) targets of the rows of log_probs when those are the N masked tokens; None
     # when log_probs covers the whole batch. For the trainer's accuracy and code counts; the loss does not read it.
     masked_targets: torch.Tensor | None = None
-    # (N, num_books) (or (N,) squeezed) targets of the rows of log_probs when those are the N masked tokens; None
-    # when log_probs covers the whole batch. For the trainer's accuracy and code counts; the loss does not read it.
-    masked_targets: torch.Tensor | None = None
 
 
 class PostConvMasking(nn.Module):
