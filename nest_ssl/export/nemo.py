@@ -29,7 +29,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nest_ssl.config import NEMO_TARGETS, OUR_CLASSES, ConfigError
-from nest_ssl.errors import UserError
+from nest_ssl.errors import UserError, describe_os_error
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ def to_nemo_targets(node: Any) -> Any:
 def nemo_model_config(model_cfg: Any) -> dict:
     """The `model_config.yaml` content for a `model:` section of our config."""
     cfg = to_nemo_targets(model_cfg)
+    # Our training-only encoder key (activation checkpointing): NeMo's ConformerEncoder would refuse it.
+    if isinstance(cfg.get("encoder"), dict):
+        cfg["encoder"].pop("activation_checkpointing", None)
     cfg.pop("target", None)
     cfg.pop("nemo_version", None)
     # NeMo's ModelPT adds these two keys itself; restore_from reads `target` to pick the class.
@@ -129,13 +132,16 @@ def _member(tar: tarfile.TarFile, name: str) -> tarfile.TarInfo | None:
 
 def read_nemo(path: str | Path) -> tuple[dict, dict]:
     """(model config, state dict) of a .nemo archive; nothing is extracted to disk."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+    from nest_ssl.train.checkpoint import check_checkpoint_file
+
+    path = check_checkpoint_file(path, "nemo file")
     try:
         tar = _tar_open(path)
-    except (tarfile.TarError, OSError) as err:
-        raise ExportError(f"{path}: not a .nemo archive ({err})") from None
+    except OSError as err:
+        raise ExportError(f"{path}: cannot be read: {describe_os_error(err)}") from None
+    except tarfile.TarError:
+        raise ExportError(f"{path}: not a .nemo archive (neither a tar nor a gzipped tar file); give a .nemo "
+                          "written by NeMo or `nest-ssl export`") from None
     with tar:
         cfg_m = _member(tar, MODEL_CONFIG_YAML)
         w_m = _member(tar, MODEL_WEIGHTS_CKPT)
@@ -145,9 +151,21 @@ def read_nemo(path: str | Path) -> tuple[dict, dict]:
                 f"{path}: a .nemo archive holds {MODEL_CONFIG_YAML} and {MODEL_WEIGHTS_CKPT}; found {names} "
                 "(model-parallel or distributed checkpoints are not supported)"
             )
-        cfg = yaml.safe_load(tar.extractfile(cfg_m).read())
-        data = tar.extractfile(w_m).read()
-    state_dict = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        try:
+            cfg = yaml.safe_load(tar.extractfile(cfg_m).read())
+            data = tar.extractfile(w_m).read()
+        except (tarfile.TarError, EOFError, OSError, yaml.YAMLError) as err:
+            raise ExportError(f"{path}: the archive is damaged or truncated ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); download or export it again") from None
+    if not isinstance(cfg, dict):
+        raise ExportError(f"{path}: {MODEL_CONFIG_YAML} is not a yaml mapping; not a NeMo model archive")
+    try:
+        state_dict = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ExportError(f"{path}: {MODEL_WEIGHTS_CKPT} cannot be read ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:200] if str(err) else ''}); download or export it again") from None
+    if not isinstance(state_dict, dict):
+        raise ExportError(f"{path}: {MODEL_WEIGHTS_CKPT} holds {type(state_dict).__name__}, not a state dict")
     if "model" in cfg and isinstance(cfg["model"], dict):
         cfg = cfg["model"]
     return cfg, state_dict
@@ -157,7 +175,7 @@ def read_nemo(path: str | Path) -> tuple[dict, dict]:
 # Checkpoints
 
 
-def _model_config_of(ckpt: Mapping) -> dict:
+def _model_config_of(ckpt: Mapping, path: str | Path = "the checkpoint") -> dict:
     """The `model:` section stored in a checkpoint (ours: nest_ssl.config; Lightning/NeMo: hyper_parameters.cfg)."""
     nest = ckpt.get("nest_ssl") or {}
     cfg = nest.get("config")
@@ -167,19 +185,41 @@ def _model_config_of(ckpt: Mapping) -> dict:
     cfg = hp.get("cfg") if isinstance(hp, Mapping) else None
     if cfg is not None:
         return _plain(cfg)
-    raise ExportError("the checkpoint stores no model config (neither nest_ssl.config nor hyper_parameters.cfg)")
+    raise ExportError(f"{path}: stores no model config (neither nest_ssl.config nor hyper_parameters.cfg); give a "
+                      "checkpoint written by `nest-ssl train`, `nest-ssl import-nemo` or NeMo")
+
+
+NEST_PARTS = ("encoder.", "decoder.", "quantizer.")  # state-dict prefixes every NEST model has
+
+
+def check_nest_weights(path: str | Path, state_dict: Mapping, needed: tuple[str, ...] = NEST_PARTS) -> None:
+    """A foreign checkpoint (an ASR model, another toolkit's file) fails here, naming what it holds instead."""
+    missing = [p.rstrip(".") for p in needed if not any(str(k).startswith(p) for k in state_dict)]
+    if missing:
+        held = sorted({str(k).split(".")[0] for k in state_dict})[:8]
+        raise ExportError(f"{path}: not a NEST model: no {', '.join(missing)} weights (it holds: {', '.join(held) or 'nothing'}); "
+                          "give a checkpoint written by `nest-ssl train` or `nest-ssl import-nemo`")
+
+
+def _load_weights(model: torch.nn.Module, state_dict: Mapping, path: str | Path) -> None:
+    """load_state_dict(strict=True), with a mismatch reported as the file's problem rather than a traceback."""
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:
+        first = " ".join(str(err).split())[:300]
+        raise ExportError(f"{path}: its weights do not fit the model its config describes ({first}); the file was "
+                          "edited or written for another model") from None
 
 
 def load_checkpoint_any(path: str | Path) -> dict:
     """Our checkpoint (verified) or another tool's Lightning checkpoint."""
-    from nest_ssl.train.checkpoint import load_checkpoint
+    from nest_ssl.train.checkpoint import PickledCheckpointError, check_checkpoint_file, load_checkpoint
 
+    path = check_checkpoint_file(path)
     try:
         return load_checkpoint(path)
-    except Exception as err:
+    except PickledCheckpointError:
         # NeMo's own Lightning checkpoints pickle OmegaConf objects, which weights_only loading refuses.
-        if "weights_only" not in str(err) and "Unsupported global" not in str(err):
-            raise
         log.warning("%s holds pickled objects (a NeMo/Lightning checkpoint); loading it with weights_only=False "
                     "- only do this with files you trust", path)
         return torch.load(str(path), map_location="cpu", weights_only=False)
@@ -190,25 +230,27 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     from nest_ssl.models import NESTModel
 
     path = Path(path)
-    if path.suffix == ".nemo" or (path.is_file() and tarfile.is_tarfile(path)):
+    if path.suffix == ".nemo" or (path.is_file() and os.access(path, os.R_OK) and tarfile.is_tarfile(path)):
         model_cfg, state_dict = read_nemo(path)
     else:
         ckpt = load_checkpoint_any(path)
-        model_cfg, state_dict = _model_config_of(ckpt), ckpt["state_dict"]
+        model_cfg, state_dict = _model_config_of(ckpt, path), ckpt["state_dict"]
+    check_nest_weights(path, state_dict, ("encoder.",))
     model_cfg = {k: v for k, v in model_cfg.items() if k not in ("target", "nemo_version")}
     try:
         model = NESTModel.from_config(model_cfg)
     except ConfigError as err:
         raise ExportError(f"{path}: cannot build the model from its config: {err}") from err
-    model.load_state_dict(state_dict, strict=True)
+    _load_weights(model, state_dict, path)
     return model.to(device).eval(), model_cfg
 
 
 def export_nemo(ckpt_path: str | Path, out_path: str | Path) -> Path:
     """Our checkpoint (or an imported one) -> a .nemo archive for NeMo's restore_from."""
     ckpt = load_checkpoint_any(ckpt_path)
-    model_cfg = _model_config_of(ckpt)
     state_dict = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith(LEGACY_PREFIXES)}
+    check_nest_weights(ckpt_path, state_dict)
+    model_cfg = _model_config_of(ckpt, ckpt_path)
     return write_nemo(out_path, model_cfg, state_dict)
 
 
@@ -221,10 +263,9 @@ def export_encoder(ckpt_path: str | Path, out_path: str | Path) -> Path:
         model_cfg, sd = read_nemo(src)
     else:
         ckpt = load_checkpoint_any(src)
-        model_cfg, sd = _model_config_of(ckpt), ckpt["state_dict"]
+        model_cfg, sd = _model_config_of(ckpt, src), ckpt["state_dict"]
+    check_nest_weights(src, sd, ("encoder.",))
     enc = {k: v.detach().cpu() for k, v in sd.items() if k.startswith("encoder.")}
-    if not enc:
-        raise ExportError(f"{src}: no encoder.* weights in the checkpoint")
     model_cfg = _plain(model_cfg)
     sub = {k: model_cfg[k] for k in ("sample_rate", "preprocessor", "encoder") if k in model_cfg}
     out = {
@@ -250,9 +291,13 @@ def import_nemo(nemo_path: str | Path, out_path: str | Path) -> Path:
         log.warning("%s: dropping %d legacy keys of the unused duplicate decoder (decoder_ssl.*)", nemo_path, len(legacy))
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(LEGACY_PREFIXES)}
     model_cfg = {k: v for k, v in model_cfg.items() if k not in ("target", "nemo_version")}
+    check_nest_weights(nemo_path, state_dict)
     # Build the model once: a config or weights we cannot use should fail here, not at training time.
-    model = NESTModel.from_config(model_cfg)
-    model.load_state_dict(state_dict, strict=True)
+    try:
+        model = NESTModel.from_config(model_cfg)
+    except ConfigError as err:
+        raise ExportError(f"{nemo_path}: cannot build the model from its config: {err}") from err
+    _load_weights(model, state_dict, nemo_path)
     ckpt = {
         "epoch": 0,
         "global_step": 0,

@@ -16,10 +16,13 @@ load with strict=True. NeMo constructor keys we accept but do not implement rais
 key; keys that have no effect in the configuration given (as in NeMo) are accepted.
 """
 
+import contextlib
 import random
+from functools import partial
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nest_ssl.modules.attention import RelPositionalEncoding, RelPositionMultiHeadAttention
 from nest_ssl.modules.dropout import Dropout
@@ -256,6 +259,34 @@ class ConformerLayer(nn.Module):
         return self.norm_out(residual)
 
 
+@contextlib.contextmanager
+def _frozen_running_stats(module: nn.Module):
+    """BatchNorm in training mode whose running statistics (and num_batches_tracked) do not move.
+
+    The recomputation of a checkpointed layer is a second forward of the same batch: it must normalise with the
+    same batch statistics, and save the same tensors for the backward, but must not update the running averages a
+    second time. A momentum of 0 makes the update `running * 1 + batch * 0`, which leaves every finite value as it
+    is; the step counter is put back afterwards (autograd does not save it).
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else int(m.num_batches_tracked)) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                with torch.no_grad():
+                    m.num_batches_tracked.fill_(tracked)
+
+
+def _recompute_contexts(layer: nn.Module):
+    """torch.utils.checkpoint's context_fn: nothing special on the forward, frozen BatchNorm buffers on recompute."""
+    return contextlib.nullcontext(), _frozen_running_stats(layer)
+
+
 def _to_list(value):
     """ListConfig / tuple -> plain (nested) list, so omegaconf nodes from a yaml work like NeMo's."""
     if isinstance(value, (str, int, float)) or value is None:
@@ -277,6 +308,8 @@ class ConformerEncoder(nn.Module):
     rel_pos, subsampling 'vggnet'/'stacking*'/'*conv1d', cache-aware streaming inputs.
     global_tokens* only act in NeMo's rel_pos_local_attn, so with rel_pos they are accepted and ignored as NeMo
     does. sync_max_audio_length is accepted; no collective is needed (see RelPositionalEncoding).
+    Ours: `activation_checkpointing` (default False; `+model.encoder.activation_checkpointing=true`) recomputes
+    each Conformer layer in the backward instead of storing its activations (training with gradients only).
     """
 
     def __init__(
@@ -319,6 +352,7 @@ class ConformerEncoder(nn.Module):
         use_pytorch_sdpa: bool = False,
         use_pytorch_sdpa_backends=None,
         sync_max_audio_length: bool = True,
+        activation_checkpointing: bool = False,
     ):
         super().__init__()
         if self_attention_model != "rel_pos":
@@ -345,6 +379,9 @@ class ConformerEncoder(nn.Module):
         self.use_pytorch_sdpa = use_pytorch_sdpa
         self.use_pytorch_sdpa_backends = list(use_pytorch_sdpa_backends or [])
         self.sync_max_audio_length = sync_max_audio_length
+        # Ours (NeMo's ConformerEncoder has no such key; the .nemo export leaves it out): a plain attribute, so
+        # state-dict names and parameter counts do not depend on it.
+        self.activation_checkpointing = bool(activation_checkpointing)
 
         (self.att_context_size_all, self.att_context_size, self.att_context_probs, self.conv_context_size) = (
             self._calc_context_sizes(att_context_size, att_context_probs, att_context_style, conv_context_size,
@@ -557,9 +594,17 @@ class ConformerEncoder(nn.Module):
         x, pos_emb = self.pos_enc(x=x)
         pad_mask, att_mask = self._create_masks(att_context_size, length, max_len, x.device)
 
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for drop_prob, layer in zip(self.layer_drop_probs, self.layers):
             residual = x
-            x = layer(x=x, att_mask=att_mask, pos_emb=pos_emb, pad_mask=pad_mask)
+            if recompute:
+                # Keep only the layer's input; the backward runs the layer again. Dropout draws are replayed
+                # (checkpoint restores the RNG states it saved), and the stochastic-depth draw below stays outside,
+                # so the step is the one without checkpointing.
+                x = checkpoint(layer, x, att_mask, pos_emb, pad_mask, use_reentrant=False,
+                               context_fn=partial(_recompute_contexts, layer))
+            else:
+                x = layer(x=x, att_mask=att_mask, pos_emb=pos_emb, pad_mask=pad_mask)
             if self.training and drop_prob > 0.0:
                 # Stochastic depth (arXiv 2102.03216) with NeMo's formulation and RNG use (torch.rand(1) on the
                 # CPU generator per droppable layer). A dropped layer is multiplied by 0 rather than skipped so
