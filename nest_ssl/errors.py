@@ -51,3 +51,22 @@ def check_readable_file(path: str | Path, what: str) -> Path:
     if not os.access(p, os.R_OK):
         raise UserError(f"{what}={p}: permission denied; make it readable (chmod +r) or use a copy")
     return p
+
+
+def check_output_file(path: str | Path, what: str) -> Path:
+    """`path` as a Path if a file can be written there (its folder may not exist yet), else a UserError saying why:
+    an existing folder or non-regular file in its place, a file on the way that is not a folder, no write
+    permission."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what}={p}: is a directory; give a file name (e.g. {p / 'model.ckpt'})")
+    if p.exists() and not p.is_file():
+        raise UserError(f"{what}={p}: exists and is not a regular file; give another file name")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{what}={p}: {parent} is a file, not a directory; choose another output path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what}={p}: permission denied: cannot write into {parent}; choose another output path")
+    return p

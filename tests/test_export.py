@@ -140,7 +140,7 @@ def test_export_refuses_corrupt_and_non_nest_inputs(trained, tmp_path, capsys):
     data = bytearray(ckpt_path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
-    assert cli(["export", str(bad), str(tmp_path / "x.nemo")]) == 1
+    assert cli(["export", str(bad), str(tmp_path / "x.nemo")]) == 2  # a user error: one line, exit 2
     assert "digest" in capsys.readouterr().err
     other = write_nemo(tmp_path / "ctc.nemo", cfg.model, load_checkpoint(ckpt_path)["state_dict"])
     with tarfile.open(other) as t:
@@ -152,7 +152,7 @@ def test_export_refuses_corrupt_and_non_nest_inputs(trained, tmp_path, capsys):
             info = tarfile.TarInfo(name)
             info.size = len(blob)
             t.addfile(info, io.BytesIO(blob))
-    assert cli(["import-nemo", str(other), str(tmp_path / "y.ckpt")]) == 1
+    assert cli(["import-nemo", str(other), str(tmp_path / "y.ckpt")]) == 2
     assert "is not NEST" in capsys.readouterr().err
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 HELP = "export a checkpoint to NeMo: --to nemo OUT.nemo (restore_from) or --encoder-only OUT.ckpt (init_from_ptl_ckpt)"
 
 
@@ -17,21 +15,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from nest_ssl.export.nemo import ExportError, export_encoder, export_nemo
-    from nest_ssl.train.checkpoint import CorruptCheckpointError
+    """User errors (unreadable or foreign input, an unusable output path) propagate to the guard: one line, exit 2."""
+    from nest_ssl.errors import UserError, check_output_file
+    from nest_ssl.export.nemo import export_encoder, export_nemo
+    from nest_ssl.train.checkpoint import check_checkpoint_file
 
-    try:
-        if args.encoder_only:
-            if args.output.endswith(".nemo"):
-                print("nest-ssl export: --encoder-only writes a .ckpt for init_from_ptl_ckpt, not a .nemo archive; "
-                      "name the output *.ckpt (a full .nemo serves downstream init via init_from_nemo_model with "
-                      "include: [encoder])", file=sys.stderr)
-                return 2
-            out = export_encoder(args.checkpoint, args.output)
-        else:
-            out = export_nemo(args.checkpoint, args.output)
-    except (ExportError, CorruptCheckpointError, FileNotFoundError) as err:
-        print(f"nest-ssl export: error: {err}", file=sys.stderr)
-        return 1
+    if args.encoder_only and args.output.endswith(".nemo"):
+        raise UserError(f"--encoder-only writes a .ckpt for init_from_ptl_ckpt, not a .nemo archive; name the output "
+                        f"*.ckpt instead of {args.output} (a full .nemo serves downstream init via "
+                        "init_from_nemo_model with include: [encoder])")
+    check_checkpoint_file(args.checkpoint, "CKPT")
+    check_output_file(args.output, "OUT")
+    out = export_encoder(args.checkpoint, args.output) if args.encoder_only else export_nemo(args.checkpoint, args.output)
     print(out)
     return 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 HELP = "import a NeMo NEST .nemo (e.g. ssl_en_nest_large_v1.0) as a checkpoint for init_from_ptl_ckpt / extract"
 
 
@@ -13,13 +11,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from nest_ssl.config import ConfigError
-    from nest_ssl.export.nemo import ExportError, import_nemo
+    """User errors (unreadable, foreign or damaged archive, an unusable output) propagate to the guard: exit 2."""
+    from nest_ssl.errors import check_output_file
+    from nest_ssl.export.nemo import import_nemo
+    from nest_ssl.train.checkpoint import check_checkpoint_file
 
-    try:
-        out = import_nemo(args.nemo, args.output)
-    except (ExportError, ConfigError, FileNotFoundError, RuntimeError) as err:
-        print(f"nest-ssl import-nemo: error: {err}", file=sys.stderr)
-        return 1
+    check_checkpoint_file(args.nemo, "IN.nemo")
+    check_output_file(args.output, "OUT.ckpt")
+    out = import_nemo(args.nemo, args.output)
     print(out)
     return 0

@@ -171,7 +171,7 @@ def check_checkpoint_file(path: str | Path, what: str = "checkpoint") -> Path:
     """`path` if it names an existing, readable file; otherwise a CheckpointError saying which of those it is not."""
     p = Path(path)
     if p.is_dir():
-        raise CheckpointError(f"{what}={p}: is a directory, not a checkpoint file; give the file inside it "
+        raise CheckpointError(f"{what}={p}: is a directory, not a file; give the file inside it "
                               "(e.g. <run>/checkpoints/<name>-last.ckpt)")
     if not p.exists():
         raise CheckpointError(f"{what}={p}: does not exist; check the path")
