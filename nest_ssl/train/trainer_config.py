@@ -82,7 +82,6 @@ TRAINER_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
     "fast_dev_run": ((False, 0), "for a quick check run trainer.max_steps=2 trainer.limit_val_batches=2"),
     "min_epochs": ((None,), "minimum lengths only matter for early stopping, which nest-ssl does not have"),
     "min_steps": ((None,), "minimum lengths only matter for early stopping, which nest-ssl does not have"),
-    "max_time": ((None,), "use exp_manager.max_time_per_run (it checkpoints and stops; the next run resumes)"),
     "limit_test_batches": ((None, 1.0), "nest-ssl's trainer only fits; there is no test loop"),
     "limit_predict_batches": ((None, 1.0), "nest-ssl's trainer only fits; there is no predict loop"),
     "overfit_batches": ((0, 0.0), "not supported; limit the data with trainer.limit_train_batches instead"),
@@ -185,6 +184,7 @@ NEST_TRAINER_DEFAULTS: dict[str, Any] = {
     "seed": 0,  # every random stream (model init, dropout, masking, augmentation, shuffling) derives from it
     "max_consecutive_nonfinite": 10,  # stop after this many optimizer steps in a row had a non-finite loss
     "health": None,  # collapse alarm thresholds: nest_ssl.train.health.HEALTH_DEFAULTS for the keys left out
+    "num_threads": None,  # CPU threads of each process (torch.set_num_threads); null: OMP_NUM_THREADS, else torch's
 }
 
 PRECISIONS = {
@@ -233,6 +233,7 @@ class TrainerSettings:
     use_distributed_sampler: bool = True
     detect_anomaly: bool = False
     sync_batchnorm: bool = False
+    max_time: float | None = None  # seconds (Lightning's "DD:HH:MM:SS" or {days, hours, minutes, seconds})
 
 
 @dataclass
@@ -289,6 +290,7 @@ class RunSettings:
     max_consecutive_nonfinite: int = 10
     name: str = "default"
     health: HealthSettings = field(default_factory=HealthSettings)
+    num_threads: int | None = None  # None: leave torch's thread count (OMP_NUM_THREADS or its default)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -476,7 +478,29 @@ def parse_trainer(node: Any) -> TrainerSettings:
     s.use_distributed_sampler = _bool(sec, "use_distributed_sampler", r["use_distributed_sampler"])
     s.detect_anomaly = _bool(sec, "detect_anomaly", r["detect_anomaly"])
     s.sync_batchnorm = _bool(sec, "sync_batchnorm", r["sync_batchnorm"])
+    if r["max_time"] is not None:
+        s.max_time = parse_max_time(r["max_time"])
     return s
+
+
+_TIMEDELTA_KEYS = ("days", "hours", "minutes", "seconds", "milliseconds", "microseconds", "weeks")
+
+
+def parse_max_time(value: Any) -> float:
+    """Lightning's `max_time`: "DD:HH:MM:SS" or a dict of timedelta arguments ({days: 1, hours: 12}), in seconds."""
+    where = "trainer.max_time"
+    if isinstance(value, Mapping):
+        unknown = [k for k in value if k not in _TIMEDELTA_KEYS]
+        if unknown or not all(_is_number(v) and v >= 0 for v in value.values()):
+            raise _bad("trainer", "max_time", value, f"a dict takes non-negative numbers for {', '.join(_TIMEDELTA_KEYS)}")
+        import datetime
+
+        seconds = datetime.timedelta(**{k: float(v) for k, v in value.items()}).total_seconds()
+    else:
+        seconds = parse_duration(value, where)
+    if seconds <= 0:
+        raise _bad("trainer", "max_time", value, "must be a positive duration (DD:HH:MM:SS), or null for no limit")
+    return seconds
 
 
 _DURATION = re.compile(r"^(\d+):(\d+):(\d+):(\d+)$")
@@ -600,6 +624,7 @@ def parse_nest_trainer(node: Any) -> dict:
     _int("nest_trainer", "seed", r["seed"], 0)
     _int("nest_trainer", "max_consecutive_nonfinite", r["max_consecutive_nonfinite"], 1)
     r["health"] = parse_health(r["health"])
+    _int("nest_trainer", "num_threads", r["num_threads"], 1, allow_none=True)
     return r
 
 
@@ -641,6 +666,11 @@ def parse_run_config(cfg: DictConfig | Mapping) -> RunSettings:
                                             save_nemo_on_train_end=False)
     if trainer.logger is True and not exp.create_tensorboard_logger:
         exp.create_tensorboard_logger = True  # Lightning's default logger is TensorBoard
+    if trainer.max_time is not None:
+        # Lightning stops at max_time, NeMo's exp_manager at max_time_per_run (checkpointing in both); the trainer
+        # implements the latter, so the earlier of the two is the limit.
+        limits = [t for t in (exp.max_time_per_run, trainer.max_time) if t is not None]
+        exp.max_time_per_run = min(limits)
     return RunSettings(
         trainer=trainer,
         exp_manager=exp,
@@ -648,4 +678,5 @@ def parse_run_config(cfg: DictConfig | Mapping) -> RunSettings:
         max_consecutive_nonfinite=int(nest["max_consecutive_nonfinite"]),
         name=str(exp.name or name),
         health=nest["health"],
+        num_threads=nest["num_threads"],
     )
