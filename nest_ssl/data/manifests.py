@@ -32,7 +32,7 @@ from lhotse.serialization import deserialize_item
 from lhotse.supervision import SupervisionSegment
 from lhotse.utils import compute_num_samples
 
-from nest_ssl.errors import UserError
+from nest_ssl.errors import UserError, describe_os_error
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,16 @@ def _first_record(path: str, what: str) -> Tuple[int, Optional[dict]]:
                 if not line.strip():
                     continue
                 return lineno, _parse_json_line(line, path, lineno, what)
-    except (OSError, EOFError, UnicodeDecodeError) as err:
+    except OSError as err:
+        if err.errno is not None:  # the file, not its content: permission, a folder, a failing disk
+            raise ManifestError(f"{_where(what, path)}: cannot read the manifest: {describe_os_error(err)}",
+                                path=path) from None
+        raise ManifestError(
+            f"{_where(what, path)}: cannot read the manifest ({err}); check that it is a text JSON-lines file "
+            "(optionally .gz) and not truncated",
+            path=path,
+        ) from err
+    except (EOFError, UnicodeDecodeError) as err:
         raise ManifestError(
             f"{_where(what, path)}: cannot read the manifest ({err}); check that it is a text JSON-lines file "
             "(optionally .gz) and not truncated",
@@ -151,7 +160,12 @@ def _kind_of_record(data: dict) -> str:
 def _shar_fields(directory: Path, metadata_only: bool, what: str) -> List[Dict[str, str]]:
     """One dict field -> path per shard, shard order by index; validates that every field has every shard."""
     by_field: Dict[str, Dict[str, str]] = {}
-    for p in directory.iterdir():
+    try:
+        listing = list(directory.iterdir())
+    except OSError as err:
+        raise ManifestError(f"{_where(what, directory)}: cannot list the directory: {describe_os_error(err)}",
+                            path=str(directory)) from None
+    for p in listing:
         name = p.name
         parts = name.split(".")
         if len(parts) < 3 or not parts[1].isdigit():
@@ -163,8 +177,8 @@ def _shar_fields(directory: Path, metadata_only: bool, what: str) -> List[Dict[s
     cuts = by_field.pop("cuts", {})
     if not cuts:
         raise ManifestError(
-            f"{_where(what, directory)}: directory is not a Lhotse Shar directory (no cuts.NNNNNN.jsonl.gz files); "
-            "give a manifest file, or a directory written by `nest-ssl shar export`",
+            f"{_where(what, directory)}: is a directory but not a Lhotse Shar directory (no cuts.NNNNNN.jsonl.gz "
+            "files); give the manifest file itself, or a directory written by `nest-ssl shar export`",
             path=str(directory),
         )
     if metadata_only:
@@ -409,7 +423,15 @@ def _iter_jsonl(path: str, what: str) -> Iterator[Tuple[int, dict]]:
                 if not line.strip():
                     continue
                 yield lineno, _parse_json_line(line, path, lineno, what)
-    except (OSError, EOFError, UnicodeDecodeError) as err:
+    except OSError as err:
+        if err.errno is not None:
+            raise ManifestError(f"{_where(what, path)}: cannot read the manifest: {describe_os_error(err)}",
+                                path=path) from None
+        raise ManifestError(
+            f"{_where(what, path)}: cannot read the manifest ({err}); it may be truncated or not a JSON-lines file",
+            path=path,
+        ) from err
+    except (EOFError, UnicodeDecodeError) as err:
         raise ManifestError(
             f"{_where(what, path)}: cannot read the manifest ({err}); it may be truncated or not a JSON-lines file",
             path=path,
