@@ -19,6 +19,7 @@ COMMANDS = {
     "import-nemo": "import_nemo",  # nest-ssl import-nemo IN.nemo OUT.ckpt
     "extract": "extract",  # nest-ssl extract CKPT CUTS OUT_DIR --layer N
     "plot": "plot",  # nest-ssl plot EXP_DIR
+    "evaluate": "evaluate",  # nest-ssl evaluate --model M --train-cuts --dev-cuts --test-cuts --out-dir eval
 }
 
 
