@@ -311,9 +311,9 @@ class CollapseAlarm:
                 "after nest_trainer.health.floor_patience_steps=%d steps. The model does no better than one that "
                 "predicts the code frequencies without listening: it is not using its input. Look at grad_norm and learning_rate (a learning rate too "
                 "low or too high, a warmup too long for the run), masked_acc against chance_majority, masked_fraction "
-                "and the augmentation strength; small runs may just need more steps or data. With few validation "
-                "tokens (%s) the floor is underestimated.", step, val_loss, self.settings.floor_margin, floor,
-                patience, "n/a" if tokens is None else f"{int(tokens)}")
+                "and the augmentation strength; small runs may just need more steps or data. The floor is estimated "
+                "from %s validation tokens (an underestimate when they are few).", step, val_loss, self.settings.floor_margin, floor,
+                patience, "the" if tokens is None else f"{int(tokens)}")
         elif not fired and self.at_floor and self.announce:
             log.info("loss-floor alarm cleared at step %d (val_loss %.4f, floor %.4f)", step, val_loss, floor)
         self.at_floor = fired
