@@ -73,7 +73,9 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):
     try:
         return load_model(path, device=device)
     except (ExportError, CorruptCheckpointError, UserError) as err:
-        raise EvaluationError(f"--model {path}: {err}; {hint}") from err
+        msg = str(err)  # these already name the file: do not say it twice
+        where = f"--model {msg}" if msg.startswith(str(path)) else f"--model {path}: {msg}"
+        raise EvaluationError(f"{where}; {hint}") from err
     except (RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError, ModuleNotFoundError,
             tarfile.TarError) as err:
         # load_state_dict's mismatch report is many lines: the first one says what kind of mismatch it is
