@@ -6,7 +6,8 @@
   summary.py summary RUN_DIR --train-cuts CUTS --val-cuts CUTS [--checkpoint CKPT]
       prints hours of audio used (training and validation windows, speakers), steps and epochs, the final
       train_loss and val_loss (from RUN_DIR/metrics.jsonl, which the trainer writes beside TensorBoard's events),
-      and where the exported models and the loss plot are.
+      the learning-health figures (val_loss against the context-free floor, masked accuracy against chance,
+      codebook use, any collapse alarm), and where the exported models and the loss plot are.
 
 Standard library only (reads JSON lines; the step is in the checkpoint's name), so it costs no torch import.
 """
@@ -53,9 +54,56 @@ def metrics(run_dir: str):
                 except ValueError:
                     continue  # a torn last line from a killed run
     out = {}
-    for key in ("train_loss", "val_loss", "epoch"):
+    for key in ("train_loss", "val_loss", "epoch") + HEALTH_KEYS:
         out[key] = {int(r["step"]): float(r[key]) for r in rows if isinstance(r.get(key), (int, float))}
     return out
+
+
+# The trainer's learning-health scalars (docs/training.md, "Learning health").
+HEALTH_KEYS = ("val_floor", "val_loss_minus_floor", "val_floor_tokens", "val_acc", "val_chance_majority",
+               "masked_acc", "chance_majority", "chance_uniform", "cum_target_coverage", "cum_target_perplexity",
+               "cum_target_tokens", "collapse_alarm", "alarm_at_floor", "alarm_low_coverage")
+
+
+def _last(series):
+    """(step, value) of the latest logged step, or None."""
+    return (max(series), series[max(series)]) if series else None
+
+
+def health_lines(m) -> list:
+    """val_loss against the floor, masked accuracy against chance, codebook use, and the alarms."""
+    lines = []
+    gap, floor, n = _last(m["val_loss_minus_floor"]), _last(m["val_floor"]), _last(m["val_floor_tokens"])
+    if gap and floor:
+        verdict = ("below it: the model uses its input" if gap[1] < 0 else
+                   "not below it: no better than ignoring the input")
+        lines.append(f"  vs floor:     val_loss - floor = {gap[1]:+.4f} at step {gap[0]} ({verdict}; floor "
+                     f"{floor[1]:.4f} nats" + (f" from {int(n[1])} validation tokens)" if n else ")"))
+    acc, maj, uni = _last(m["masked_acc"]), _last(m["chance_majority"]), _last(m["chance_uniform"])
+    if acc:
+        chance = ", ".join(x for x in ((f"majority {maj[1]:.4f}" if maj else ""),
+                                        (f"uniform {uni[1]:.2g}" if uni else "")) if x)
+        lines.append(f"  masked acc:   train {acc[1]:.4f} at step {acc[0]} (chance: {chance})")
+    vacc, vmaj = _last(m["val_acc"]), _last(m["val_chance_majority"])
+    if vacc:
+        lines.append(f"                validation {vacc[1]:.4f} at step {vacc[0]}"
+                     + (f" (chance: majority {vmaj[1]:.4f})" if vmaj else ""))
+    cov, ppl, tok = _last(m["cum_target_coverage"]), _last(m["cum_target_perplexity"]), _last(m["cum_target_tokens"])
+    if cov:
+        lines.append(f"  codebook:     {100 * cov[1]:.1f}% of the codes used since step 0"
+                     + (f", perplexity {ppl[1]:.1f}" if ppl else "") + (f" over {int(tok[1])} tokens" if tok else ""))
+    alarms = []
+    for key, what in (("alarm_at_floor", "val_loss is not below the context-free floor"),
+                      ("alarm_low_coverage", "the targets use few of the codes")):
+        fired = sorted(step for step, v in m[key].items() if v > 0)
+        if fired:
+            now = "still on" if m[key][max(m[key])] > 0 else f"cleared by step {max(m[key])}"
+            alarms.append(f"{what} (from step {fired[0]}, {now})")
+    if alarms:
+        lines.append("  ALARM:        " + "; ".join(alarms) + " (see the COLLAPSE ALARM lines of the log)")
+    elif m["collapse_alarm"]:
+        lines.append("  alarms:       none")
+    return lines
 
 
 def summary(run_dir, train_cuts, val_cuts, checkpoint=None) -> str:
@@ -80,6 +128,7 @@ def summary(run_dir, train_cuts, val_cuts, checkpoint=None) -> str:
         lines.append(f"  val_loss:     {vl[max(vl)]:.4f} at step {max(vl)} (final); best {vl[best]:.4f} at step {best}")
     else:
         lines.append("  val_loss:     none logged (no validation ran: check trainer.val_check_interval)")
+    lines.extend(health_lines(m))
     if checkpoint:
         lines.append(f"  checkpoint:   {checkpoint}")
     for name in ("model.nemo", "encoder.ckpt"):

@@ -316,3 +316,24 @@ def test_collapse_alarm_stays_quiet_on_a_run_that_learns(workdir):
     assert series(rows, "val_acc")[60] > series(rows, "val_chance_majority")[60]
     assert set(series(rows, "collapse_alarm").values()) == {0.0}
     assert "COLLAPSE ALARM" not in p.stderr
+
+
+def test_recipe_summary_shows_floor_chance_and_alarm(tmp_path):
+    import json
+
+    rows = [{"step": 10, "train_loss": 6.5, "masked_acc": 0.01, "chance_majority": 0.09, "chance_uniform": 1 / 8192,
+             "cum_target_coverage": 0.25, "cum_target_perplexity": 392.4, "cum_target_tokens": 5000.0,
+             "collapse_alarm": 0.0, "alarm_at_floor": 0.0, "alarm_low_coverage": 0.0},
+            {"step": 10, "val_loss": 6.01, "val_floor": 6.0, "val_loss_minus_floor": 0.01, "val_floor_tokens": 900.0,
+             "val_acc": 0.02, "val_chance_majority": 0.08, "collapse_alarm": 1.0, "alarm_at_floor": 1.0,
+             "alarm_low_coverage": 0.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = ttr.REPO / "local" / "summary.py"
+    p = subprocess.run([sys.executable, str(script), "summary", str(tmp_path), "--train-cuts", "none.jsonl.gz",
+                        "--val-cuts", "none.jsonl.gz"], capture_output=True, text=True, check=True)
+    out = p.stdout
+    assert "val_loss - floor = +0.0100 at step 10" in out and "floor 6.0000 nats from 900 validation tokens" in out
+    assert "train 0.0100 at step 10 (chance: majority 0.0900, uniform 0.00012)" in out
+    assert "validation 0.0200 at step 10 (chance: majority 0.0800)" in out
+    assert "25.0% of the codes used since step 0, perplexity 392.4 over 5000 tokens" in out
+    assert "ALARM:" in out and "not below the context-free floor (from step 10, still on)" in out
