@@ -149,22 +149,24 @@ def torch_save(obj: Any, path: str | Path) -> None:
         torch.save(obj, f)
 
 
-def _unreadable(path: Path, err: Exception) -> CheckpointError:
+def unreadable_error(path: Path, err: Exception) -> CheckpointError:
     """Says what is true about a file torch.load could not read: permission, damage, or not a checkpoint."""
     # torch reports a damaged zip as OSError(EINVAL): only access errors are about the file rather than its bytes
     if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EISDIR, errno.EIO, errno.ENOENT):
         return CheckpointError(f"{path}: cannot be read: {describe_os_error(err)}")
-    text = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-    if "weights_only" in str(err) or "Unsupported global" in str(err):
-        return PickledCheckpointError(f"{path}: cannot be read with weights_only=True (it holds pickled Python "
-                                      f"objects: {text})")
     with open(path, "rb") as f:
         head = f.read(4)
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch's zip format, or its legacy pickle format
-        return CorruptCheckpointError(f"{path}: cannot be read: the file is damaged or truncated "
-                                      f"({type(err).__name__}: {text}); use another checkpoint (e.g. the .prev one)")
-    return CorruptCheckpointError(f"{path}: cannot be read: not a PyTorch checkpoint (it starts with {head!r}); give "
-                                  "a .ckpt written by nest-ssl, NeMo or Lightning")
+    if not (head[:2] == b"PK" or head[:1] == b"\x80"):  # neither torch's zip format nor its legacy pickle format
+        return CorruptCheckpointError(f"{path}: cannot be read: not a PyTorch checkpoint (it starts with {head!r}); "
+                                      "give a .ckpt written by nest-ssl, NeMo or Lightning")
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if "Unsupported global" in str(err):  # weights-only loading refusing a class: NeMo's pickled OmegaConf objects
+        detail = next((line for line in lines if "Unsupported global" in line), lines[0])[:200]
+        return PickledCheckpointError(f"{path}: cannot be read with weights_only=True (it holds pickled Python "
+                                      f"objects: {detail})")
+    text = lines[0][:200] if lines else type(err).__name__
+    return CorruptCheckpointError(f"{path}: cannot be read: the file is damaged or truncated "
+                                  f"({type(err).__name__}: {text}); use another checkpoint or copy it again")
 
 
 def check_checkpoint_file(path: str | Path, what: str = "checkpoint") -> Path:
@@ -197,7 +199,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", verify: bool = 
     except FileNotFoundError:
         raise
     except Exception as err:
-        raise _unreadable(path, err) from err
+        raise unreadable_error(path, err) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         held = f"a dict with keys {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CorruptCheckpointError(f"{path}: not a model checkpoint (a torch file holding {held}, no state_dict); "

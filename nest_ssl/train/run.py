@@ -35,6 +35,7 @@ from nest_ssl.train.distributed import (
     spawn,
 )
 from nest_ssl.train.loggers import setup_text_logging
+from nest_ssl.train.preflight import preflight
 from nest_ssl.train.seeding import derive_seed, seed_for, set_deterministic
 from nest_ssl.train.trainer import NonFiniteLossError, Trainer
 from nest_ssl.train.trainer_config import RunSettings, parse_run_config
@@ -219,6 +220,7 @@ def run(cfg: Any, *, command_line: str | None = None) -> RunResult:
     cfg = _as_config(cfg)
     settings = parse_run_config(cfg)
     _check_required(cfg)
+    preflight(cfg, settings)  # manifests, values, checkpoints: before any process, model or folder exists
     plan = plan_launch(settings.trainer)
     if plan.use_ddp and not plan.under_launcher:
         # Decide the version folder once, here, so that every process writes to the same one.
@@ -237,12 +239,22 @@ def run(cfg: Any, *, command_line: str | None = None) -> RunResult:
 def _child_error(err: Exception) -> Exception:
     """The exception type a started process raised, with its message, so the CLI reports it as usual."""
     text = str(err)
-    for cls in (NonFiniteLossError, ResumeError, ConfigError):
+    for cls in (NonFiniteLossError, *_user_error_classes()):
         marker = f"{cls.__module__}.{cls.__name__}: "
-        if marker in text or f"{cls.__name__}: " in text:
-            tail = text.split(f"{cls.__name__}: ", 1)[1].strip()
+        if marker in text:
+            tail = text.split(marker, 1)[1].strip()
             return cls(tail)
     return err
+
+
+def _user_error_classes() -> list[type]:
+    """Every UserError subclass defined so far, most derived first (a child's ManifestError stays one)."""
+    found, todo = [], [UserError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found[::-1]
 
 
 def _spawned_run(container: dict, command_line: str | None) -> None:
@@ -301,15 +313,38 @@ def build_trainer(cfg: DictConfig, settings: RunSettings, info: DistInfo, *, log
                    write_nemo_fn=write_nemo_fn)
 
 
+def _missing_dirs(path: Path) -> list[Path]:
+    """`path` and its ancestors that do not exist yet, outermost first: what this run would create."""
+    missing = []
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing[::-1]
+
+
+def _remove_run_folder(created: list[Path], info: DistInfo) -> None:
+    """A run that failed before its first step leaves no folder behind (only the folders it created itself)."""
+    if not created or not info.is_global_zero:
+        return
+    setup_text_logging(None, info.rank, info.local_rank, write_file=False, console=True)  # close the log file
+    shutil.rmtree(created[0], ignore_errors=True)
+
+
 def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, command_line: str | None) -> RunResult:
     info = init_distributed(plan)
     trainer = None
+    created: list[Path] = []
+    started = failed = False
+    if settings.num_threads is not None:
+        torch.set_num_threads(settings.num_threads)
     try:
         t = settings.trainer
         set_deterministic(t.deterministic, t.benchmark)
         if t.detect_anomaly:
             torch.autograd.set_detect_anomaly(True)
         log_dir = resolve_log_dir(settings, info)
+        created = _missing_dirs(log_dir)
         e = settings.exp_manager
         write_log = (not e.log_global_rank_0_only or info.is_global_zero) and (
             not e.log_local_rank_0_only or info.local_rank == 0)
@@ -325,7 +360,7 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
             try:
                 path, ckpt = find_checkpoint_to_resume(settings, ckpt_dir)
                 err = None
-            except (ResumeError, ckpt_io.CorruptCheckpointError) as ex:
+            except (ResumeError, ckpt_io.CheckpointError) as ex:
                 path, ckpt, err = None, None, str(ex)
         else:
             path, ckpt, err = None, None, None
@@ -340,6 +375,7 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
         if ckpt is not None:
             trainer.restore(ckpt, Path(path))
         del ckpt
+        started = True
         trainer.fit()
         trainer.finish()
         barrier(info)
@@ -350,7 +386,12 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
     except NonFiniteLossError as err:
         log.error("%s", err)
         raise
+    except BaseException:
+        failed = True
+        raise
     finally:
         if trainer is not None:
             trainer.close()
+        if failed and not started:
+            _remove_run_folder(created, info)
         destroy_distributed()
