@@ -145,6 +145,7 @@ def plot_layer_weights(weights: Sequence[dict], rows: Sequence[dict], out_path: 
         ax.set_title("phone: per-layer linear probe")
         ax.set_xlabel("layer")
         ax.set_ylabel("test frame accuracy")
+        ax.set_ylim(0.0, 1.02)
         ax.set_xticks(layers)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -45,7 +45,7 @@ class EvalOptions:
     batch_size: int = 8  # speaker/asr probes and fine-tuning: utterances per step
     asr_lstm_hidden: int = 0  # 0: linear CTC head on the probe; >0: one BiLSTM layer of this size first
     ctc_upsample: int = 2  # CTC labels per encoder frame (characters outrun 80 ms frames)
-    finetune_steps: int = 150
+    finetune_steps: int = 100
     finetune_lr: float = 1e-3
     device: str = "cpu"
     layer_probes: bool = True  # phone: a probe per layer and the majority rate
