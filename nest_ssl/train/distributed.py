@@ -229,6 +229,17 @@ def all_reduce_sum(info: DistInfo, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_ranks_have(info: DistInfo, has_batch: bool) -> bool:
+    """The join of uneven data: True when every rank has a batch (one int all-reduced, the count of ranks that
+    have none). All ranks get the same answer, so they stop an epoch together instead of one rank waiting forever
+    in a collective the others never reach (WeNet's `wenet_join` idea)."""
+    if not info.initialized:
+        return has_batch
+    missing = torch.tensor([0 if has_batch else 1], dtype=torch.int32, device=info.device)
+    dist.all_reduce(missing, op=dist.ReduceOp.SUM)
+    return int(missing.item()) == 0
+
+
 def all_gather_objects(info: DistInfo, obj: Any) -> list:
     if not info.initialized:
         return [obj]

@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from nest_ssl.train import checkpoint as ckpt_io
-from nest_ssl.train.distributed import DistInfo, all_gather_objects, all_reduce_sum
+from nest_ssl.train.distributed import DistInfo, all_gather_objects, all_ranks_have, all_reduce_sum
 from nest_ssl.train.health import CollapseAlarm, CumulativeCounts, HealthLayout, step_metrics, validation_metrics
 from nest_ssl.train.loggers import MetricsWriter, ProgressBar
 from nest_ssl.train.seeding import capture_rng_state, restore_rng_state, seed_for
@@ -91,13 +91,20 @@ class LoopState:
 
 
 class _Lookahead:
-    """Yields (batch, is_last) by fetching one batch ahead; reseeds the generators before each fetch."""
+    """Yields (batch, is_last) by fetching one batch ahead; reseeds the generators before each fetch.
 
-    def __init__(self, loader, seed: int, rank: int, start_index: int):
+    `join(has_batch) -> bool` tells whether every rank has a next batch (the join, see
+    nest_ssl.train.distributed.all_ranks_have): a rank's batch is the last of the epoch as soon as any rank has
+    none after it, so every rank trains the same number of micro-batches and leaves the epoch at the same step.
+    """
+
+    def __init__(self, loader, seed: int, rank: int, start_index: int, join=None):
         self.it = iter(loader)
         self.seed, self.rank = seed, rank
         self.index = start_index
+        self.join = join or (lambda has_batch: has_batch)
         self.next = self._fetch()
+        self.has_next = self.join(self.next is not None)
 
     def _fetch(self):
         seed_for(self.seed, "data", self.index, self.rank)
@@ -107,11 +114,12 @@ class _Lookahead:
             return None
 
     def __iter__(self) -> Iterator:
-        while self.next is not None:
+        while self.has_next:
             batch = self.next
             self.index += 1
             self.next = self._fetch()
-            yield batch, self.next is None
+            self.has_next = self.join(self.next is not None)
+            yield batch, not self.has_next
 
 
 def _sampler_of(loader) -> Any:
@@ -686,11 +694,18 @@ class Trainer:
         micro = 0
         grad_norm = None
         step_t0 = time.time()
-        fetcher = _Lookahead(self.train_loader, self.seed, self.info.rank, st.total_batch_idx)
-        if fetcher.next is None and st.batch_idx == 0:
+        # The join: with finite iterable data (force_finite) ranks can run out at different batches; all of them
+        # end the epoch after the last batch every rank has (the step in progress is completed by all).
+        fetcher = _Lookahead(self.train_loader, self.seed, self.info.rank, st.total_batch_idx,
+                             join=lambda has_batch: all_ranks_have(self.info, has_batch))
+        if not fetcher.has_next and st.batch_idx == 0:
             # Without this, an epoch without batches would make max_epochs=-1 loop forever.
+            where = "" if self.info.world_size == 1 else (
+                f" on {'this rank' if fetcher.next is None else 'another rank'} (rank {self.info.rank} of "
+                f"{self.info.world_size}; with force_finite every rank needs at least one Shar shard or manifest "
+                "file per dataloader worker)")
             raise RuntimeError(
-                f"the training data gives no batch in epoch {st.epoch}: check model.train_ds (manifest, "
+                f"the training data gives no batch in epoch {st.epoch}{where}: check model.train_ds (manifest, "
                 "min_duration/max_duration, batch_size with drop_last)")
         for batch, is_last in fetcher:
             if limit is not None and st.batch_idx + 1 >= limit:
