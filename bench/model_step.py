@@ -10,6 +10,12 @@ median step time after warm-up and the process's peak memory. Each measurement r
 do not mix; ours and NeMo's alternate (`--repeats` rounds) so that the machine's load affects both alike. NeMo runs
 where `.venv-nemo` (make parity) has it; the ratio ours / NeMo is printed (target <= 0.9). On a GPU it also times
 fp32 and bf16 and prints the model FLOPs utilisation.
+
+    .venv/bin/python bench/model_step.py --checkpointing-memory [--layers 17] [--batch-size 2] [--seconds 8]
+
+Peak memory of our step with and without activation checkpointing (model.encoder.activation_checkpointing), each
+in its own process: the growth of the resident set over the built model on CPU, max_memory_allocated on a GPU.
+`--layers`, `--batch-size`, `--seconds` shrink the measurement for small machines.
 """
 
 from __future__ import annotations
@@ -55,13 +61,18 @@ def make_batch(batch_size=2, seconds=8.0):
     return audio, lengths, noisy
 
 
-def build(impl):
+def build(impl, layers=None, checkpointing=False):
     from omegaconf import OmegaConf
 
     sys.path.insert(0, str(ROOT))
     from nest_ssl.config import NEMO_TARGETS, load_config
 
-    cfg = load_config(overrides=["model.train_ds.manifest_filepath=null", "model.validation_ds.manifest_filepath=null"])
+    overrides = ["model.train_ds.manifest_filepath=null", "model.validation_ds.manifest_filepath=null"]
+    if layers:
+        overrides.append(f"model.encoder.n_layers={layers}")
+    if checkpointing:
+        overrides.append("+model.encoder.activation_checkpointing=true")
+    cfg = load_config(overrides=overrides)
     if impl == "ours":
         from nest_ssl.models import NESTModel
 
@@ -76,25 +87,30 @@ def build(impl):
     return EncDecDenoiseMaskedTokenPredModel(cfg=model_cfg, trainer=None)
 
 
-def make_step(impl, model, device, precision):
+def make_step(impl, model, device, precision, batch_size=2, seconds=8.0):
     """One training step as each toolkit's trainer runs it: forward with masking, loss, backward."""
     import torch
 
-    audio, lengths, noisy = (t.to(device) for t in make_batch())
+    audio, lengths, noisy = (t.to(device) for t in make_batch(batch_size, seconds))
     batch = SimpleNamespace(audio=audio, audio_len=lengths, noisy_audio=noisy, noisy_audio_len=lengths)
     dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
-    def step():
+    def forward():
         with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
             if impl == "ours":  # our trainer's step
-                loss = model.training_output(batch, apply_mask=True).loss
-            else:  # NeMo's training_step
-                log_probs, enc_len, masks, tokens = model(
-                    input_signal=audio, input_signal_length=lengths, noisy_input_signal=noisy,
-                    noisy_input_signal_length=lengths, apply_mask=True,
-                )
-                loss = model.loss(masks=masks, decoder_outputs=log_probs, targets=tokens, decoder_lengths=enc_len)
+                return model.training_output(batch, apply_mask=True).loss
+            # NeMo's training_step
+            log_probs, enc_len, masks, tokens = model(
+                input_signal=audio, input_signal_length=lengths, noisy_input_signal=noisy,
+                noisy_input_signal_length=lengths, apply_mask=True,
+            )
+            return model.loss(masks=masks, decoder_outputs=log_probs, targets=tokens, decoder_lengths=enc_len)
+
+    def step(after_forward=None):
+        loss = forward()
+        if after_forward is not None:
+            after_forward()
         loss.backward()
         model.zero_grad(set_to_none=True)
         sync()
@@ -108,21 +124,47 @@ def timed(step):
     return time.perf_counter() - start
 
 
-def measure(impl, threads, steps, warmup, device, precision):
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure(impl, threads, steps, warmup, device, precision, layers=None, checkpointing=False, batch_size=2,
+            seconds=8.0):
     """Child process, one implementation: median seconds per step and the process's peak memory."""
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build(impl).to(device).train()
-    step = make_step(impl, model, device, precision)
+    model = build(impl, layers, checkpointing).to(device).train()
+    step = make_step(impl, model, device, precision, batch_size, seconds)
+    # Memory the step itself needs (activations, gradients, temporaries) above the model and the batch.
+    base_rss = current_rss_mb()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_gpu = torch.cuda.memory_allocated() / 2**20
     for _ in range(warmup):
         step()
     times = [timed(step) for _ in range(steps)]
-    result = {"median_s": statistics.median(times), "times": times,
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {"median_s": statistics.median(times), "times": times, "peak_rss_mb": peak_rss,
+              "step_rss_mb": peak_rss - base_rss}
+    # What the forward leaves for the backward (the activations checkpointing drops), measured in one more step.
+    live = {}
+
+    def after_forward():
+        live["rss"] = current_rss_mb() - base_rss
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+            live["gpu"] = torch.cuda.memory_allocated() / 2**20 - base_gpu
+
+    step(after_forward)
+    result["after_forward_rss_mb"] = live["rss"]
     if device.startswith("cuda"):
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["step_gpu_mb"] = result["peak_gpu_mb"] - base_gpu
+        result["after_forward_gpu_mb"] = live["gpu"]
         from torch.utils.flop_counter import FlopCounterMode
 
         with FlopCounterMode(display=False) as counter:
@@ -153,14 +195,46 @@ def measure_interleaved(threads, steps, warmup):
     return {"times": times, "ratios": ratios}
 
 
-def run_child(python, impl, args, device="cpu", precision="fp32"):
+def run_child(python, impl, args, device="cpu", precision="fp32", checkpointing=False):
     cmd = [str(python), __file__, "--child", impl, "--threads", str(args.threads), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--device", device, "--precision", precision]
+           "--warmup", str(args.warmup), "--device", device, "--precision", precision,
+           "--batch-size", str(args.batch_size), "--seconds", str(args.seconds)]
+    if args.layers:
+        cmd += ["--layers", str(args.layers)]
+    if checkpointing:
+        cmd.append("--checkpointing")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
+    if args.checkpointing_memory:
+        # glibc otherwise serves freed activations' sizes from its heap afterwards and keeps the pages: the
+        # resident set would show the heap's high-water mark, not the memory live at the step's peak.
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"{impl} on {device} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def checkpointing_memory(args) -> None:
+    """Peak memory of our step without and with activation checkpointing, each in a fresh process."""
+    import torch
+
+    devices = [("cpu", "fp32")]
+    if torch.cuda.is_available():
+        devices += [("cuda", "fp32"), ("cuda", "bf16")]
+    layers = args.layers or 17
+    print(f"activation checkpointing, {layers}-layer NEST, batch {args.batch_size} x {args.seconds:g} s, "
+          f"{args.warmup} warm-up + {args.steps} timed steps per process")
+    for device, precision in devices:
+        r = {on: run_child(sys.executable, "ours", args, device=device, precision=precision, checkpointing=on)
+             for on in (False, True)}
+        key, live = ("step_gpu_mb", "after_forward_gpu_mb") if device == "cuda" else ("step_rss_mb", "after_forward_rss_mb")
+        what = "max_memory_allocated" if device == "cuda" else "RSS"
+        off, on = r[False][key], r[True][key]
+        print(f"  {device} {precision}: step peak {what} above the built model: without {off:.0f} MB, with "
+              f"{on:.0f} MB ({on / max(off, 1e-9):.2f}x); kept after the forward: without {r[False][live]:.0f} MB, "
+              f"with {r[True][live]:.0f} MB ({r[True][live] / max(r[False][live], 1e-9):.2f}x); step time without "
+              f"{r[False]['median_s']:.3f} s, with {r[True]['median_s']:.3f} s "
+              f"({r[True]['median_s'] / r[False]['median_s']:.2f}x)")
 
 
 def nemo_available():
@@ -179,12 +253,22 @@ def main():
     p.add_argument("--child", choices=["ours", "nemo", "interleaved"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--layers", type=int, default=None, help="Conformer layers (default: the config's 17)")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=8.0, help="seconds of audio per utterance")
+    p.add_argument("--checkpointing", action="store_true", help="(child) activation checkpointing on")
+    p.add_argument("--checkpointing-memory", action="store_true",
+                   help="peak memory of our step with and without activation checkpointing, then exit")
     args = p.parse_args()
     if args.child == "interleaved":
         print(json.dumps(measure_interleaved(args.threads, args.steps, args.warmup)))
         return
     if args.child:
-        print(json.dumps(measure(args.child, args.threads, args.steps, args.warmup, args.device, args.precision)))
+        print(json.dumps(measure(args.child, args.threads, args.steps, args.warmup, args.device, args.precision,
+                                 args.layers, args.checkpointing, args.batch_size, args.seconds)))
+        return
+    if args.checkpointing_memory:
+        checkpointing_memory(args)
         return
 
     impls = {"ours": sys.executable}
