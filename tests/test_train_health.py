@@ -20,9 +20,9 @@ import test_train_run as ttr  # the training-run helpers (module import: its tes
 from nest_ssl.config import ConfigError
 from nest_ssl.models.nest import StepOutput
 from nest_ssl.train.checkpoint import load_checkpoint
-from nest_ssl.train.health import (CollapseAlarm, CumulativeCounts, HealthLayout, HealthSettings, attainable_coverage,
-                                   code_counts, coverage, entropy, majority_rate, masked_correct, parse_health,
-                                   perplexity, step_metrics, valid_tokens, validation_metrics)
+from nest_ssl.train.health import (CollapseAlarm, CumulativeCounts, HealthLayout, HealthSettings,
+                                   attainable_coverage, code_counts, coverage, entropy, majority_rate, masked_correct,
+                                   parse_health, perplexity, step_metrics, valid_tokens, validation_metrics)
 from nest_ssl.train.loggers import read_metrics, series
 from nest_ssl.train.trainer_config import parse_run_config
 
@@ -31,8 +31,8 @@ def _out(tokens, lengths, log_probs=None, masked_targets=None):
     """A StepOutput as the model gives it (only the fields the health figures read are meaningful)."""
     tokens = torch.as_tensor(tokens)
     z = torch.zeros(())
-    return StepOutput(loss=z, log_probs=log_probs if log_probs is not None else torch.zeros(0), encoded_len=torch.as_tensor(lengths),
-                      masks=z, tokens=tokens, num_masked_tokens=0 if masked_targets is None else len(masked_targets),
+    return StepOutput(loss=z, log_probs=log_probs if log_probs is not None else torch.zeros(0),
+                      encoded_len=torch.as_tensor(lengths), masks=z, tokens=tokens, num_masked_tokens=0 if masked_targets is None else len(masked_targets),
                       num_tokens=int(torch.as_tensor(lengths).sum()), empty_mask=masked_targets is None,
                       masked_targets=masked_targets)
 
@@ -159,7 +159,8 @@ def test_health_settings_from_the_config():
 
     s = parse_run_config(nest_cfg())
     assert s.health == HealthSettings()  # NeMo's yaml has no nest_trainer section: defaults
-    s = parse_run_config(nest_cfg("+nest_trainer.health.min_coverage=0.3", "+nest_trainer.health.floor_patience_steps=5"))
+    s = parse_run_config(nest_cfg("+nest_trainer.health.min_coverage=0.3",
+                                  "+nest_trainer.health.floor_patience_steps=5"))
     assert s.health.min_coverage == 0.3 and s.health.floor_patience_steps == 5 and s.health.floor_margin == 0.05
     with pytest.raises(ConfigError, match="did you mean 'nest_trainer.health.floor_margin'"):
         parse_run_config(nest_cfg("+nest_trainer.health.floor_margn=0.1"))

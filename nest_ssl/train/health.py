@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -309,11 +309,12 @@ class CollapseAlarm:
                 "COLLAPSE ALARM (loss floor) at step %d: val_loss=%.4f is not %.3f nats below the context-free floor "
                 "%.4f (the entropy of the validation targets: the best loss of a model that ignores its input) "
                 "after nest_trainer.health.floor_patience_steps=%d steps. The model does no better than one that "
-                "predicts the code frequencies without listening: it is not using its input. Look at grad_norm and learning_rate (a learning rate too "
-                "low or too high, a warmup too long for the run), masked_acc against chance_majority, masked_fraction "
-                "and the augmentation strength; small runs may just need more steps or data. The floor is estimated "
-                "from %s validation tokens (an underestimate when they are few).", step, val_loss, self.settings.floor_margin, floor,
-                patience, "the" if tokens is None else f"{int(tokens)}")
+                "predicts the code frequencies without listening: it is not using its input. Look at grad_norm and "
+                "learning_rate (a learning rate too low or too high, a warmup too long for the run), masked_acc "
+                "against chance_majority, masked_fraction and the augmentation strength; small runs may just need "
+                "more steps or data. The floor is estimated from %s validation tokens (an underestimate when they "
+                "are few).", step, val_loss, self.settings.floor_margin, floor, patience,
+                "the" if tokens is None else f"{int(tokens)}")
         elif not fired and self.at_floor and self.announce:
             log.info("loss-floor alarm cleared at step %d (val_loss %.4f, floor %.4f)", step, val_loss, floor)
         self.at_floor = fired
@@ -332,7 +333,7 @@ class CollapseAlarm:
 
 def parse_health(node: Any) -> HealthSettings:
     """nest_trainer.health (a mapping or None) -> HealthSettings; a wrong key or value raises ConfigError."""
-    if node is not None and not isinstance(node, dict):
+    if node is not None and not isinstance(node, Mapping):
         raise ConfigError("`nest_trainer.health` must be a mapping (min_coverage, floor_margin, floor_patience_steps)")
     raw = dict(node or {})
     for key in raw:
