@@ -21,6 +21,10 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's nest_ssl
+from nest_ssl.cli.guard import run_guarded  # noqa: E402  (standard library only: no torch import)
+from nest_ssl.errors import UserError  # noqa: E402
+
 
 def speaker_of(cut: dict) -> str:
     for s in cut.get("supervisions") or []:
@@ -33,11 +37,24 @@ def speaker_of(cut: dict) -> str:
 
 def iter_cuts(path):
     """(raw line, cut dict) for each line of a .jsonl or .jsonl.gz CutSet."""
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a directory; give a CutSet file (.jsonl or .jsonl.gz)")
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield line if line.endswith("\n") else line + "\n", json.loads(line)
+        try:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    cut = json.loads(line)
+                except ValueError as err:
+                    raise UserError(f"{path}:{lineno}: not a JSON line ({err}); regenerate the cuts") from None
+                if not isinstance(cut, dict) or not isinstance(cut.get("duration"), (int, float)):
+                    raise UserError(f"{path}:{lineno}: not a Lhotse cut (no numeric duration); give a CutSet")
+                yield line if line.endswith("\n") else line + "\n", cut
+        except (EOFError, gzip.BadGzipFile, UnicodeDecodeError) as err:
+            raise UserError(f"{path}: cannot be read ({type(err).__name__}: {err}); is it truncated, or not a "
+                            "(gzipped) JSON-lines CutSet?") from None
 
 
 def choose(speakers, n, seed):
@@ -63,7 +80,7 @@ class _GzipOut:
         self.raw.close()
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("cuts")
     p.add_argument("train_out")
@@ -75,9 +92,8 @@ def main(argv=None) -> int:
 
     speakers = {speaker_of(c) for _, c in iter_cuts(a.cuts)}
     if len(speakers) <= a.val_speakers:
-        print(f"split_by_speaker: {len(speakers)} speaker(s) in {a.cuts}; cannot hold out {a.val_speakers} and "
-              f"keep some for training (lower --val-speakers)", file=sys.stderr)
-        return 1
+        raise UserError(f"split_by_speaker: {len(speakers)} speaker(s) in {a.cuts}; cannot hold out "
+                        f"{a.val_speakers} and keep some for training (lower --val-speakers)")
     held = choose(speakers, a.val_speakers, a.seed)
     limit = a.max_val_hours * 3600
     n = {"train": 0, "val": 0, "dropped": 0}
@@ -98,8 +114,7 @@ def main(argv=None) -> int:
     if n["val"] == 0:
         os.remove(tmp_train)
         os.remove(tmp_val)
-        print(f"split_by_speaker: no validation windows fit in --max-val-hours {a.max_val_hours}", file=sys.stderr)
-        return 1
+        raise UserError(f"split_by_speaker: no validation windows fit in --max-val-hours {a.max_val_hours}")
     os.replace(tmp_train, a.train_out)
     os.replace(tmp_val, a.val_out)
     print(f"train: {n['train']} cuts, {secs['train'] / 3600:.2f} h, {len(speakers) - len(held)} speakers; "
@@ -107,6 +122,11 @@ def main(argv=None) -> int:
           + (f"; {n['dropped']} held-out cuts ({secs['dropped'] / 3600:.2f} h) over --max-val-hours dropped"
              if n["dropped"] else ""))
     return 0
+
+
+def main(argv=None) -> int:
+    """User errors: one line `nest-ssl: error: ...`, exit 2 (--debug or NEST_SSL_DEBUG=1: with the traceback)."""
+    return run_guarded(_main, argv)
 
 
 if __name__ == "__main__":

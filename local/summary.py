@@ -20,7 +20,10 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from split_by_speaker import iter_cuts, speaker_of  # noqa: E402
+from split_by_speaker import iter_cuts, speaker_of  # noqa: E402  (also puts this checkout's nest_ssl on the path)
+
+from nest_ssl.cli.guard import run_guarded  # noqa: E402
+from nest_ssl.errors import UserError  # noqa: E402
 
 
 def last_checkpoint(run_dir: str) -> str:
@@ -28,7 +31,7 @@ def last_checkpoint(run_dir: str) -> str:
     found = [p for p in glob.glob(os.path.join(run_dir, "checkpoints", "*last.ckpt"))
              if not os.path.basename(p).startswith(".")]
     if not found:
-        raise SystemExit(f"summary.py: no *last.ckpt in {run_dir}/checkpoints; run the training stage first")
+        raise UserError(f"summary.py: no *last.ckpt in {run_dir}/checkpoints; run the training stage first")
     return max(found, key=os.path.getmtime)
 
 
@@ -140,7 +143,7 @@ def summary(run_dir, train_cuts, val_cuts, checkpoint=None) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     lc = sub.add_parser("last-checkpoint")
@@ -156,6 +159,11 @@ def main(argv=None) -> int:
     else:
         print(summary(a.run_dir, a.train_cuts, a.val_cuts, a.checkpoint))
     return 0
+
+
+def main(argv=None) -> int:
+    """User errors: one line `nest-ssl: error: ...`, exit 2 (--debug or NEST_SSL_DEBUG=1: with the traceback)."""
+    return run_guarded(_main, argv)
 
 
 if __name__ == "__main__":

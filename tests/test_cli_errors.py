@@ -273,3 +273,20 @@ def test_max_time_and_num_threads_settings():
         parse_run_config(OmegaConf.create({**base, "nest_trainer": {"num_threads": "all"}}))
     with pytest.raises(ConfigError, match="trainer.max_time.*positive"):
         parse_run_config(OmegaConf.create({**base, "trainer": {**base["trainer"], "max_time": "00:00:00:00"}}))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# local/*.py, the recipes' helpers (standard library only)
+
+
+def test_recipe_helpers_report_user_errors_in_one_line(tmp_path):
+    split = [sys.executable, str(REPO / "local" / "split_by_speaker.py")]
+    p = _run([tmp_path / "none.jsonl.gz", tmp_path / "t.gz", tmp_path / "v.gz"], tmp_path, head=split)
+    assert_user_error(p, "none.jsonl.gz", "does not exist")
+    bad = tmp_path / "cuts.jsonl"
+    bad.write_text(json.dumps({"id": "a", "duration": 1.0}) + "\n{broken\n")
+    p = _run([bad, tmp_path / "t.gz", tmp_path / "v.gz"], tmp_path, head=split)
+    assert_user_error(p, "cuts.jsonl:2", "not a JSON line")
+    p = _run(["last-checkpoint", tmp_path], tmp_path, head=[sys.executable, str(REPO / "local" / "summary.py")])
+    assert_user_error(p, "no *last.ckpt", "run the training stage first")
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["cuts.jsonl"]
