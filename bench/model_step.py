@@ -35,9 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "fixtures" / "real_audio"
 NEMO_PY = ROOT / ".venv-nemo" / "bin" / "python"
 
-# Dense peak FLOP/s by GPU name, for the utilisation figure (fp32 without tensor cores, bf16 with).
-PEAK_FLOPS = {"H100": {"fp32": 67e12, "bf16": 989e12}, "H200": {"fp32": 67e12, "bf16": 989e12},
-              "A100": {"fp32": 19.5e12, "bf16": 312e12}}
+# Dense peak FLOP/s by GPU name, for the utilisation figure: fp32 without tensor cores (torch's default for
+# matmuls), tf32 (cuDNN convolutions use it by default), bf16 with tensor cores.
+PEAK_FLOPS = {"H100": {"fp32": 67e12, "tf32": 494e12, "bf16": 989e12},
+              "H200": {"fp32": 67e12, "tf32": 494e12, "bf16": 989e12},
+              "A100": {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12}}
 
 
 def make_batch(batch_size=2, seconds=8.0):
@@ -165,11 +167,11 @@ def measure(impl, threads, steps, warmup, device, precision, layers=None, checkp
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         result["step_gpu_mb"] = result["peak_gpu_mb"] - base_gpu
         result["after_forward_gpu_mb"] = live["gpu"]
-        from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as counter:
-            step()
-        result["flops_per_step"] = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    result["flops_per_step"] = counter.get_total_flops()
     return result
 
 
@@ -237,6 +239,46 @@ def checkpointing_memory(args) -> None:
               f"({r[True]['median_s'] / r[False]['median_s']:.2f}x)")
 
 
+def device_report(args) -> None:
+    """The step on this machine's accelerator (a GPU if there is one, else the CPU, said so), fp32 and bf16:
+    time, FLOP/s and model FLOPs utilisation against the chip's dense peak, memory per second of batch audio."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    device = "cuda" if on_gpu else "cpu"
+    name = torch.cuda.get_device_name(0) if on_gpu else "CPU"
+    peaks = next((v for k, v in PEAK_FLOPS.items() if k in name), None) if on_gpu else None
+    batches = [tuple(float(v) for v in b.split("x")) for b in args.batches.split(",")]
+    layers = args.layers or 17
+    print(f"{layers}-layer NEST step (forward with masking, loss, backward) on {name}"
+          + ("" if on_gpu else " -- NO GPU: a CPU-sized run, not a GPU measurement"))
+    if on_gpu and peaks is None:
+        print(f"  (no peak FLOP/s known for {name!r}: add it to PEAK_FLOPS for the utilisation figure)")
+    for precision in ("fp32", "bf16"):
+        for n, secs in batches:
+            ns = argparse.Namespace(**{**vars(args), "batch_size": int(n), "seconds": secs})
+            try:
+                r = run_child(sys.executable, "ours", ns, device=device, precision=precision)
+            except RuntimeError as err:  # e.g. out of memory at the largest batch: report and go on
+                last = str(err).strip().splitlines()[-1] if str(err).strip() else "failed"
+                print(f"  {precision} {int(n)} x {secs:g} s: FAILED ({last[:200]})")
+                continue
+            rate = r["flops_per_step"] / r["median_s"]
+            audio = n * secs
+            mem = r.get("peak_gpu_mb", r["peak_rss_mb"]) / 1024
+            step_mem = r.get("step_gpu_mb", r["step_rss_mb"]) / 1024  # above the model: what the batch costs
+            line = (f"  {precision} {int(n):3d} x {secs:4g} s: {r['median_s'] * 1000:8.1f} ms/step, "
+                    f"{r['flops_per_step'] / 1e9:9.1f} GFLOP/step, {rate / 1e12:7.3f} TFLOP/s")
+            if peaks:
+                ref = peaks["bf16"] if precision == "bf16" else peaks["fp32"]
+                line += f", MFU {rate / ref:6.1%}"
+                if precision == "fp32":
+                    line += f" (of tf32 peak {rate / peaks['tf32']:5.1%})"
+            line += (f", peak {'GPU' if on_gpu else 'RSS'} {mem:6.2f} GiB, step {step_mem:6.2f} GiB = "
+                     f"{step_mem / audio * 100:5.2f} GiB per 100 s of batch audio, {audio / r['median_s']:8.1f} audio s/s")
+            print(line, flush=True)
+
+
 def nemo_available():
     if not NEMO_PY.exists():
         return False
@@ -259,6 +301,9 @@ def main():
     p.add_argument("--checkpointing", action="store_true", help="(child) activation checkpointing on")
     p.add_argument("--checkpointing-memory", action="store_true",
                    help="peak memory of our step with and without activation checkpointing, then exit")
+    p.add_argument("--device-report", action="store_true",
+                   help="our step on the GPU (else the CPU, said so) in fp32 and bf16 for --batches: MFU, memory")
+    p.add_argument("--batches", default="2x8,8x16,32x16", help="for --device-report: NxSECONDS,...")
     args = p.parse_args()
     if args.child == "interleaved":
         print(json.dumps(measure_interleaved(args.threads, args.steps, args.warmup)))
@@ -269,6 +314,9 @@ def main():
         return
     if args.checkpointing_memory:
         checkpointing_memory(args)
+        return
+    if args.device_report:
+        device_report(args)
         return
 
     impls = {"ours": sys.executable}
