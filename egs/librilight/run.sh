@@ -47,10 +47,18 @@ master_addr=localhost
 master_port=29500
 train_opts=""                    # extra config overrides for train.py, e.g. "trainer.max_steps=100000 model.train_ds.batch_size=16"
 
+# Stages 8-9 (run only when asked: --stop-stage 9): downstream evaluation on Libri-light's limited-resource ASR sets.
+eval_librispeech_dir=""          # LibriSpeech with dev-clean, dev-other, test-clean, test-other ("": stages 8-9 skipped)
+eval_finetuning_dir=""           # Libri-light's librispeech_finetuning (1h/, 9h/)
+eval_subsets=10min,1h,10h        # fine-tuning subsets (10min = 1h/0, 1h = 1h/*, 10h = 1h/* + 9h)
+eval_tasks=finetune              # nest-ssl evaluate --tasks (asr adds the frozen CTC probe: memory, see README.md)
+eval_opts=""                     # more nest-ssl evaluate options, e.g. "--finetune-steps 20000 --device cuda"
+
 help_message="Usage: $0 [options]
 Stages: 0 corpus check (and download with --download true)  1 LibriLight manifests  2 noise set
         3 training windows + validation split by speaker  4 Shar shards (--use-shar true)  5 bucket bins
         6 training (torchrun)  7 export (.nemo, encoder-only) and summary
+        8 labelled Libri-light/LibriSpeech sets  9 downstream evaluation (both only with --stop-stage 9)
 Options (default):
   --stage N ($stage)  --stop-stage N ($stop_stage)  --force true|false ($force)  --nj N ($nj)
   --corpus-dir DIR ($corpus_dir)  --musan-dir DIR ($musan_dir)  --subsets LIST ($subsets)  --download true|false ($download)
@@ -62,10 +70,12 @@ Options (default):
   --use-shar true|false ($use_shar)  --shard-size N ($shard_size)  --num-buckets N ($num_buckets)
   --config-path DIR ($config_path)  --config-name NAME ($config_name)  --exp-name NAME (config name)
   --ngpus N ($ngpus)  --nnodes N ($nnodes)  --node-rank N ($node_rank)  --master-addr HOST ($master_addr)
-  --master-port PORT ($master_port)  --train-opts 'key=value ...' ($train_opts)"
+  --master-port PORT ($master_port)  --train-opts 'key=value ...' ($train_opts)
+  --eval-librispeech-dir DIR ($eval_librispeech_dir)  --eval-finetuning-dir DIR ($eval_finetuning_dir)
+  --eval-subsets LIST ($eval_subsets)  --eval-tasks LIST ($eval_tasks)  --eval-opts '...' ($eval_opts)"
 
 . "$nest_repo/local/parse_options.sh"
-recipe_cd corpus_dir musan_dir data_dir exp_dir config_path
+recipe_cd corpus_dir musan_dir data_dir exp_dir config_path eval_librispeech_dir eval_finetuning_dir
 
 manifests=$data_dir/manifests
 done_dir=$data_dir/.done
@@ -253,6 +263,42 @@ elif stage_begin 7 "export and summary" in:"$ckpt_dir" out:"$run_dir/export/mode
   mv "$run_dir/summary.txt.tmp" "$run_dir/summary.txt"
   cat "$run_dir/summary.txt"
   stage_end 7
+fi
+
+# Stages 8-9: nest-ssl evaluate (docs/evaluation.md) of the exported model, fine-tuned with CTC on each Libri-light
+# subset against the same architecture randomly initialised, tested on LibriSpeech test-clean and test-other (each
+# with its own dev set for selection). Results: $run_dir/eval/<subset>_<clean|other>/results.json.
+eval_data=$data_dir/eval
+if [ -z "$eval_librispeech_dir" ] || [ -z "$eval_finetuning_dir" ]; then
+  if stage_in_range 8 || stage_in_range 9; then
+    log "Stages 8-9: skipped: give --eval-librispeech-dir and --eval-finetuning-dir for the downstream evaluation"
+  fi
+else
+  if stage_begin 8 "labelled evaluation sets ($eval_subsets)" opt:eval_subsets="$eval_subsets" \
+      in:"$eval_librispeech_dir" in:"$eval_finetuning_dir" out:"$eval_data"; then
+    python "$nest_repo/local/prepare_librispeech_eval.py" --librispeech-dir "$eval_librispeech_dir" \
+      --finetuning-dir "$eval_finetuning_dir" --out-dir "$eval_data" --subsets "$eval_subsets"
+    stage_end 8
+  fi
+  if stage_in_range 9 && [ ! -f "$run_dir/export/model.nemo" ]; then
+    die "Stage 9: $run_dir/export/model.nemo is missing; run stage 7 (export) first"
+  fi
+  if [ "$node_rank" -ne 0 ]; then
+    stage_in_range 9 && log "Stage 9: skipped on node $node_rank (node 0 evaluates)"
+  elif stage_begin 9 "downstream evaluation ($eval_tasks on $eval_subsets)" opt:eval_subsets="$eval_subsets" \
+      opt:eval_tasks="$eval_tasks" opt:eval_opts="$eval_opts" in:"$run_dir/export/model.nemo" in:"$eval_data" \
+      out:"$run_dir/eval"; then
+    IFS=, read -r -a eval_subset_list <<< "$eval_subsets"
+    for s in "${eval_subset_list[@]}"; do
+      for cond in clean other; do
+        # shellcheck disable=SC2086
+        nest-ssl evaluate --model "$run_dir/export/model.nemo" --train-cuts "$eval_data/train_${s}_cuts.jsonl.gz" \
+          --dev-cuts "$eval_data/dev_${cond}_cuts.jsonl.gz" --test-cuts "$eval_data/test_${cond}_cuts.jsonl.gz" \
+          --tasks "$eval_tasks" --out-dir "$run_dir/eval/${s}_${cond}" $eval_opts
+      done
+    done
+    stage_end 9
+  fi
 fi
 
 log "Done (stages $stage..$stop_stage)."
