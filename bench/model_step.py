@@ -220,9 +220,8 @@ def checkpointing_memory(args) -> None:
     """Peak memory of our step without and with activation checkpointing, each in a fresh process."""
     import torch
 
-    devices = [("cpu", "fp32")]
-    if torch.cuda.is_available():
-        devices += [("cuda", "fp32"), ("cuda", "bf16")]
+    # On a GPU machine the GPU only: a GPU-sized batch would take many minutes on its CPU.
+    devices = [("cuda", "fp32"), ("cuda", "bf16")] if torch.cuda.is_available() else [("cpu", "fp32")]
     layers = args.layers or 17
     print(f"activation checkpointing, {layers}-layer NEST, batch {args.batch_size} x {args.seconds:g} s, "
           f"{args.warmup} warm-up + {args.steps} timed steps per process")

@@ -147,6 +147,9 @@ def main(argv=None) -> int:
     print(f"in-memory batch : {mem_rate:10.1f} audio s/s  ({mem_step * 1000:8.1f} ms/step; median of {a.rounds} x {n_mem} steps)")
     print(f"real dataloader : {real_rate:10.1f} audio s/s  ({real_step * 1000:8.1f} ms/step; median of {a.rounds} x {n_real} steps)")
     print(f"ratio real / in-memory: {real_rate / mem_rate:.3f}  (1.0: the input pipeline costs nothing)")
+    # Same work per step in both: the extra time per step with the real loader is time spent waiting for data.
+    print(f"waiting for data: {max(0.0, 1.0 - real_rate / mem_rate):.1%} of the training time; real dataloader "
+          f"{real_rate / 3600:.4f} audio hours per second")
     if a.gpu:
         print(f"real dataloader : {real_rate:.0f} audio hours per hour per GPU "
               f"(in-memory: {mem_rate:.0f}); peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")

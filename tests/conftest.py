@@ -14,3 +14,8 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def pytest_configure(config):
+    # `pytest -m gpu` runs the checks that need CUDA (bench/gpu_check.sh); elsewhere they skip themselves.
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one); run with -m gpu")
