@@ -105,7 +105,8 @@ def health_lines(m) -> list:
     if alarms:
         lines.append("  ALARM:        " + "; ".join(alarms) + " (see the COLLAPSE ALARM lines of the log)")
     elif m["collapse_alarm"]:
-        lines.append("  alarms:       none")
+        lines.append("  alarms:       none (the floor alarm judges validations from nest_trainer.health."
+                     "floor_patience_steps on, 2000 by default)")
     return lines
 
 
