@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from nest_ssl.evaluate import ctc, features, finetune, probes, report
-from nest_ssl.evaluate.data import SPLITS, Utterance, check_closed_set, frame_labels, index_of, load_split
+from nest_ssl.evaluate.data import SILENCE, SPLITS, Utterance, check_closed_set, frame_labels, index_of, load_split
 from nest_ssl.evaluate.errors import EvaluationError
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,10 @@ def evaluate(model_path: str | Path, cuts: dict[str, str | Path], out_dir: str |
         log.info("features extracted for %d models in %.1f s", len(sets), time.time() - t0)
         phone_index = {}
         if "phone" in opts.tasks:
-            phone_index = index_of(lab for split, utts in splits.items() for u, r in zip(utts, sets[0].splits[split])
-                                   for lab in frame_labels(u, r.shape[0], frame_shift))
+            # over every feature set: fbank's frame count may differ from the encoder's by one at the end
+            phone_index = index_of([SILENCE] + [lab for fs in sets for split, utts in splits.items()
+                                                for u, r in zip(utts, fs.splits[split])
+                                                for lab in frame_labels(u, r.shape[0], frame_shift)])
         _majority_rows(sets[0], splits, opts, phone_index, speaker_index, frame_shift, result)
         for fs in sets:
             _probe_rows(fs, splits, opts, phone_index, speaker_index, frame_shift, result)
