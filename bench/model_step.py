@@ -15,7 +15,9 @@ fp32 and bf16 and prints the model FLOPs utilisation.
 
 Peak memory of our step with and without activation checkpointing (model.encoder.activation_checkpointing), each
 in its own process: the growth of the resident set over the built model on CPU, max_memory_allocated on a GPU.
-`--layers`, `--batch-size`, `--seconds` shrink the measurement for small machines.
+`--layers`, `--batch-size`, `--seconds` shrink the measurement for small machines. On CPU keep utterances long
+(>= 16 s): glibc serves tensors under its mmap threshold from a heap it does not give back, so with tiny tensors
+the resident set shows the heap's high-water mark, not the memory live at a point of the step.
 """
 
 from __future__ import annotations
