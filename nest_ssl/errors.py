@@ -40,16 +40,22 @@ def describe_os_error(err: OSError) -> str:
     return err.strerror or str(err)
 
 
-def check_readable_file(path: str | Path, what: str) -> Path:
-    """`path` as a Path if it is a readable regular file, else a UserError naming `what` (a key or argument)."""
+def check_readable_file(path: str | Path, what: str, error: type[UserError] = UserError) -> Path:
+    """`path` as a Path if it is a readable regular file, else `error` naming `what` (a key or argument) and saying
+    which of those it is not: a folder, missing (or a broken link), not a regular file, unreadable (and why)."""
     p = Path(path)
     if p.is_dir():
-        raise UserError(f"{what}={p}: is a directory, not a file; give the file's path")
+        raise error(f"{what}={p}: is a directory, not a file; give the file inside it")
     if not p.exists():
         hint = " (a broken symbolic link)" if p.is_symlink() else ""
-        raise UserError(f"{what}={p}: does not exist{hint}; check the path")
-    if not os.access(p, os.R_OK):
-        raise UserError(f"{what}={p}: permission denied; make it readable (chmod +r) or use a copy")
+        raise error(f"{what}={p}: does not exist{hint}; check the path")
+    if not p.is_file():
+        raise error(f"{what}={p}: is not a regular file")
+    try:
+        with open(p, "rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise error(f"{what}={p}: cannot be read: {describe_os_error(err)}") from None
     return p
 
 

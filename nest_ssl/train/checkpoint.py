@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 import torch
 
-from nest_ssl.errors import UserError, describe_os_error
+from nest_ssl.errors import UserError, check_readable_file, describe_os_error
 
 log = logging.getLogger(__name__)
 
@@ -171,19 +171,7 @@ def unreadable_error(path: Path, err: Exception) -> CheckpointError:
 
 def check_checkpoint_file(path: str | Path, what: str = "checkpoint") -> Path:
     """`path` if it names an existing, readable file; otherwise a CheckpointError saying which of those it is not."""
-    p = Path(path)
-    if p.is_dir():
-        raise CheckpointError(f"{what}={p}: is a directory, not a file; give the file inside it "
-                              "(e.g. <run>/checkpoints/<name>-last.ckpt)")
-    if not p.exists():
-        raise CheckpointError(f"{what}={p}: does not exist; check the path")
-    if not p.is_file():
-        raise CheckpointError(f"{what}={p}: is not a regular file")
-    try:
-        with open(p, "rb") as f:
-            f.read(1)
-    except OSError as err:
-        raise CheckpointError(f"{what}={p}: cannot be read: {describe_os_error(err)}") from None
+    p = check_readable_file(path, what, CheckpointError)
     if p.stat().st_size == 0:
         raise CheckpointError(f"{what}={p}: is empty (0 bytes; an interrupted copy?); use another checkpoint")
     return p
