@@ -2,136 +2,41 @@
 """Generate a small corpus in LibriLight's layout, or a small noise set in MUSAN's layout, with no download.
 
   make_mini_corpus.py corpus OUT_DIR [--subsets small] [--speakers 4] [--books 2] [--files 2] ...
+                                     [--labelled-dir DIR --eval-speakers 8 --eval-utterances 40]
       OUT_DIR/<subset>/<speaker>/<book>/<file>.flac and <file>.json beside it. The JSON has LibriLight's keys:
       speaker, book_meta (LibriVox-like, with genre, meta_genre, "Dramatic Readings"), snr (the real SNR of
-      the synthetic speech over its background), voice_activity ([onset, offset] of each utterance).
+      the speech over its quiet background), voice_activity ([onset, offset] of each sentence, from espeak's
+      phone events). With --labelled-dir, also a labelled evaluation set there: audio/ and lhotse CutSets
+      {train,dev,test}.jsonl.gz with text, speaker and word/phone alignments, from speakers and sentences that
+      the LibriLight-format corpus never has.
   make_mini_corpus.py noise OUT_DIR [--files 6]
       OUT_DIR/noise/free-sound/noise-free-sound-NNNN.wav and OUT_DIR/music/fma/music-fma-NNNN.wav.
 
-The audio is speech-like rather than tones, so that what a model learns on it and what VAD-aware windowing
-does with it resemble the real thing: utterances separated by pauses, each a run of syllables; a syllable is
-an optional fricative (high-passed noise) and a vowel, i.e. a glottal pulse train at a speaker-specific F0
-with declination and accents, shaped by that vowel's formants (scaled by the speaker's vocal tract length)
-and a spectral tilt; a quiet pinkish background sets the SNR. Deterministic for a given --seed.
+The speech is English synthesised offline by espeak-ng (nest_ssl.prepare.tts, through the espeakng-loader wheel):
+sentences from our own grammar (nest_ssl.prepare.sentences) read by many speakers (accent x voice variant x pitch
+x rate), so that a model pretrained on it meets real phonetic and lexical structure. Deterministic for --seed.
 """
 
 import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import soundfile as sf
 
+from nest_ssl.prepare.tts_corpus import SentenceStream, long_recording, pink_noise, speaker_pool, write_labelled_set
+
 SR = 16000
-# (F1, F2, F3) of a few vowels (Peterson & Barney, adult male), scaled per speaker
-VOWELS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480], [570, 840, 2410],
-                   [660, 1720, 2410], [440, 1020, 2240], [490, 1350, 1690]], dtype=float)
 GENRES = [("Literature", "General Fiction"), ("Poetry", "Poetry"), ("Science, Craft & Essay", "Essays & Short Works"),
           ("Religion", "Religion"), ("Theater", "Dramatic Works"), ("Undefined", "Undefined")]
 WORDS = ["sea", "fairies", "garden", "journey", "river", "letters", "winter", "island", "stories", "voyage", "night",
          "history", "house", "mountain", "children", "king"]
-FIR_TAPS = 513
-
-
-def _fir(gains_at, n_fft=1024):
-    """Zero-phase, Hann-windowed FIR from a magnitude response given as a function of frequency (Hz)."""
-    f = np.fft.rfftfreq(n_fft, 1 / SR)
-    h = np.fft.irfft(gains_at(f), n_fft)
-    h = np.roll(h, FIR_TAPS // 2)[:FIR_TAPS] * np.hanning(FIR_TAPS)
-    return h / (np.abs(h).sum() + 1e-9)
-
-
-def _vowel_fir(formants):
-    bw = np.array([90.0, 110.0, 170.0])
-    amp = np.array([1.0, 0.6, 0.3])
-
-    def gains(f):
-        g = sum(a * np.exp(-0.5 * ((f - F) / b) ** 2) for F, b, a in zip(formants, bw, amp))
-        return (g + 0.02) / (1 + f / 400.0)  # spectral tilt of the glottal source
-
-    return _fir(gains)
-
-
-def _fricative_fir(centre):
-    return _fir(lambda f: np.exp(-0.5 * ((f - centre) / 1200.0) ** 2))
-
-
-def _utterance(rng, spk, seconds):
-    """Speech-like samples for one utterance of about `seconds`."""
-    n = int(seconds * SR)
-    out = np.zeros(n + FIR_TAPS)
-    t = 0
-    f0_start, f0_end = spk["f0"] * 1.15, spk["f0"] * 0.85  # declination over the utterance
-    while t < n - int(0.1 * SR):
-        syl = int(rng.uniform(0.12, 0.3) / spk["rate"] * SR)
-        syl = min(syl, n - t)
-        if rng.random() < 0.35:  # fricative onset
-            m = int(rng.uniform(0.03, 0.08) * SR)
-            m = min(m, syl // 3)
-            noise = rng.standard_normal(m + FIR_TAPS)
-            fr = np.convolve(noise, _fricative_fir(rng.uniform(3500, 6500)), mode="valid")[:m]
-            out[t:t + m] += 0.2 * _unit_rms(fr) * np.hanning(m)
-            t += m
-            syl -= m
-        if syl <= 0:
-            continue
-        # F0 for this vowel: declination, an accent on some syllables, jitter
-        pos = t / max(n, 1)
-        f0 = (f0_start + (f0_end - f0_start) * pos) * (1.0 + (0.12 if rng.random() < 0.3 else 0.0))
-        f0_track = f0 * (1 + 0.03 * np.sin(np.linspace(0, np.pi, syl)) + 0.005 * rng.standard_normal(syl))
-        phase = np.cumsum(f0_track / SR)
-        pulses = np.diff(np.floor(phase), prepend=0.0)  # one impulse per glottal period
-        formants = VOWELS[rng.integers(len(VOWELS))] * spk["tract"] * rng.uniform(0.95, 1.05, 3)
-        voiced = _unit_rms(np.convolve(pulses, _vowel_fir(formants), mode="full"))
-        env = np.ones(syl)
-        ramp = min(int(0.03 * SR), syl // 2)
-        env[:ramp] = np.linspace(0, 1, ramp)
-        env[syl - ramp:] = np.linspace(1, 0, ramp)
-        env = np.pad(env, (0, len(voiced) - syl))
-        out[t:t + len(voiced)] += voiced * env * rng.uniform(0.6, 1.0)
-        t += syl
-    return out[:n]
-
-
-def _unit_rms(x):
-    return x / (np.sqrt(np.mean(x ** 2)) + 1e-12)
 
 
 def _pink(rng, n):
-    spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.fft.rfftfreq(n, 1 / SR)
-    spec /= np.sqrt(np.maximum(f, 20.0))
-    x = np.fft.irfft(spec, n)
-    return x / (np.sqrt(np.mean(x ** 2)) + 1e-12)
-
-
-def synth_file(rng, spk, seconds):
-    """(samples, VAD intervals, SNR in dB) for one file of about `seconds` of speech-like audio with pauses."""
-    n = int(seconds * SR)
-    speech = np.zeros(n)
-    vad = []
-    t = rng.uniform(0.2, 1.0)
-    while True:
-        dur = rng.uniform(1.5, 7.0)
-        if t + dur > seconds - 0.2:
-            dur = seconds - 0.2 - t
-            if dur < 1.0:
-                break
-        a = int(t * SR)
-        u = _utterance(rng, spk, dur)
-        speech[a:a + len(u)] += u
-        vad.append([round(t, 2), round(t + len(u) / SR, 2)])
-        t += dur + rng.uniform(0.3, 1.5)
-    voiced = np.concatenate([speech[int(a * SR):int(b * SR)] for a, b in vad]) if vad else speech
-    p_speech = float(np.mean(voiced ** 2)) + 1e-12
-    snr = rng.uniform(8.0, 30.0)
-    noise = _pink(rng, n) * np.sqrt(p_speech / 10 ** (snr / 10))
-    x = speech + noise
-    peak = np.abs(x).max() + 1e-9
-    x = x * (0.6 / peak)
-    snr_real = 10 * np.log10(p_speech / float(np.mean(noise ** 2)))
-    return x.astype(np.float32), vad, round(float(snr_real), 2)
+    return pink_noise(rng, n)
 
 
 def book_meta(rng, book_id, title, author):
@@ -160,19 +65,16 @@ def book_meta(rng, book_id, title, author):
 
 
 def make_corpus(out_dir, subsets=("small",), speakers=4, books=2, files=2, min_seconds=20.0, max_seconds=40.0,
-                seed=0, reuse_audio=False):
+                seed=0, reuse_audio=False, labelled_dir=None, eval_speakers=8, eval_utterances=40):
     """Write the corpus; returns the number of files. reuse_audio: one clip per speaker, copied to each of
-    their files (each still gets its own JSON), for benchmarks that need many files fast."""
+    their files (each still gets its own JSON), for benchmarks that need many files fast. labelled_dir: also the
+    labelled evaluation set, from `eval_speakers` speakers that the corpus does not have."""
     rng = np.random.default_rng(seed)
+    pool = speaker_pool(len(subsets) * speakers + (eval_speakers if labelled_dir else 0), seed)
+    sentences = SentenceStream(seed, eval=False)
     count = 0
-    spk_id = 100
-    for subset in subsets:
-        for _ in range(speakers):
-            spk_id += int(rng.integers(1, 50))
-            female = rng.random() < 0.5
-            spk = {"f0": rng.uniform(165, 235) if female else rng.uniform(85, 135),
-                   "tract": rng.uniform(1.05, 1.18) if female else rng.uniform(0.92, 1.04),
-                   "rate": rng.uniform(0.85, 1.2)}
+    for s_idx, subset in enumerate(subsets):
+        for spk in pool[s_idx * speakers:(s_idx + 1) * speakers]:
             author = (["Lyman", "Jane", "Mark", "Edith", "Jules"][int(rng.integers(5))],
                       ["Baum", "Austen", "Twain", "Wharton", "Verne"][int(rng.integers(5))])
             clip_path = None
@@ -181,7 +83,7 @@ def make_corpus(out_dir, subsets=("small",), speakers=4, books=2, files=2, min_s
                 book_id = int(rng.integers(100, 99999))
                 slug = f"{w1}_{w2}_{book_id:04d}_librivox_64kb_mp3"
                 meta = book_meta(rng, book_id, f"The {w1.title()} {w2.title()}", author)
-                d = os.path.join(out_dir, subset, str(spk_id), slug)
+                d = os.path.join(out_dir, subset, spk.id, slug)
                 os.makedirs(d, exist_ok=True)
                 for k in range(files):
                     stem = f"{k + 1:02d}_{author[1].lower()}_{w1}_{w2}_64kb"
@@ -191,12 +93,14 @@ def make_corpus(out_dir, subsets=("small",), speakers=4, books=2, files=2, min_s
                             dst.write(src.read())
                         vad, snr = clip_vad, clip_snr
                     else:
-                        x, vad, snr = synth_file(rng, spk, rng.uniform(min_seconds, max_seconds))
+                        x, vad, snr, _ = long_recording(rng, spk, sentences, rng.uniform(min_seconds, max_seconds))
                         sf.write(flac, x, SR, subtype="PCM_16", format="FLAC")
                         clip_path, clip_vad, clip_snr = flac, vad, snr
                     with open(os.path.join(d, stem + ".json"), "w") as f:
-                        json.dump({"speaker": str(spk_id), "book_meta": meta, "snr": snr, "voice_activity": vad}, f)
+                        json.dump({"speaker": spk.id, "book_meta": meta, "snr": snr, "voice_activity": vad}, f)
                     count += 1
+    if labelled_dir:
+        write_labelled_set(labelled_dir, pool[len(subsets) * speakers:], eval_utterances, seed)
     return count
 
 
@@ -256,6 +160,9 @@ def main(argv=None):
     c.add_argument("--max-seconds", type=float, default=40.0)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--reuse-audio", action="store_true", help="one clip per speaker, copied (fast, for benchmarks)")
+    c.add_argument("--labelled-dir", default=None, help="also write the labelled evaluation set here")
+    c.add_argument("--eval-speakers", type=int, default=8, help="speakers of the labelled set (not in the corpus)")
+    c.add_argument("--eval-utterances", type=int, default=40, help="sentences per speaker in the labelled set")
     n = sub.add_parser("noise", help="a MUSAN-format noise set")
     n.add_argument("out_dir")
     n.add_argument("--files", type=int, default=6)
@@ -263,9 +170,15 @@ def main(argv=None):
     n.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
     if a.what == "corpus":
+        t0 = time.time()
         count = make_corpus(a.out_dir, [s for s in a.subsets.split(",") if s], a.speakers, a.books, a.files,
-                            a.min_seconds, a.max_seconds, a.seed, a.reuse_audio)
-        print(f"wrote {count} files under {a.out_dir}")
+                            a.min_seconds, a.max_seconds, a.seed, a.reuse_audio, a.labelled_dir, a.eval_speakers,
+                            a.eval_utterances)
+        size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(a.out_dir) for f in fs)
+        hours = sum(sf.info(os.path.join(r, f)).duration for r, _, fs in os.walk(a.out_dir) for f in fs
+                    if f.endswith(".flac")) / 3600
+        print(f"wrote {count} files ({hours:.2f} h, {size / 2**20:.1f} MiB) under {a.out_dir} in "
+              f"{time.time() - t0:.1f} s" + (f"; labelled set in {a.labelled_dir}" if a.labelled_dir else ""))
     else:
         paths = make_noise(a.out_dir, a.files, a.seconds, a.seed)
         print(f"wrote {len(paths)} noise files under {a.out_dir}")

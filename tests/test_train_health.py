@@ -95,6 +95,16 @@ def test_two_codebooks_and_accuracy_by_hand():
     floor = float(entropy(c).mean())
     assert vm["val_floor"] == pytest.approx(floor) and vm["val_loss_minus_floor"] == pytest.approx(1.0 - floor)
     assert vm["val_acc"] == pytest.approx(4 / 6) and vm["val_floor_tokens"] == 3
+    assert vm["val_floor_plugin"] == pytest.approx(floor)
+    # with training counts, the floor is the validation codes' NLL under the (add-1/2) training frequencies
+    train = torch.tensor([[6.0, 2.0, 0.0, 0.0], [0.0, 0.0, 3.0, 5.0]], dtype=torch.float64)
+    vm = validation_metrics(layout, v, val_loss=1.0, train_counts=train)
+    q = (train + 0.5) / (train.sum(-1, keepdim=True) + 2.0)
+    counts = layout.counts(v)
+    by_hand = [float(-(counts[h] * q[h].log()).sum() / counts[h].sum()) for h in range(2)]
+    assert vm["val_floor"] == pytest.approx(sum(by_hand) / 2)
+    assert vm["val_loss_minus_floor"] == pytest.approx(1.0 - sum(by_hand) / 2)
+    assert vm["val_floor_plugin"] == pytest.approx(floor) and vm["val_floor"] > floor  # plug-in is the lower bound
     # a batch without masked tokens adds codes (training) but no accuracy
     empty = layout.zeros()
     layout.add(empty, _out(tokens, [3]), count="valid")

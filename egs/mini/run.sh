@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The embedded default: NEST end to end with no download, on a CPU, in a few minutes.
 #
-# Stage 0 generates data/corpus, a small corpus in LibriLight's layout (speech-like audio with LibriLight's VAD
-# JSON beside each file), and data/musan, a noise set in MUSAN's layout. Then the stages of ../librilight/run.sh
+# Stage 0 generates data/corpus, a small corpus in LibriLight's layout (English speech synthesised offline by
+# espeak-ng, many speakers, with LibriLight's VAD JSON beside each file), data/labelled, a labelled evaluation set
+# (lhotse CutSets with text, speaker and word/phone alignments, from other speakers and other sentences), and
+# data/musan, a noise set in MUSAN's layout. Then the stages of ../librilight/run.sh
 # run on them with the tiny config: manifests, noise windows, training windows and a speaker-held-out
 # validation split, bucket bins, training, export, and the summary with the loss plot.
 #
@@ -24,6 +26,8 @@ files=2
 min_seconds=20
 max_seconds=40
 corpus_seed=0
+eval_speakers=8           # the labelled set: speakers that pretraining never hears ...
+eval_utterances=40        # ... and this many sentences each (that pretraining never has)
 noise_files=6
 
 help_message="Usage: $0 [options]
@@ -34,7 +38,7 @@ Options (default):
   --data-dir DIR ($data_dir)  --exp-dir DIR ($exp_dir)
   --speakers N ($speakers)  --books N ($books)  --files N ($files) (per book)
   --min-seconds S ($min_seconds)  --max-seconds S ($max_seconds)  --corpus-seed N ($corpus_seed)
-  --noise-files N ($noise_files)
+  --eval-speakers N ($eval_speakers)  --eval-utterances N ($eval_utterances)  --noise-files N ($noise_files)
 and every option of ../librilight/run.sh (see ../librilight/run.sh --help), which override the settings below."
 
 # Our own options are parsed here; the others are handed on to ../librilight/run.sh, which rejects unknown ones.
@@ -45,11 +49,14 @@ done_dir=$data_dir/.done
 
 if stage_begin 0 "generate a LibriLight-format corpus and a MUSAN-format noise set" opt:speakers="$speakers" \
     opt:books="$books" opt:files="$files" opt:min_seconds="$min_seconds" opt:max_seconds="$max_seconds" \
-    opt:corpus_seed="$corpus_seed" opt:noise_files="$noise_files" \
-    in:"$nest_repo/local/make_mini_corpus.py" out:"$data_dir/corpus" out:"$data_dir/musan"; then
-  rm -rf "$data_dir/corpus" "$data_dir/musan"
+    opt:corpus_seed="$corpus_seed" opt:noise_files="$noise_files" opt:eval_speakers="$eval_speakers" \
+    opt:eval_utterances="$eval_utterances" in:"$nest_repo/local/make_mini_corpus.py" \
+    in:"$nest_repo/nest_ssl/prepare/tts_corpus.py" in:"$nest_repo/nest_ssl/prepare/sentences.py" \
+    out:"$data_dir/corpus" out:"$data_dir/labelled" out:"$data_dir/musan"; then
+  rm -rf "$data_dir/corpus" "$data_dir/labelled" "$data_dir/musan"
   python "$nest_repo/local/make_mini_corpus.py" corpus "$data_dir/corpus" --subsets small --speakers "$speakers" \
-    --books "$books" --files "$files" --min-seconds "$min_seconds" --max-seconds "$max_seconds" --seed "$corpus_seed"
+    --books "$books" --files "$files" --min-seconds "$min_seconds" --max-seconds "$max_seconds" --seed "$corpus_seed" \
+    --labelled-dir "$data_dir/labelled" --eval-speakers "$eval_speakers" --eval-utterances "$eval_utterances"
   python "$nest_repo/local/make_mini_corpus.py" noise "$data_dir/musan" --files "$noise_files"
   stage_end 0
 fi

@@ -572,7 +572,7 @@ class Trainer:
             self._val_health = {}
             return None
         val_loss = float(total[0] / total[1])
-        self._val_health = validation_metrics(self.health, total[3:], val_loss)  # val_acc, val_floor, ...
+        self._val_health = validation_metrics(self.health, total[3:], val_loss, self.cum_counts.counts)  # val_acc, val_floor, ...
         return val_loss
 
     def _run_validation(self) -> None:
