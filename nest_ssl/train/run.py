@@ -248,13 +248,14 @@ def _child_error(err: Exception) -> Exception:
 
 
 def _user_error_classes() -> list[type]:
-    """Every UserError subclass defined so far, most derived first (a child's ManifestError stays one)."""
+    """UserError and every subclass defined so far (a child's ManifestError is re-raised as one; they are matched
+    by module-qualified name, so their order does not matter)."""
     found, todo = [], [UserError]
     while todo:
         cls = todo.pop()
         found.append(cls)
         todo.extend(cls.__subclasses__())
-    return found[::-1]
+    return found
 
 
 def _spawned_run(container: dict, command_line: str | None) -> None:
@@ -345,6 +346,7 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
             torch.autograd.set_detect_anomaly(True)
         log_dir = resolve_log_dir(settings, info)
         created = _missing_dirs(log_dir)
+        barrier(info)  # every rank looks before any rank creates the folder (its own log file)
         e = settings.exp_manager
         write_log = (not e.log_global_rank_0_only or info.is_global_zero) and (
             not e.log_local_rank_0_only or info.local_rank == 0)
