@@ -152,6 +152,15 @@ def test_unreadable_manifest_says_permission_denied(data, tmp_path):
     assert not exp.exists()
 
 
+def test_exp_dir_without_write_permission(data, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    p = _run(_train_args(data, locked / "exp"), cwd=tmp_path, prefix=_unprivileged())
+    assert_user_error(p, "exp_manager.exp_dir", "permission denied")
+    assert list(locked.iterdir()) == []
+
+
 def test_error_found_while_building_removes_the_run_folder(data, tmp_path):
     # Line 3 is only read when the sampler estimates bucket bins, after the model is built and the folder made.
     exp = tmp_path / "exp"
