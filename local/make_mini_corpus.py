@@ -186,4 +186,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from nest_ssl.cli.guard import run_guarded  # user errors (a full disk, no permission): one line, exit 2
+
+    sys.exit(run_guarded(main))
