@@ -78,6 +78,8 @@ recipe_cd() {
 # fingerprints of the in: paths, and outputs that are still what the stage wrote. Only options that change
 # the outputs belong in opt: (--nj does not). The marker is removed when the stage starts and written by
 # stage_end, so a killed stage reruns (and resumes, where the stage itself can).
+# With stage_marker_readonly=true (the nodes other than node 0 of a multi-node stage, which share the folder)
+# stage_begin decides from the marker without writing it and stage_end writes nothing: node 0 keeps the marker.
 # --stage N (given explicitly) forces stage N to run; the stages after it rerun when their inputs changed,
 # which they did if stage N wrote different outputs. --force true forces every stage in the range.
 stage_in_range() {
@@ -102,7 +104,9 @@ stage_begin() {
   elif [ "$n" -eq "$stage" ] && [[ "${parsed_options:- }" == *" stage "* ]]; then
     args+=(--force "forced by --stage $stage")
   fi
-  msg=$(python "$nest_repo/local/stage_marker.py" begin "${done_dir:?set done_dir before stage_begin}" "$n" \
+  local cmd=begin
+  [ "${stage_marker_readonly:-false}" = true ] && cmd=check
+  msg=$(python "$nest_repo/local/stage_marker.py" "$cmd" "${done_dir:?set done_dir before stage_begin}" "$n" \
     "$desc" "${args[@]}") || rc=$?
   case $rc in
     0)
@@ -122,6 +126,10 @@ stage_begin() {
 
 stage_end() {
   local msg
+  if [ "${stage_marker_readonly:-false}" = true ]; then
+    _log_at 0 "Stage $1: done (node 0 writes the marker)"
+    return 0
+  fi
   msg=$(python "$nest_repo/local/stage_marker.py" end "$done_dir" "$1") || {
     _log_at 0 "ERROR: Stage $1: ${msg#error: }"
     exit 1

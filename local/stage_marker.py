@@ -10,6 +10,9 @@ when its options or inputs changed, or when someone deleted or edited its output
       old marker, so a killed stage never looks finished), or exit 1 and print "skip: <why>".
   stage_marker.py end DONE_DIR N
       fingerprints the outputs named at begin and writes DONE_DIR/stageN.done (atomically).
+  stage_marker.py check DONE_DIR N NAME [...same as begin...]
+      begin's decision (exit 0 "run: ...", exit 1 "skip: ...") without writing anything: the other nodes of a
+      multi-node stage read the marker that node 0 keeps (the nodes share the folder).
 
 Fingerprints: a small file (<= 16 MiB) by its content, so rewriting identical bytes does not invalidate
 later stages; a big file by size and mtime; a directory by the sizes and mtimes of every file beneath it
@@ -121,7 +124,7 @@ def _why_stale(old, opts, ins_fp, outs):
     return None
 
 
-def begin(done_dir, stage, name, rest) -> int:
+def begin(done_dir, stage, name, rest, write=True) -> int:
     opts, ins, outs, force = _parse(rest)
     missing = [p for p in ins if not os.path.exists(p)]
     if missing:
@@ -141,6 +144,9 @@ def begin(done_dir, stage, name, rest) -> int:
             return 1
         if interrupted:
             why = "an earlier run did not finish; continuing it"
+    if not write:
+        print(f"run: {why} (the marker is node 0's)")
+        return 0
     os.makedirs(done_dir, exist_ok=True)
     if os.path.exists(marker):
         os.remove(marker)
@@ -174,6 +180,8 @@ def end(done_dir, stage) -> int:
 def main(argv) -> int:
     if len(argv) >= 3 and argv[0] == "begin" and len(argv) >= 4:
         return begin(argv[1], argv[2], argv[3], argv[4:])
+    if argv and argv[0] == "check" and len(argv) >= 4:
+        return begin(argv[1], argv[2], argv[3], argv[4:], write=False)
     if len(argv) == 3 and argv[0] == "end":
         return end(argv[1], argv[2])
     if len(argv) == 2 and argv[0] == "fingerprint":

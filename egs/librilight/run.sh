@@ -212,6 +212,12 @@ run_dir=$exp_dir/${exp_name:-$config_name}
 done_dir=$run_dir/.done
 ckpt_dir=$run_dir/checkpoints
 
+# Every node runs stage 6 (one torchrun each, static rendezvous at --master-addr:--master-port); the nodes share
+# the run folder, so only node 0 writes the stage marker (the others read it to take the same decision) and only
+# global rank 0 writes checkpoints, metrics and TensorBoard events. A node that dies stops the others (gloo/NCCL
+# error, or a training process whose torchrun is gone exits itself); rerunning stage 6 on every node continues
+# from the last checkpoint.
+[ "$node_rank" -ne 0 ] && stage_marker_readonly=true
 if stage_begin 6 "training ($config_name, $nnodes node(s) x $ngpus GPU(s))" opt:config_name="$config_name" \
     opt:train_opts="$train_opts" opt:use_shar="$use_shar" in:"$config_path/$config_name.yaml" \
     in:"$train_manifest" in:"$data_dir/cuts/val.jsonl.gz" in:"$data_dir/bucket_bins.txt" \
@@ -247,6 +253,7 @@ if stage_begin 6 "training ($config_name, $nnodes node(s) x $ngpus GPU(s))" opt:
     --config-path "$config_path" --config-name "$config_name" "${overrides[@]}" $train_opts
   stage_end 6
 fi
+stage_marker_readonly=false
 
 if [ "$node_rank" -ne 0 ]; then
   stage_in_range 7 && log "Stage 7: skipped on node $node_rank (node 0 exports)"

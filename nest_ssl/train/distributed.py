@@ -182,6 +182,10 @@ def init_distributed(plan: LaunchPlan) -> DistInfo:
             torch.cuda.set_device(idx)
             return DistInfo(device=torch.device("cuda", idx))
         return DistInfo(device=torch.device("cpu"))
+    if "TORCHELASTIC_RUN_ID" in os.environ and "NEST_SSL_SPAWNED" not in os.environ:
+        # Under torchrun: if this node's torchrun is killed (SIGKILL gives it no chance to stop its workers), its
+        # training processes stop too, so a rerun never trains beside an orphan.
+        _exit_with_parent(os.getppid())
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ["LOCAL_RANK"])
     world = int(os.environ["WORLD_SIZE"])
