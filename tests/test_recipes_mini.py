@@ -1,7 +1,9 @@
-"""egs/mini end to end, as real subprocesses: the whole recipe, a rerun that skips what is done, and runs killed
+"""egs/mini end to end, as real subprocesses: the whole recipe (stages 0-8: the generated corpus and labelled set,
+the librilight stages, training, export, the downstream evaluation), a rerun that skips what is done, and runs killed
 during stage 1 and during training that resume and end with the same outputs as the uninterrupted run.
 
-One uninterrupted run (the module fixture) is the reference for the others; they only read its data folder.
+One uninterrupted run (the module fixture) is the reference for the others; they only read its data folder. Every
+run gets the same small options (SMALL): the recipe's defaults are the hour-long demo.
 """
 
 import glob
@@ -20,6 +22,15 @@ MINI = os.path.join(REPO, "egs", "mini", "run.sh")
 LIBRILIGHT = os.path.join(REPO, "egs", "librilight", "run.sh")
 # as `make demo` runs it: the virtual environment first on PATH
 ENV = dict(os.environ, PATH=os.path.join(REPO, ".venv", "bin") + os.pathsep + os.environ.get("PATH", ""))
+
+SPEAKERS, BOOKS, FILES = 4, 1, 2
+N_FILES = SPEAKERS * BOOKS * FILES
+EVAL_SPEAKERS, EVAL_UTTERANCES = 3, 12
+RANDOM_SEEDS = 2
+SMALL = ["--speakers", SPEAKERS, "--books", BOOKS, "--files", FILES, "--eval-speakers", EVAL_SPEAKERS,
+         "--eval-utterances", EVAL_UTTERANCES, "--val-speakers", 1,
+         "--train-opts", "trainer.max_steps=20 trainer.val_check_interval=10",
+         "--eval-opts", f"--threads 1 --epochs 3 --steps 10 --random-seeds {RANDOM_SEEDS}"]
 
 
 def run(cmd, timeout=400, **kw):
@@ -61,7 +72,7 @@ def gz_text(path):
 def mini(tmp_path_factory):
     root = tmp_path_factory.mktemp("mini")
     t0 = time.time()
-    r = run([MINI, "--data-dir", root / "data", "--exp-dir", root / "exp"], cwd=REPO)
+    r = run([MINI, "--data-dir", root / "data", "--exp-dir", root / "exp", *SMALL], cwd=REPO)
     return root, r, time.time() - t0
 
 
@@ -69,16 +80,39 @@ def test_mini_runs_every_stage_and_ends_with_the_summary_and_the_plot(mini):
     root, r, seconds = mini
     assert r.returncode == 0, explain(r)
     data, run_dir = root / "data", root / "exp" / "nest_tiny"
-    for n in range(8):
+    for n in range(9):
         assert re.search(rf"\(run\.sh:\d+:main\) Stage {n}:", r.stderr), f"stage {n} did not run\n{explain(r)}"
-    # the generated corpus is in LibriLight's layout, with LibriLight's JSON keys
-    flacs = sorted(glob.glob(str(data / "corpus" / "small" / "*" / "*" / "*.flac")))
-    assert len(flacs) == 16
-    meta = json.load(open(flacs[0][: -len(".flac")] + ".json"))
-    assert set(meta) == {"speaker", "book_meta", "snr", "voice_activity"}
+        if n != 4:  # stage 4 (Shar) is off in egs/mini
+            assert re.search(rf"\(run\.sh:\d+:main\) Stage {n}: [^\n]*\(not done yet\)", r.stderr), f"stage {n}"
+            assert re.search(rf"\(run\.sh:\d+:main\) Stage {n}: done", r.stderr), f"stage {n}\n{explain(r)}"
+    # stage 0: the generated corpus is in LibriLight's layout (subset/speaker/book/file), with LibriLight's JSON keys
+    flacs = sorted(glob.glob(str(data / "corpus" / "*" / "*" / "*" / "*.flac")))
+    assert len(flacs) == N_FILES
+    assert {os.path.relpath(f, data / "corpus").split(os.sep)[0] for f in flacs} == {"small"}
+    corpus_speakers = {os.path.basename(os.path.dirname(os.path.dirname(f))) for f in flacs}
+    assert len(corpus_speakers) == SPEAKERS
+    assert len({os.path.dirname(f) for f in flacs}) == SPEAKERS * BOOKS
+    for flac in flacs:
+        meta = json.load(open(flac[: -len(".flac")] + ".json"))
+        assert set(meta) == {"speaker", "book_meta", "snr", "voice_activity"}
+        assert meta["speaker"] in flac.split(os.sep) and meta["voice_activity"]
+        assert {"title", "genre", "meta_genre", "authors"} <= set(meta["book_meta"])
+    # ... the labelled set: other speakers, every one in every split, sentences apart, alignments
+    labelled = {split: [json.loads(line) for line in gz_text(data / "labelled" / f"{split}.jsonl.gz").splitlines()]
+                for split in ("train", "dev", "test")}
+    assert sum(len(cuts) for cuts in labelled.values()) == EVAL_SPEAKERS * EVAL_UTTERANCES
+    sups = {split: [c["supervisions"][0] for c in cuts] for split, cuts in labelled.items()}
+    eval_speakers = {split: {s["speaker"] for s in ss} for split, ss in sups.items()}
+    assert eval_speakers["train"] == eval_speakers["dev"] == eval_speakers["test"]
+    assert len(eval_speakers["train"]) == EVAL_SPEAKERS and not eval_speakers["train"] & corpus_speakers
+    texts = {split: {s["text"] for s in ss} for split, ss in sups.items()}
+    assert not texts["train"] & texts["dev"] and not texts["train"] & texts["test"] and not texts["dev"] & texts["test"]
+    assert all(s["text"] and s["alignment"]["phone"] and s["alignment"]["word"] for ss in sups.values() for s in ss)
+    assert len(glob.glob(str(data / "labelled" / "audio" / "*" / "*.flac"))) == EVAL_SPEAKERS * EVAL_UTTERANCES
+    assert len(glob.glob(str(data / "musan" / "*" / "*" / "*.wav"))) == 6
     # stage 1: every file prepared, none rejected
     recs = gz_text(data / "manifests" / "librilight_recordings_small.jsonl.gz").splitlines()
-    assert len(recs) == 16 and (data / "manifests" / "rejects_small.tsv").read_text().count("\n") == 1
+    assert len(recs) == N_FILES and (data / "manifests" / "rejects_small.tsv").read_text().count("\n") == 1
     # stage 3: windows within bounds; validation holds out whole speakers
     def speakers(path):
         return {json.loads(line)["supervisions"][0]["speaker"] for line in gz_text(path).splitlines()}
@@ -101,6 +135,32 @@ def test_mini_runs_every_stage_and_ends_with_the_summary_and_the_plot(mini):
     assert re.search(r"steps:\s+20\b", summary)
     assert re.search(r"val_loss:\s+\d+\.\d+ at step 20", summary)
     assert re.search(r"audio used:\s+training 0\.\d+ h", summary) and str(png) in summary
+    # stage 8: the evaluation of the exported model against its random-init twins and log-mel features
+    rows = json.load(open(run_dir / "eval" / "results.json"))
+    assert rows and all(set(row) == {"task", "model", "seed", "metric", "value", "higher_is_better"} for row in rows)
+    assert all(isinstance(row["value"], float) and row["value"] == row["value"] for row in rows)  # a number, not NaN
+    by = {}
+    for row in rows:
+        by.setdefault((row["task"], row["metric"], row["model"]), []).append(row)
+    for task, metric, higher in (("phone", "accuracy", True), ("speaker", "accuracy", True), ("asr", "cer", False),
+                                 ("asr", "wer", False)):
+        assert len(by[(task, metric, "pretrained")]) == 1 and len(by[(task, metric, "fbank")]) == 1, (task, metric)
+        assert sorted(row["seed"] for row in by[(task, metric, "random_init")]) == list(range(RANDOM_SEEDS))
+        for model in ("pretrained", "random_init", "fbank"):
+            assert all(row["higher_is_better"] is higher for row in by[(task, metric, model)])
+    for metric in ("cer", "wer"):
+        assert ("finetune", metric, "pretrained") in by and ("finetune", metric, "random_init") in by
+        assert ("finetune", metric, "fbank") not in by
+    accuracies = [row["value"] for row in rows if row["metric"] == "accuracy"]
+    assert all(0.0 <= v <= 1.0 for v in accuracies)
+    assert all(row["value"] >= 0.0 for row in rows if row["metric"] in ("cer", "wer"))
+    assert {row["task"] for row in rows} >= {"phone_layer0", "phone_layer1", "phone_layer2", "phone_majority"}
+    assert (run_dir / "eval" / "layer_weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # ... and the table printed at the end, with the pretrained model's phone accuracy from results.json
+    phone = by[("phone", "accuracy", "pretrained")][0]["value"]
+    assert re.search(rf"^phone\s+accuracy \(higher is better\)\s+{phone:.3f}\s+\d\.\d+ ± \d\.\d+ \(n={RANDOM_SEEDS}\)",
+                     r.stdout, re.M), r.stdout[-3000:]
+    assert str(run_dir / "eval" / "results.json") in r.stdout
     print(f"egs/mini took {seconds:.0f} s")
 
 
@@ -109,9 +169,9 @@ def test_rerun_skips_the_finished_stages(mini):
     assert first.returncode == 0, explain(first)
     files = [p for p in root.rglob("*") if p.is_file()]
     before = {p: p.stat().st_mtime_ns for p in files}
-    r = run([MINI, "--data-dir", root / "data", "--exp-dir", root / "exp"], cwd=root)  # from another folder too
+    r = run([MINI, "--data-dir", root / "data", "--exp-dir", root / "exp", *SMALL], cwd=root)  # from another folder
     assert r.returncode == 0, explain(r)
-    for n in (0, 1, 2, 3, 5, 6, 7):
+    for n in (0, 1, 2, 3, 5, 6, 7, 8):
         assert re.search(rf"Stage {n}: [^\n]*: skipped, up to date", r.stderr), f"stage {n}\n{explain(r)}"
     assert "not done yet" not in r.stderr
     changed = [p for p in files if p.stat().st_mtime_ns != before[p]]
@@ -129,14 +189,14 @@ def test_killed_in_stage_1_resumes_to_the_same_manifests(mini, tmp_path):
     proc = start(cmd)
     kill_when(proc, lambda: len(glob.glob(str(parts / "*.done"))) >= 3)
     done_before = len(glob.glob(str(parts / "*.done")))
-    assert 3 <= done_before < 16
+    assert 3 <= done_before < N_FILES
     assert not (tmp_path / "data" / "manifests" / "librilight_cuts_small.jsonl.gz").exists()
     assert not (tmp_path / "data" / ".done" / "stage1.done").exists()
 
     r = run(cmd)
     assert r.returncode == 0, explain(r)
     assert "an earlier run did not finish; continuing it" in r.stderr
-    reused = int(re.search(r"(\d+) of 16 chunks reused", r.stderr).group(1))
+    reused = int(re.search(rf"(\d+) of {N_FILES} chunks reused", r.stderr).group(1))
     assert reused >= done_before
     ours, ref = tmp_path / "data" / "manifests", root / "data" / "manifests"
     for kind in ("recordings", "supervisions", "cuts"):
@@ -150,7 +210,8 @@ def test_killed_in_training_resumes_to_the_same_model(mini, tmp_path):
     torch = pytest.importorskip("torch")
     root, first, _ = mini
     assert first.returncode == 0, explain(first)
-    cmd = [MINI, "--data-dir", root / "data", "--exp-dir", tmp_path / "exp", "--stage", "6", "--stop-stage", "6"]
+    cmd = [MINI, "--data-dir", root / "data", "--exp-dir", tmp_path / "exp", "--stage", "6", "--stop-stage", "6",
+           *SMALL]
     ckpts = tmp_path / "exp" / "nest_tiny" / "checkpoints"
     proc = start(cmd)
     kill_when(proc, lambda: any("step=10" in os.path.basename(p) for p in glob.glob(str(ckpts / "*.ckpt"))))
