@@ -27,6 +27,7 @@ __all__ = [
     "MultiSpeakerNoiseAugmentation",
     "NestDataLoader",
     "NoiseSet",
+    "ResumableIterable",
     "ReverbConfig",
     "build_augmentor",
     "build_dataloader",
@@ -59,6 +60,67 @@ class NestDataLoader(DataLoader):
         if epoch is not None and hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)
         return super().__iter__()
+
+
+try:
+    from lhotse.dataset import IterableDatasetWrapper as _LhotseIterableWrapper
+except ImportError:  # pragma: no cover
+    _LhotseIterableWrapper = torch.utils.data.IterableDataset
+
+
+class ResumableIterable(_LhotseIterableWrapper):
+    """Lhotse's IterableDatasetWrapper (a sampler copy per DataLoader worker) whose streams can be resumed exactly.
+
+    Each worker's stream is a deterministic function of (seed, epoch, rank, stream worker): shard order, shuffle
+    buffer and bucket choices are seeded from them, and augmentation from the cut ids. Every batch carries
+    ``stream = {"worker": w, "batches": n, "parts": [...]}``. The trainer keeps those of the batches it trained on
+    (not the prefetched ones) in its checkpoint; on resume it sets ``resume = {"offset": o, "skip": {w: n}}``
+    before ``iter(loader)``: DataLoader worker i plays stream (i + o) % num_workers (so the round-robin continues
+    with the stream whose batch comes next) and draws n batches from its sampler without building them (no audio
+    decoded, no augmentation; Shar members are read and dropped).
+    """
+
+    def __init__(self, dataset, sampler) -> None:
+        super().__init__(dataset=dataset, sampler=sampler)
+        self.resume: Optional[dict] = None
+        self._stream = 0
+        self._count = 0
+
+    def __iter__(self):
+        import logging
+        import time
+
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        resume = self.resume or {}
+        self._stream = (wid + int(resume.get("offset", 0))) % nw
+        source = getattr(self.sampler, "source", None)
+        if source is not None:
+            source.stream_worker = self._stream
+        skip = int((resume.get("skip") or {}).get(self._stream, 0))
+        self._count = 0
+        self._sampler_iter = iter(self.sampler)
+        if skip:
+            t0 = time.perf_counter()
+            while self._count < skip:
+                try:
+                    next(self._sampler_iter)
+                except StopIteration:
+                    break
+                self._count += 1
+            logging.getLogger(__name__).info(
+                "stream worker %d: skipped the %d batch(es) it had given before the checkpoint in %.2f s "
+                "(sampler only, no audio decoded)", self._stream, self._count, time.perf_counter() - t0)
+        return self
+
+    def __next__(self):
+        sampled = next(self._sampler_iter)
+        self._update_dataloading_info(sampled)
+        self._count += 1
+        batch = self.dataset[sampled]
+        parts = sorted({str(p) for p in (getattr(c, "shard_origin", None) for c in sampled) if p is not None})
+        batch.stream = {"worker": self._stream, "batches": self._count, "parts": parts}
+        return batch
 
 
 def _worker_init(base_seed: int, sampler_init: Optional[Callable[[int], None]], worker_id: int) -> None:
@@ -126,9 +188,7 @@ def make_dataloader(dataset: torch.utils.data.Dataset, sampler: Any, ds_cfg: Any
         persistent_workers=False,
     )
     if iterable:
-        from lhotse.dataset import IterableDatasetWrapper
-
-        loader = NestDataLoader(IterableDatasetWrapper(dataset=dataset, sampler=sampler), **common)
+        loader = NestDataLoader(ResumableIterable(dataset=dataset, sampler=sampler), **common)
     else:
         loader = NestDataLoader(dataset, sampler=sampler, **common)
     loader.cut_sampler = sampler

@@ -44,6 +44,10 @@ class AudioNoiseBatch:
     # ``noise`` itself is not built, the spans' samples end to end in ``noise_values``.
     noise_spans: Optional[List[Tuple[int, int, int]]] = field(default=None, repr=False)
     noise_values: Optional[torch.Tensor] = field(default=None, repr=False)
+    # Iterable (Shar) input: where this batch stands in its stream, {"worker": stream worker, "batches": batches the
+    # stream has given so far, this one included, "parts": the shards its cuts came from}; the trainer keeps it for
+    # the batches it trained on, so a checkpoint can resume every stream exactly (nest_ssl.data.ResumableIterable).
+    stream: Optional[dict] = field(default=None, repr=False)
 
     def __len__(self) -> int:
         if self.audio is not None:

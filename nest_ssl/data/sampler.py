@@ -182,6 +182,11 @@ class SamplerSource(Dillable):
         self.world_size = world_size
         self.what = what
         self.epoch = 0
+        # Set by ResumableIterable in each DataLoader worker: the stream this worker plays (a resumed run rotates
+        # them so the round-robin order of the DataLoader continues where it stopped); None: the worker id.
+        self.stream_worker: Optional[int] = None
+        # force_finite resumed on another topology: parts (paths) already read in this epoch, left out of the split.
+        self.exclude_parts: Optional[frozenset] = None
 
     # -- seeds ---------------------------------------------------------------------------------------------------
     def _stream_base_seed(self) -> int:
@@ -193,8 +198,7 @@ class SamplerSource(Dillable):
             base = self.seed
         else:
             base = int(self.shard_seed)
-        info = torch.utils.data.get_worker_info()
-        worker = info.id if info is not None else 0
+        worker = self._reader()[2]
         return ((base * _MIX + self.rank) * _MIX + worker) % (1 << 62)
 
     def _pass_seed(self, base: int, pass_idx: int) -> int:
@@ -212,6 +216,8 @@ class SamplerSource(Dillable):
 
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self.stream_worker is not None:
+            worker = self.stream_worker
         return self.rank, self.world_size, worker, num_workers
 
     # -- iteration -----------------------------------------------------------------------------------------------
@@ -253,6 +259,8 @@ class SamplerSource(Dillable):
                 # Lhotse's split_by_worker(split_by_node(shards)), over an order shared by all readers that changes
                 # with the epoch (so a reader does not get the same shards every epoch).
                 parts = list(src.parts)
+                if self.exclude_parts:
+                    parts = [p for p in parts if p.path not in self.exclude_parts]
                 random.Random(self._split_seed()).shuffle(parts)
                 src = ManifestSource(
                     parts[rank::world_size][worker::num_workers], what=src.what, sample_rate=src.sample_rate

@@ -36,7 +36,7 @@ from nest_ssl.train.distributed import (
 )
 from nest_ssl.train.loggers import setup_text_logging
 from nest_ssl.train.preflight import preflight
-from nest_ssl.train.seeding import derive_seed, seed_for, set_deterministic
+from nest_ssl.train.seeding import seed_for, set_deterministic
 from nest_ssl.train.trainer import NonFiniteLossError, Trainer
 from nest_ssl.train.trainer_config import RunSettings, parse_run_config
 
@@ -292,14 +292,8 @@ def build_trainer(cfg: DictConfig, settings: RunSettings, info: DistInfo, *, log
     sr = int(cfg.model.get("sample_rate", 16000))
     train_loader = build_dataloader(cfg.model.train_ds, sample_rate=sr, seed=settings.seed, rank=info.rank,
                                     world_size=info.world_size, training=True)
-    sampler = getattr(train_loader, "cut_sampler", None)
-    if resume_step and getattr(sampler, "iterable_dataset", False):
-        # Per-worker samplers (Shar input) cannot be fast-forwarded: as Lhotse advises, a resumed run reads the
-        # stream in a new order (a seed derived from the step) instead of replaying the data it has trained on.
-        data_seed = derive_seed(settings.seed, "resume", resume_step) % (1 << 31)
-        log.warning("iterable (Shar) training data cannot resume mid-stream; continuing with data seed %d", data_seed)
-        train_loader = build_dataloader(cfg.model.train_ds, sample_rate=sr, seed=data_seed, rank=info.rank,
-                                        world_size=info.world_size, training=True)
+    # Iterable (Shar) input resumes in Trainer.restore: every worker stream continues where the trained batches
+    # left it (nest_ssl.data.ResumableIterable), so the loader is built with the run's own seed.
     val_cfg = cfg.model.get("validation_ds")
     val_loader = None
     if val_cfg is not None and val_cfg.get("manifest_filepath"):

@@ -150,6 +150,13 @@ def rewind_sampler_state(state: dict, consumed: int) -> dict:
     return state
 
 
+def _num_parts(source) -> int:
+    from nest_ssl.data.manifests import manifest_source
+
+    src = manifest_source(source.cuts) if source is not None else None
+    return src.num_parts if src is not None else 0
+
+
 def _weights_digest(model: nn.Module) -> str:
     h = 0
     for name, t in model.state_dict().items():
@@ -341,6 +348,15 @@ class Trainer:
         self.sampler = _sampler_of(train_loader)
         if getattr(self.sampler, "iterable_dataset", False):
             self.sampler = None  # it runs inside the workers: its state here says nothing about the stream
+        # Iterable (Shar) input: each (rank, worker) stream's position, from the batches actually trained on
+        # (nest_ssl.data.ResumableIterable); kept in the checkpoint for an exact resume.
+        from nest_ssl.data import ResumableIterable
+
+        ds = getattr(train_loader, "dataset", None)
+        self._streams = ds if isinstance(ds, ResumableIterable) else None
+        self._stream_pos: dict[int, int] = {}
+        self._stream_last: int | None = None
+        self._stream_parts: set[str] = set()
         self._restored_sampler_state: dict | None = None
         self.last_metrics: dict[str, float] = {}
         self.stop_reason: str | None = None
@@ -398,6 +414,11 @@ class Trainer:
         if self.sampler is not None and not st.epoch_finished:
             consumed_state = rewind_sampler_state(self.sampler.state_dict(), st.batch_idx)
         rng_all = all_gather_objects(self.info, capture_rng_state())
+        streams = None
+        if self._streams is not None:
+            streams = all_gather_objects(self.info, {
+                "num_workers": max(1, int(self.train_loader.num_workers)), "positions": dict(self._stream_pos),
+                "last": self._stream_last, "parts": sorted(self._stream_parts)})
         cfg_plain = OmegaConf.to_container(self.cfg, resolve=True)
         ckpt = {
             "epoch": st.epoch,
@@ -415,6 +436,7 @@ class Trainer:
             "nest_ssl": {
                 "loop": st.to_dict(),
                 "sampler": consumed_state,
+                "streams": streams,  # iterable input: per rank, every worker stream's position in this epoch
                 "rng": rng_all[0],
                 "rng_per_rank": rng_all,
                 "world_size": self.info.world_size,
@@ -465,8 +487,50 @@ class Trainer:
                 st.batch_idx = 0
             else:
                 self._restored_sampler_state = nest["sampler"]
+        elif self._streams is not None:
+            self._restore_streams(nest.get("streams"), saved_ws)
         log.info("resumed from %s: epoch %d, global step %d, %d batches into the epoch",
                  path, st.epoch, st.global_step, st.batch_idx)
+
+    def _restore_streams(self, saved: list | None, saved_ws: int) -> None:
+        """Iterable input: every (rank, worker) stream continues after the last batch it gave that was trained on
+        (same world size and workers); on another topology a one-pass epoch (force_finite) splits the shards not
+        read yet among the new readers, an infinite stream starts a new order."""
+        st = self.state
+        source = getattr(self._streams.sampler, "source", None)
+        nw = max(1, int(self.train_loader.num_workers))
+        mine = saved[self.info.rank] if saved and saved_ws == self.info.world_size else None
+        if mine is not None and int(mine["num_workers"]) == nw:
+            pos = {int(k): int(v) for k, v in (mine.get("positions") or {}).items()}
+            last = mine.get("last")
+            offset = 0 if last is None else (int(last) + 1) % nw
+            self._streams.resume = {"offset": offset, "skip": pos}
+            self._stream_pos, self._stream_last = pos, last
+            self._stream_parts = set(mine.get("parts") or [])
+            log.info("iterable training data: resuming each of the %d worker stream(s) of rank %d after the batches "
+                     "trained before the checkpoint (%s); the next batch comes from stream %d", nw, self.info.rank,
+                     ", ".join(f"stream {w}: {n}" for w, n in sorted(pos.items())) or "none yet", offset)
+            return
+        was = (f"{saved_ws} process(es) x {saved[0]['num_workers']} worker(s)" if saved else
+               f"{saved_ws} process(es), without stream positions")
+        now = f"{self.info.world_size} process(es) x {nw} worker(s)"
+        if source is not None and not source.infinite and saved:
+            read = frozenset(p for r in saved for p in (r.get("parts") or []))
+            source.exclude_parts = read
+            self._stream_parts = set(read)
+            log.warning(
+                "the checkpoint was written by %s, this run has %s: the streams cannot continue as they were. "
+                "Epoch %d goes on without the %d shard(s) its trained batches came from (none is read twice; their "
+                "cuts not trained yet are left for the next epoch) and the %d reader(s) split the %d other shard(s)",
+                was, now, st.epoch, len(read), self.info.world_size * nw,
+                max(0, _num_parts(source) - len(read)))
+            return
+        if source is not None:
+            from nest_ssl.train.seeding import derive_seed
+
+            source.seed = derive_seed(source.seed, "resume", st.global_step) % (1 << 31)
+            log.warning("the checkpoint was written by %s, this run has %s: the infinite streams start over in a "
+                        "new order (data seed %d) instead of replaying what was trained", was, now, source.seed)
 
     # ------------------------------------------------------------------------------------------------------------
     # Helpers
@@ -682,7 +746,7 @@ class Trainer:
                 self.sampler.load_state_dict(copy.deepcopy(self._restored_sampler_state))
                 self._restored_sampler_state = None
             self.sampler.set_epoch(st.epoch)
-        elif st.batch_idx:
+        elif st.batch_idx and self._streams is None:
             log.warning("the training dataloader has no resumable sampler: epoch %d starts over", st.epoch)
             st.batch_idx = 0
         acc = t.accumulate_grad_batches
@@ -698,6 +762,8 @@ class Trainer:
         # end the epoch after the last batch every rank has (the step in progress is completed by all).
         fetcher = _Lookahead(self.train_loader, self.seed, self.info.rank, st.total_batch_idx,
                              join=lambda has_batch: all_ranks_have(self.info, has_batch))
+        if self._streams is not None:
+            self._streams.resume = None  # used by this epoch's iter(); later epochs start their streams afresh
         if not fetcher.has_next and st.batch_idx == 0:
             # Without this, an epoch without batches would make max_epochs=-1 loop forever.
             where = "" if self.info.world_size == 1 else (
@@ -713,6 +779,11 @@ class Trainer:
             seed_for(self.seed, "step", st.total_batch_idx, self.info.rank)
             if getattr(batch, "rejected", None):
                 self._record_rejects(batch.rejected, "train")
+            stream = getattr(batch, "stream", None)
+            if stream is not None:  # this batch is trained on: its stream stands after it
+                self._stream_pos[int(stream["worker"])] = int(stream["batches"])
+                self._stream_last = int(stream["worker"])
+                self._stream_parts.update(stream.get("parts") or ())
             batch = batch.to(self.device, non_blocking=True)
             step_boundary = (st.batch_idx + 1) % acc == 0 or is_last
             sync_ctx = self.ddp.no_sync() if (self.ddp is not None and not step_boundary) else contextlib.nullcontext()
@@ -800,6 +871,10 @@ class Trainer:
         st.epoch += 1
         st.batch_idx = 0
         st.epoch_finished = False
+        self._stream_pos, self._stream_last, self._stream_parts = {}, None, set()
+        source = getattr(getattr(self._streams, "sampler", None), "source", None)
+        if source is not None:
+            source.exclude_parts = None
 
     def _stop_requested(self) -> bool:
         if self._preempted:
