@@ -27,9 +27,12 @@ iterable (Shar input, or `force_iterable_dataset: true`; training only):
     de-duplication comes from the data order: every (rank, worker) reads the shards (Shar shards or manifest files)
     in its own shuffled order, seeded from `shard_seed` (default "randomized": derived from `seed`, the rank and the
     worker id, so a run is reproducible; "trng": OS entropy; an int: that base) and reshuffled on every pass; the
-    stream is infinite and training is counted in steps. Exact mid-epoch resume is not available in this mode:
-    resume by restarting with a different `seed` (e.g. seed + number of restarts) so the model does not replay the
-    same data. `sampler.worker_init_fn` is the Lhotse worker_init_fn to give the DataLoader (per-worker RNG seeds).
+    stream is infinite and training is counted in steps. Each (rank, worker) stream is a deterministic function of
+    (seed, epoch, rank, stream worker), so the trainer resumes it exactly: nest_ssl.data.ResumableIterable tags
+    every batch with its stream position, the checkpoint keeps those of the trained batches, and a resumed worker
+    skips them in its sampler (no audio decoded; `SamplerSource.stream_worker` lets the DataLoader's workers play
+    rotated streams so the round-robin order continues). `sampler.worker_init_fn` is the Lhotse worker_init_fn to
+    give the DataLoader (per-worker RNG seeds).
 
     `force_finite: true` makes it one pass that covers every cut exactly once across all ranks and workers (Lhotse's
     `split_for_dataloading` idea): the parts (Shar shards or manifest files) are put in an order common to every
