@@ -4,7 +4,7 @@ The embedded corpus needs text with real words, many of them, in varied order, s
 phonetic and lexical structure (espeak-ng turns it into speech). A few templates of noun phrases, verbs, adverbs and
 prepositional phrases over about 400 words give millions of distinct sentences of 4 to 14 words.
 
-`sentence_split(text, n_buckets)` assigns a sentence to a fixed bucket by a stable hash of its text, so that
+`sentence_bucket(text, n_buckets)` assigns a sentence to a fixed bucket by a stable hash of its text, so that
 evaluation sentences are never pretrained on, whatever the seed or the order of generation.
 """
 
@@ -18,7 +18,7 @@ NOUNS = """farmer basket river garden window teacher doctor sailor kitten puppy 
 island mountain forest village market kitchen candle lantern bridge castle needle pocket ribbon hammer ladder
 shovel blanket pillow mirror engine wagon bottle bucket carpet pencil notebook picture camera signal harbour
 tower meadow valley desert ocean thunder rainbow orchard cottage chimney fountain statue soldier captain painter
-baker tailor miner hunter farmer's neighbour stranger children daughter brother sister uncle cousin student
+baker tailor miner hunter neighbour stranger children daughter brother sister uncle cousin student
 rabbit squirrel pigeon dolphin turtle monkey tiger elephant beetle spider dragon wizard giant princess""".split()
 ADJECTIVES = """old young green yellow purple silver golden heavy little quiet noisy gentle angry clever foolish
 bright gloomy narrow shallow ancient modern broken frozen wooden paper curious patient nervous friendly lazy busy

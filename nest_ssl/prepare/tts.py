@@ -6,7 +6,8 @@ rate (22050 Hz) with the words (with their text) and phones (espeak's phoneme mn
 seconds of that waveform. The library is a process-wide singleton, so `Synthesizer` is too: make one per process.
 
 A phone's end is the next phone's start; a word spans from its event to the next word's event (or the end of the
-speech), trimmed to the phones inside it, so the pause after a word is not counted as part of it.
+speech), trimmed to the phones inside it, so the pause after a word is not counted as part of it. espeak gives a few
+unstressed words one event with their neighbour ("in the"): that segment's symbol is then both words.
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ class Synthesizer:
     def __new__(cls):
         global _INSTANCE
         if _INSTANCE is None:
-            _INSTANCE = super().__new__(cls)
-            _INSTANCE._init()
+            instance = super().__new__(cls)
+            instance._init()  # kept only once it worked: a failed start raises again next time, the same way
+            _INSTANCE = instance
         return _INSTANCE
 
     def _init(self) -> None:
@@ -183,6 +185,9 @@ def _segments(text: str, events, duration: float) -> tuple[list[Segment], list[S
         inside = [p for p in phones if p.start >= start - 1e-6 and p.start < end - 1e-6]
         if not inside:
             continue
-        symbol = raw[tpos - 1:tpos - 1 + length].decode("utf-8", "replace").strip().lower()
+        # The text up to the next word event: espeak joins some unstressed words into one event ("in the"), and
+        # its length stops at an apostrophe ("farmer's"); such a segment then names every word it holds.
+        text_end = word_marks[k + 1][1] - 1 if k + 1 < len(word_marks) else len(raw)
+        symbol = " ".join(raw[tpos - 1:max(text_end, tpos - 1 + length)].decode("utf-8", "replace").lower().split())
         words.append(Segment(symbol, round(inside[0].start, 4), round(inside[-1].end, 4)))
     return words, phones

@@ -60,25 +60,37 @@ def speaker_pool(n: int, seed: int = 0) -> list[Speaker]:
 
 
 def normalize_phones(phones: list[Segment]) -> list[Segment]:
-    """espeak's mnemonics without stress marks; marks that are no phone (syllable boundaries) join the previous."""
+    """espeak's mnemonics without stress marks; a mark that is no phone (espeak's ';' before a syllable) joins the
+    phone after it (it starts the next word, so joining the previous one would run a word into the next); one at the
+    very end joins the last phone."""
     out: list[Segment] = []
+    pending: float | None = None
     for p in phones:
         sym = p.symbol.translate(_STRESS).strip().replace(";", "")
         if not sym:
-            if out:
-                out[-1] = Segment(out[-1].symbol, out[-1].start, p.end)
+            pending = p.start if pending is None else pending
             continue
-        out.append(Segment(sym, p.start, p.end))
+        out.append(Segment(sym, pending if pending is not None else p.start, p.end))
+        pending = None
+    if pending is not None and out:
+        out[-1] = Segment(out[-1].symbol, out[-1].start, phones[-1].end)
     return out
+
+
+_RESAMPLERS: dict = {}
 
 
 def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     if sr_in == sr_out:
         return x
     import torch
-    import torchaudio.functional as AF
+    import torchaudio
 
-    return AF.resample(torch.from_numpy(x), sr_in, sr_out).numpy()
+    # One resampler per rate pair: building the windowed-sinc kernel costs more than applying it to a sentence.
+    if (sr_in, sr_out) not in _RESAMPLERS:
+        _RESAMPLERS[sr_in, sr_out] = torchaudio.transforms.Resample(sr_in, sr_out)
+    with torch.no_grad():
+        return _RESAMPLERS[sr_in, sr_out](torch.from_numpy(x)).numpy()
 
 
 @dataclass
@@ -105,10 +117,12 @@ def synthesize(speaker: Speaker, text: str) -> Speech:
 
 
 def pink_noise(rng: np.random.Generator, n: int) -> np.ndarray:
-    spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
+    # The FFT runs on the next power of two (an arbitrary length can be a large prime: 100x slower), then is cut.
+    m = 1 << max(1, (n - 1).bit_length())
+    spec = np.fft.rfft(rng.standard_normal(m))
+    f = np.fft.rfftfreq(m, 1 / SAMPLE_RATE)
     spec /= np.sqrt(np.maximum(f, 20.0))
-    x = np.fft.irfft(spec, n)
+    x = np.fft.irfft(spec, m)[:n]
     return x / (np.sqrt(np.mean(x ** 2)) + 1e-12)
 
 
@@ -160,8 +174,8 @@ def write_labelled_set(out_dir: str | Path, speakers: list[Speaker], utterances_
                        dev_fraction: float = 0.15, test_fraction: float = 0.15) -> dict[str, int]:
     """Writes out_dir/audio/<spk>/<id>.flac and out_dir/{train,dev,test}.jsonl.gz; returns cuts per split.
 
-    Every speaker is in every split (speaker identification is closed-set); sentences are evaluation-only ones
-    (never in the pretraining corpus) and each split has its own sentences (split by sentence hash).
+    Every speaker is in every split (speaker identification is closed-set; with three utterances or more); the
+    sentences are evaluation-only ones (never in the pretraining corpus), each used once, so the splits share none.
     """
     import soundfile as sf
     from lhotse import CutSet, Recording, SupervisionSegment
@@ -171,10 +185,15 @@ def write_labelled_set(out_dir: str | Path, speakers: list[Speaker], utterances_
     rng = np.random.default_rng(seed + 7919)
     sentences = SentenceStream(seed + 104729, eval=True)
     cuts = {"train": [], "dev": [], "test": []}
+    used: set[str] = set()
     for spk in speakers:
         (out_dir / "audio" / spk.id).mkdir(parents=True, exist_ok=True)
+        mine = []  # (split key, cut) of this speaker
         for k in range(utterances_per_speaker):
             text = sentences.next()
+            while text in used:  # each sentence once in the whole set, so no sentence is in two splits
+                text = sentences.next()
+            used.add(text)
             sp = synthesize(spk, text)
             if not sp.phones:
                 continue
@@ -192,11 +211,18 @@ def write_labelled_set(out_dir: str | Path, speakers: list[Speaker], utterances_
                    for kind, segs in (("word", sp.words), ("phone", sp.phones))}
             sup = SupervisionSegment(id=uid, recording_id=uid, start=0.0, duration=rec.duration, channel=0,
                                      text=text, speaker=spk.id, language="English", alignment=ali)
-            r = sentence_bucket("split:" + text, 1000) / 1000.0  # independent of the eval/pretrain hash
-            split = "test" if r < test_fraction else "dev" if r < test_fraction + dev_fraction else "train"
             cut = rec.to_cut()
             cut.supervisions = [sup]
-            cuts[split].append(cut)
+            mine.append((sentence_bucket("split:" + text, 1 << 30), cut))
+        # Within each speaker, the utterances ordered by a hash of their sentence: the first shares are test and
+        # dev (at least one each when the speaker has three or more), the rest train, so every split has every
+        # speaker and the assignment depends only on the sentences.
+        mine.sort(key=lambda kc: kc[0])
+        n = len(mine)
+        n_test = max(1, round(test_fraction * n)) if n >= 3 else 0
+        n_dev = max(1, round(dev_fraction * n)) if n >= 3 else 0
+        for i, (_, cut) in enumerate(mine):
+            cuts["test" if i < n_test else "dev" if i < n_test + n_dev else "train"].append(cut)
     counts = {}
     for split, items in cuts.items():
         CutSet.from_cuts(items).to_file(str(out_dir / f"{split}.jsonl.gz"))
