@@ -9,12 +9,13 @@ task needs) reach the entry point's guard: one line, exit 2.
 from __future__ import annotations
 
 import os
+import sys
 
 HELP = "downstream evaluation: phone/speaker/CTC-asr probes and CTC fine-tuning vs random init and fbank baselines"
 
 
 def add_arguments(parser) -> None:
-    from nest_ssl.evaluate.run import TASKS, EvalOptions
+    from nest_ssl.evaluate.options import TASKS, EvalOptions  # no torch yet: see run()
 
     d = EvalOptions()
     parser.add_argument("--model", required=True, help="our .ckpt (train / import-nemo) or a .nemo (ours or NeMo's)")
@@ -46,9 +47,24 @@ def add_arguments(parser) -> None:
                         help="torch CPU threads (default: OMP_NUM_THREADS, else 2)")
 
 
+# OpenMP's default wait policy lets idle worker threads spin for a while after every parallel region. The probes
+# and the tiny encoders run thousands of small operations; on a CPU that something else keeps busy (2 cores, a
+# training run beside it) the spinning workers take the core the main thread needs: with --threads 2 the phone probe
+# measured 20-35x slower and fine-tuning 4x slower than with --threads 1, and PASSIVE removed the difference. libgomp
+# reads the policy once, when torch loads it, so it is set here before the first `import torch` (a value the user
+# exported is kept; a process that already imported torch keeps what it had).
+WAIT_POLICY = "PASSIVE"
+
+
+def _set_wait_policy() -> None:
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+
+
 def run(args) -> int:
     import logging
 
+    _set_wait_policy()
     import torch
 
     from nest_ssl.evaluate.errors import EvaluationError

@@ -6,7 +6,9 @@
   what pretraining added over the architecture alone).
 - `layer_outputs(model, audio)`: every hidden state of the encoder at its frame rate, (T', n_layers + 1, d_model):
   index 0 is the input of the first Conformer layer (subsampled features + xscaling), index i the output of layer
-  i. Eval mode: no dropout, no masking, clean audio; one utterance at a time, so nothing depends on padding.
+  i. Eval mode: no dropout, no masking, clean audio. `extract_feature_set` runs utterances in batches of similar
+  length (sorted, little padding); the model masks padded frames everywhere, so an utterance's hidden states do not
+  depend on its batch (up to float rounding).
 - `stacked_fbank(model, audio)`: the model's own preprocessor output (80 log-mel, per-feature normalised) with
   `subsampling_factor` consecutive frames concatenated, (T', 1, 80 x factor): the same frame rate as the encoder.
 
@@ -27,11 +29,15 @@ from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 from nest_ssl.evaluate.data import Utterance
 from nest_ssl.evaluate.errors import EvaluationError
 
 log = logging.getLogger(__name__)
+
+# extraction batches: at most this many padded samples (batch x longest utterance) per forward pass
+MAX_BATCH_SAMPLES = 16000 * 32
 
 
 @dataclass
@@ -99,15 +105,21 @@ def _device_of(model) -> torch.device:
 
 
 @torch.no_grad()
-def _features(model, audio: torch.Tensor):
-    x = audio.reshape(1, -1).to(device=_device_of(model), dtype=torch.float32)
-    length = torch.tensor([x.shape[1]], dtype=torch.int64, device=x.device)
-    return model.preprocessor(input_signal=x, length=length)
+def _features(model, audio: torch.Tensor, lengths: torch.Tensor | None = None):
+    """The preprocessor over a waveform (1-D) or a zero-padded batch (B, samples) with its lengths."""
+    x = (audio.reshape(1, -1) if audio.dim() == 1 else audio).to(device=_device_of(model), dtype=torch.float32)
+    if lengths is None:
+        lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.int64)
+    return model.preprocessor(input_signal=x, length=lengths.to(device=x.device, dtype=torch.int64))
 
 
 @torch.no_grad()
-def layer_outputs(model, audio: torch.Tensor) -> torch.Tensor:
-    """(T', n_layers + 1, d_model) hidden states of one waveform (1-D tensor)."""
+def layer_outputs_batch(model, audio: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+    """Every hidden state of each utterance of a zero-padded batch (B, samples): B tensors (T'_b, n_layers + 1, D).
+
+    The preprocessor zeroes everything from each length on and the subsampling convolutions, the attention and the
+    convolution modules mask padded frames, so an utterance's frames do not depend on what it is batched with (up
+    to float rounding of batched matrix products)."""
     from nest_ssl.export.extract import _layer_hook
 
     if model.training:
@@ -115,24 +127,52 @@ def layer_outputs(model, audio: torch.Tensor) -> torch.Tensor:
     encoder = model.encoder
     hooks = [_layer_hook(encoder, i) for i in range(len(encoder.layers) + 1)]
     try:
-        feats, feat_len = _features(model, audio)
+        feats, feat_len = _features(model, audio, lengths)
         _, enc_len = encoder(audio_signal=feats, length=feat_len)
     finally:
         for _, handle in hooks:
             handle.remove()
-    n = int(enc_len[0])
-    return torch.stack([holder["x"][0, :n] for holder, _ in hooks], dim=1).float().cpu()
+    stacked = torch.stack([holder["x"] for holder, _ in hooks], dim=2).float().cpu()  # (B, T', L, D)
+    return [stacked[b, :n] for b, n in enumerate(enc_len.cpu().tolist())]
+
+
+@torch.no_grad()
+def layer_outputs(model, audio: torch.Tensor) -> torch.Tensor:
+    """(T', n_layers + 1, d_model) hidden states of one waveform (1-D tensor)."""
+    return layer_outputs_batch(model, audio.reshape(1, -1), torch.tensor([audio.numel()]))[0]
+
+
+@torch.no_grad()
+def stacked_fbank_batch(model, audio: torch.Tensor, lengths: torch.Tensor, factor: int) -> list[torch.Tensor]:
+    """(T'_b, 1, 80 x factor) per utterance of a padded batch: the preprocessor's frames, `factor` at a time (the
+    last group zero-padded)."""
+    feats, feat_len = _features(model, audio, lengths)
+    out = []
+    for b, n in enumerate(feat_len.cpu().tolist()):
+        frames = feats[b, :, :n].transpose(0, 1).float().cpu()  # (T, 80)
+        t_out = math.ceil(n / factor)
+        frames = F.pad(frames, (0, 0, 0, t_out * factor - n))
+        out.append(frames.reshape(t_out, 1, factor * frames.shape[1]))
+    return out
 
 
 @torch.no_grad()
 def stacked_fbank(model, audio: torch.Tensor, factor: int) -> torch.Tensor:
-    """(T', 1, 80 x factor): the preprocessor's frames, `factor` at a time (the last group zero-padded)."""
-    feats, feat_len = _features(model, audio)
-    n = int(feat_len[0])
-    frames = feats[0, :, :n].transpose(0, 1).float().cpu()  # (T, 80)
-    t_out = math.ceil(n / factor)
-    frames = F.pad(frames, (0, 0, 0, t_out * factor - n))
-    return frames.reshape(t_out, 1, factor * frames.shape[1])
+    """(T', 1, 80 x factor) of one waveform (1-D tensor)."""
+    return stacked_fbank_batch(model, audio.reshape(1, -1), torch.tensor([audio.numel()]), factor)[0]
+
+
+def length_batches(lengths: Sequence[int], max_samples: int) -> list[list[int]]:
+    """Indices sorted by length (ties by index) in consecutive batches whose padded size, batch x longest, stays
+    within `max_samples` (at least one utterance each): little padding, few forward passes."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= max_samples:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _normalised(x: torch.Tensor) -> torch.Tensor:
@@ -140,18 +180,23 @@ def _normalised(x: torch.Tensor) -> torch.Tensor:
 
 
 def extract_feature_set(model, splits: Mapping[str, Sequence[Utterance]], name: str, seed: int | None,
-                        fbank_factor: int | None = None) -> FeatureSet:
-    """Runs every utterance of every split once; `fbank_factor` set: the stacked-fbank baseline instead."""
+                        fbank_factor: int | None = None, max_samples: int = MAX_BATCH_SAMPLES) -> FeatureSet:
+    """Runs every utterance of every split once, in batches of similar length (`length_batches`); `fbank_factor`
+    set: the stacked-fbank baseline instead."""
     out = FeatureSet(model=name, seed=seed)
     for split, utts in splits.items():
-        reps = []
-        for utt in utts:
-            audio = torch.from_numpy(utt.audio)
-            rep = stacked_fbank(model, audio, fbank_factor) if fbank_factor else layer_outputs(model, audio)
-            if rep.shape[0] == 0:
-                raise EvaluationError(f"cut {utt.cut_id!r} ({split}): {utt.duration:.3f} s gives no encoder frame; "
-                                      "drop cuts shorter than one frame from the CutSet")
-            reps.append(_normalised(rep))
+        reps: list[torch.Tensor | None] = [None] * len(utts)
+        for idx in length_batches([len(u.audio) for u in utts], max_samples):
+            audio = pad_sequence([torch.from_numpy(utts[i].audio) for i in idx], batch_first=True)
+            lengths = torch.tensor([len(utts[i].audio) for i in idx], dtype=torch.int64)
+            batch = (stacked_fbank_batch(model, audio, lengths, fbank_factor) if fbank_factor
+                     else layer_outputs_batch(model, audio, lengths))
+            for i, rep in zip(idx, batch):
+                if rep.shape[0] == 0:
+                    utt = utts[i]
+                    raise EvaluationError(f"cut {utt.cut_id!r} ({split}): {utt.duration:.3f} s gives no encoder "
+                                          "frame; drop cuts shorter than one frame from the CutSet")
+                reps[i] = _normalised(rep)
         out.splits[split] = reps
     log.info("extracted %s%s: %d layers x %d dims for %s utterances", name,
              "" if seed is None else f" (seed {seed})", out.num_layers, out.dim,

@@ -26,30 +26,9 @@ import torch
 from nest_ssl.evaluate import ctc, features, finetune, probes, report
 from nest_ssl.evaluate.data import SILENCE, SPLITS, Utterance, check_closed_set, frame_labels, index_of, load_split
 from nest_ssl.evaluate.errors import EvaluationError
+from nest_ssl.evaluate.options import PROBE_TASKS, TASKS, EvalOptions, check_options  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-TASKS = ("phone", "speaker", "asr", "finetune")
-PROBE_TASKS = ("phone", "speaker", "asr")
-
-
-@dataclass
-class EvalOptions:
-    tasks: tuple[str, ...] = TASKS
-    random_seeds: int = 3  # random_init baselines for the probes (seeds 0..n-1)
-    finetune_seeds: int = 1  # random_init baselines for fine-tuning (the first n of the same seeds)
-    seed: int = 0  # the probe seed of pretrained and fbank
-    epochs: int = 30  # probe epochs (phone, speaker, asr)
-    lr: float = 1e-2  # probe learning rate (Adam)
-    frame_batch: int = 64  # phone probe: frames per step
-    batch_size: int = 8  # speaker/asr probes and fine-tuning: utterances per step
-    asr_lstm_hidden: int = 0  # 0: linear CTC head on the probe; >0: one BiLSTM layer of this size first
-    ctc_upsample: int = 2  # CTC labels per encoder frame (characters outrun 80 ms frames)
-    finetune_steps: int = 100
-    finetune_lr: float = 1e-3
-    device: str = "cpu"
-    layer_probes: bool = True  # phone: a probe per layer and the majority rate
-
 
 @dataclass
 class EvalResult:
@@ -58,17 +37,6 @@ class EvalResult:
     table: str = ""
     layers: str = ""
     out_dir: Path | None = None
-
-
-def check_options(opts: EvalOptions) -> None:
-    unknown = [t for t in opts.tasks if t not in TASKS]
-    if unknown or not opts.tasks:
-        raise EvaluationError(f"--tasks {','.join(opts.tasks)}: choose from {','.join(TASKS)}")
-    for name in ("epochs", "frame_batch", "batch_size", "ctc_upsample", "finetune_steps"):
-        if getattr(opts, name) < 1:
-            raise EvaluationError(f"--{name.replace('_', '-')} {getattr(opts, name)}: must be at least 1")
-    if opts.random_seeds < 0 or opts.finetune_seeds < 0:
-        raise EvaluationError("--random-seeds and --finetune-seeds must be 0 or more")
 
 
 def _phone_data(fs: features.FeatureSet, splits: dict[str, list[Utterance]], phone_index: dict[str, int],
@@ -93,11 +61,15 @@ def _probe_rows(fs: features.FeatureSet, splits, opts: EvalOptions, phone_index,
         result.weights.append({"task": "phone", "model": fs.model, "seed": seed, "weights": out.layer_weights})
         log.info("phone probe, %s: test accuracy %.3f (dev %.3f, epoch %d)", tag, out.test["accuracy"], out.dev,
                  out.epoch + 1)
-        if opts.layer_probes:
+        if opts.layer_probes and fs.num_layers == 1:
+            # one "layer" (fbank): the softmax weight is 1 and gets no gradient, so the probe just trained is
+            # already the linear probe on that layer (the same budget, selected on dev by itself)
+            accs = [out.test["accuracy"]]
+        elif opts.layer_probes:
             accs = probes.per_layer_phone_probes(data, len(phone_index), epochs=opts.epochs, lr=opts.lr,
                                                  batch_size=opts.frame_batch, seed=seed)
-            for i, acc in enumerate(accs):
-                result.rows.append(report.row(f"phone_layer{i}", fs.model, seed, "accuracy", acc, True))
+        for i, acc in enumerate(accs if opts.layer_probes else []):
+            result.rows.append(report.row(f"phone_layer{i}", fs.model, seed, "accuracy", acc, True))
     if "speaker" in opts.tasks:
         data = {split: (fs.splits[split], torch.tensor([speaker_index[u.speaker] for u in splits[split]]))
                 for split in SPLITS}
