@@ -110,3 +110,15 @@ def test_ctc_probe_overfits_to_cer_zero():
     out = ctc.asr_probe(splits, epochs=60, lr=2e-2, batch_size=3, seed=0, upsample=2)
     assert out.test == {"cer": 0.0, "wer": 0.0}, out.hypotheses
     assert out.hypotheses == texts
+
+
+def test_phone_probes_side_by_side_equal_training_them_one_after_the_other():
+    """One pass feeding the weighted probe and the per-layer probes the same minibatches gives exactly what each
+    gives trained alone (phone_probe runs the shared fit_selected loop)."""
+    splits = _splits()
+    alone = probes.phone_probe(splits, C, epochs=4, lr=1e-2, batch_size=64, seed=3)
+    layers_alone = probes.phone_probes(splits, C, epochs=4, lr=1e-2, batch_size=64, seed=3, weighted=False)[1]
+    both, layers = probes.phone_probes(splits, C, epochs=4, lr=1e-2, batch_size=64, seed=3)
+    assert (both.test, both.dev, both.epoch, both.layer_weights) == \
+           (alone.test, alone.dev, alone.epoch, alone.layer_weights)
+    assert layers == layers_alone and len(layers) == L

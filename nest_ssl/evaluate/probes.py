@@ -6,12 +6,14 @@ small task head. The representations are frozen and cached; only the layer weigh
 - speaker: the utterance's frames mean-pooled, then a linear classifier (closed-set accuracy). Pooling and the
   weighted sum are both linear, so the per-layer means are pooled once and weighted afterwards (the same result).
 - per-layer phone probes: one linear classifier per hidden state alone, all trained side by side (independent
-  parameters; Adam is per-parameter, so this equals training them one by one), each selected on dev by itself.
+  parameters; Adam is per-parameter, so this equals training them one by one), each selected on dev by itself;
+  `phone_probes` trains them in the same pass as the weighted probe (the same minibatches, the same results).
   A layer whose probe scores only the majority-class rate carries no phone information (a collapsed layer).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nest_ssl.evaluate.fit import fit_selected, shuffled
+from nest_ssl.evaluate.fit import better, fit_selected, shuffled
 from nest_ssl.evaluate.metrics import accuracy
 
 
@@ -115,37 +117,72 @@ def speaker_probe(splits: dict[str, tuple[Sequence[torch.Tensor], torch.Tensor]]
 def per_layer_phone_probes(splits: dict[str, tuple[torch.Tensor, torch.Tensor]], num_classes: int, *, epochs: int,
                            lr: float, batch_size: int, seed: int) -> list[float]:
     """Test frame accuracy of a linear probe on each hidden state alone, each at its own best-on-dev epoch."""
-    torch.manual_seed(seed)
+    return phone_probes(splits, num_classes, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                        weighted=False)[1]
+
+
+def phone_probes(splits: dict[str, tuple[torch.Tensor, torch.Tensor]], num_classes: int, *, epochs: int, lr: float,
+                 batch_size: int, seed: int, weighted: bool = True, per_layer: bool = True
+                 ) -> tuple[ProbeOutcome | None, list[float] | None]:
+    """`phone_probe` and `per_layer_phone_probes` in one pass over the frames: the same minibatches feed both (each
+    is initialised from `seed` and shuffled by a generator of `seed`, as when trained alone), the parameters are
+    disjoint and Adam is per parameter, so the results are those of training them one after the other, for one
+    gather and one backward per step instead of two."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
     x = {k: v[0] for k, v in splits.items()}
     y = {k: v[1] for k, v in splits.items()}
-    num_layers = x["train"].shape[1]
-    model = PerLayerLinear(num_layers, x["train"].shape[2], num_classes)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    num_layers, dim = x["train"].shape[1], x["train"].shape[2]
+    model = layers = None
+    params: list[nn.Parameter] = []
+    if weighted:
+        torch.manual_seed(seed)
+        model = WeightedLinear(num_layers, dim, num_classes)
+        params += list(model.parameters())
+    if per_layer:
+        torch.manual_seed(seed)
+        layers = PerLayerLinear(num_layers, dim, num_classes)
+        params += list(layers.parameters())
+    optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
+    best, best_epoch, best_state = None, -1, None
     best_dev = torch.full((num_layers,), -1.0)
     best_test = torch.zeros(num_layers)
-
-    def accuracies(split):
-        predicted = model(x[split]).argmax(-1)  # (N, L)
-        return (predicted == y[split][:, None]).float().mean(dim=0)
-
-    for _ in range(max(1, epochs)):
-        model.train()
+    for epoch in range(epochs):
         for idx in shuffled(len(y["train"]), generator, batch_size):
-            logits = model(x["train"][idx])  # (B, L, C)
-            target = y["train"][idx].repeat_interleave(num_layers)
-            # sum over layers of each layer's mean loss: the layers' gradients stay independent
-            loss = F.cross_entropy(logits.reshape(-1, num_classes), target) * num_layers
+            xb, yb = x["train"][idx], y["train"][idx]
+            loss = 0.0
+            if model is not None:
+                loss = F.cross_entropy(model(xb), yb)
+            if layers is not None:
+                logits = layers(xb)  # (B, L, C)
+                # sum over layers of each layer's mean loss: the layers' gradients stay independent
+                loss = loss + F.cross_entropy(logits.reshape(-1, num_classes),
+                                              yb.repeat_interleave(num_layers)) * num_layers
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        with torch.no_grad():
+            if model is not None:
+                score = accuracy(model(x["dev"]).argmax(-1), y["dev"])
+                if better(score, best, higher_is_better=True):
+                    best, best_epoch = score, epoch
+                    best_state = copy.deepcopy(model.state_dict())
+            if layers is not None:
+                dev = (layers(x["dev"]).argmax(-1) == y["dev"][:, None]).float().mean(dim=0)
+                test = (layers(x["test"]).argmax(-1) == y["test"][:, None]).float().mean(dim=0)
+                improved = dev > best_dev
+                best_dev = torch.where(improved, dev, best_dev)
+                best_test = torch.where(improved, test, best_test)
+    outcome = None
+    if model is not None:
+        model.load_state_dict(best_state)
         model.eval()
         with torch.no_grad():
-            dev, test = accuracies("dev"), accuracies("test")
-        improved = dev > best_dev
-        best_dev = torch.where(improved, dev, best_dev)
-        best_test = torch.where(improved, test, best_test)
-    return [float(v) for v in best_test]
+            test_acc = accuracy(model(x["test"]).argmax(-1), y["test"])
+        outcome = ProbeOutcome(test={"accuracy": test_acc}, dev=float(best), epoch=best_epoch,
+                               layer_weights=model.weighting.weights())
+    return outcome, ([float(v) for v in best_test] if layers is not None else None)
 
 
 def majority_rate(train_labels: torch.Tensor, test_labels: torch.Tensor) -> float:

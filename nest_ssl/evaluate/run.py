@@ -55,19 +55,18 @@ def _probe_rows(fs: features.FeatureSet, splits, opts: EvalOptions, phone_index,
     tag = f"{fs.model}{'' if fs.model != 'random_init' else f' seed {fs.seed}'}"
     if "phone" in opts.tasks:
         data = _phone_data(fs, splits, phone_index, frame_shift)
-        out = probes.phone_probe(data, len(phone_index), epochs=opts.epochs, lr=opts.lr,
-                                 batch_size=opts.frame_batch, seed=seed)
+        # the weighted probe and the per-layer probes train side by side on the same minibatches (probes.phone_probes)
+        per_layer = opts.layer_probes and fs.num_layers > 1
+        out, accs = probes.phone_probes(data, len(phone_index), epochs=opts.epochs, lr=opts.lr,
+                                        batch_size=opts.frame_batch, seed=seed, per_layer=per_layer)
         result.rows.append(report.row("phone", fs.model, seed, "accuracy", out.test["accuracy"], True))
         result.weights.append({"task": "phone", "model": fs.model, "seed": seed, "weights": out.layer_weights})
         log.info("phone probe, %s: test accuracy %.3f (dev %.3f, epoch %d)", tag, out.test["accuracy"], out.dev,
                  out.epoch + 1)
-        if opts.layer_probes and fs.num_layers == 1:
+        if opts.layer_probes and not per_layer:
             # one "layer" (fbank): the softmax weight is 1 and gets no gradient, so the probe just trained is
             # already the linear probe on that layer (the same budget, selected on dev by itself)
             accs = [out.test["accuracy"]]
-        elif opts.layer_probes:
-            accs = probes.per_layer_phone_probes(data, len(phone_index), epochs=opts.epochs, lr=opts.lr,
-                                                 batch_size=opts.frame_batch, seed=seed)
         for i, acc in enumerate(accs if opts.layer_probes else []):
             result.rows.append(report.row(f"phone_layer{i}", fs.model, seed, "accuracy", acc, True))
     if "speaker" in opts.tasks:
