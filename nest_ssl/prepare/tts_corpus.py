@@ -89,8 +89,15 @@ def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     # One resampler per rate pair: building the windowed-sinc kernel costs more than applying it to a sentence.
     if (sr_in, sr_out) not in _RESAMPLERS:
         _RESAMPLERS[sr_in, sr_out] = torchaudio.transforms.Resample(sr_in, sr_out)
-    with torch.no_grad():
-        return _RESAMPLERS[sr_in, sr_out](torch.from_numpy(x)).numpy()
+    # One thread: a multi-threaded convolution sums in another order, and the corpus must be the same bytes for a
+    # seed whatever the machine's thread count (the 16-bit FLAC then differs in a few samples).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return _RESAMPLERS[sr_in, sr_out](torch.from_numpy(x)).numpy()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass
