@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 import torch
 

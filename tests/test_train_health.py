@@ -5,11 +5,9 @@ that learns."""
 import logging
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -257,17 +255,7 @@ def test_cumulative_metrics_survive_sigkill_and_resume(workdir):
 
     cmd = ttr.train_cmd(*common, "exp_manager.exp_dir=killed")
     ckdir = workdir / "killed" / ttr.RUN_NAME / "checkpoints"
-    proc = subprocess.Popen(cmd, cwd=workdir, env=ttr.ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 180
-        while not list(ckdir.glob("*step=4-last.ckpt")):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.time() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    ttr.kill_at_checkpoint(cmd, workdir, ckdir, "*step=4-last.ckpt")
     again = ttr.run(cmd, workdir)
     assert again.returncode == 0 and "resumed from" in again.stderr, again.stderr[-3000:]
 

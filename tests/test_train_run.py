@@ -102,6 +102,22 @@ def test_readme_example_and_outputs(workdir):
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def kill_at_checkpoint(cmd, workdir, ckdir, pattern, timeout=180):
+    """Starts `cmd`, SIGKILLs it as soon as a checkpoint matching `pattern` exists in `ckdir` (a real kill, at a
+    moment the run does not choose)."""
+    proc = subprocess.Popen(cmd, cwd=workdir, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while not list(ckdir.glob(pattern)):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
 def _losses(run_dir):
     rows = read_metrics(run_dir)
     return series(rows, "train_loss"), series(rows, "val_loss")
@@ -115,17 +131,7 @@ def test_sigkill_and_rerun_gives_the_same_losses(workdir):
 
     cmd = train_cmd(*common, "exp_manager.exp_dir=killed", cli=True)
     ckdir = workdir / "killed" / RUN_NAME / "checkpoints"
-    proc = subprocess.Popen(cmd, cwd=workdir, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 180
-        while not list(ckdir.glob("*step=6-last.ckpt")):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.time() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_at_checkpoint(cmd, workdir, ckdir, "*step=6-last.ckpt")
     # Damage the newest checkpoint too: it is reported, and the one before it is used.
     # (A kill between the two renames of a save leaves only the `.prev`; then that one is damaged.)
     lasts = list(ckdir.glob("*-last.ckpt")) or list(ckdir.glob("*-last.ckpt.prev"))
