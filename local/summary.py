@@ -73,7 +73,17 @@ def _last(series):
     return (max(series), series[max(series)]) if series else None
 
 
-def health_lines(m) -> list:
+def floor_patience(run_dir: str):
+    """nest_trainer.health.floor_patience_steps as the run resolved it (hparams.yaml), or None when not recorded."""
+    try:
+        with open(os.path.join(run_dir, "hparams.yaml"), encoding="utf-8") as f:
+            found = re.search(r"^\s*floor_patience_steps:\s*(-?\d+)\s*$", f.read(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(found.group(1)) if found else None
+
+
+def health_lines(m, patience=None) -> list:
     """val_loss against the floor, masked accuracy against chance, codebook use, and the alarms."""
     lines = []
     gap, floor, n = _last(m["val_loss_minus_floor"]), _last(m["val_floor"]), _last(m["val_floor_tokens"])
@@ -105,8 +115,8 @@ def health_lines(m) -> list:
     if alarms:
         lines.append("  ALARM:        " + "; ".join(alarms) + " (see the COLLAPSE ALARM lines of the log)")
     elif m["collapse_alarm"]:
-        lines.append("  alarms:       none (the floor alarm judges validations from nest_trainer.health."
-                     "floor_patience_steps on, 2000 by default)")
+        since = f"step {patience}" if patience is not None else "nest_trainer.health.floor_patience_steps (2000 by default)"
+        lines.append(f"  alarms:       none (the floor alarm judges validations from {since} on)")
     return lines
 
 
@@ -132,7 +142,7 @@ def summary(run_dir, train_cuts, val_cuts, checkpoint=None) -> str:
         lines.append(f"  val_loss:     {vl[max(vl)]:.4f} at step {max(vl)} (final); best {vl[best]:.4f} at step {best}")
     else:
         lines.append("  val_loss:     none logged (no validation ran: check trainer.val_check_interval)")
-    lines.extend(health_lines(m))
+    lines.extend(health_lines(m, floor_patience(run_dir)))
     if checkpoint:
         lines.append(f"  checkpoint:   {checkpoint}")
     for name in ("model.nemo", "encoder.ckpt"):
