@@ -12,6 +12,7 @@ evaluation set as audio files and lhotse CutSets (train/dev/test) whose supervis
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,27 +78,21 @@ def normalize_phones(phones: list[Segment]) -> list[Segment]:
     return out
 
 
-_RESAMPLERS: dict = {}
-
-
 def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Band-limited resampling by FFT (numpy only: the same bytes for a seed whatever torch's threads, determinism
+    flags or kernels; an in-process training run changes those). The signal is zero-padded to a length whose
+    resampled length is whole and whose FFT is fast (a multiple of sr_in/g times a power of two)."""
     if sr_in == sr_out:
         return x
-    import torch
-    import torchaudio
-
-    # One resampler per rate pair: building the windowed-sinc kernel costs more than applying it to a sentence.
-    if (sr_in, sr_out) not in _RESAMPLERS:
-        _RESAMPLERS[sr_in, sr_out] = torchaudio.transforms.Resample(sr_in, sr_out)
-    # One thread: a multi-threaded convolution sums in another order, and the corpus must be the same bytes for a
-    # seed whatever the machine's thread count (the 16-bit FLAC then differs in a few samples).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            return _RESAMPLERS[sr_in, sr_out](torch.from_numpy(x)).numpy()
-    finally:
-        torch.set_num_threads(threads)
+    g = math.gcd(sr_in, sr_out)
+    up, down = sr_out // g, sr_in // g  # 320, 441 for 22050 -> 16000
+    n = len(x)
+    blocks = 1 << max(0, math.ceil(math.log2((n + 256) / down)))  # at least 256 zeros: no wrap-around
+    n_pad, n_res = down * blocks, up * blocks
+    spec = np.fft.rfft(x.astype(np.float64), n_pad)
+    keep = min(len(spec), n_res // 2 + 1)
+    out = np.fft.irfft(spec[:keep], n_res) * (n_res / n_pad)
+    return out[: int(round(n * up / down))].astype(np.float32)
 
 
 @dataclass
