@@ -4,6 +4,10 @@ Speakers are espeak voices (English accents) x voice variants x pitch, pitch ran
 draws distinct speakers deterministically; the pretraining and the labelled sets take disjoint slices of one pool.
 Sentences come from `sentences.SentenceGenerator`; `sentence_bucket` keeps evaluation sentences out of pretraining.
 
+Deterministic for a seed in a fresh process (the command line): espeak's wave generator carries its state from one
+synthesis to the next, so a process that synthesised other texts before gives the same texts and alignments but
+slightly different samples.
+
 `synthesize(speaker, text)` gives 16 kHz audio and the alignments; `write_labelled_set` writes the labelled
 evaluation set as audio files and lhotse CutSets (train/dev/test) whose supervisions carry text, speaker and
 `alignment={"word": [...], "phone": [...]}` (lhotse AlignmentItems, seconds from the start of the recording).
