@@ -18,6 +18,7 @@ import torch
 from nest_ssl.config import load_config
 from nest_ssl.models import NESTModel
 from nest_ssl.modules.quantizer import RandomProjectionVectorQuantizer
+from dummy_data import make_dummy_data
 
 REPO = Path(__file__).resolve().parent.parent
 SR = 16000
@@ -161,10 +162,8 @@ def test_no_nan_on_silence_or_clipping(signal):
 
 
 def test_bf16_training_run_through_the_trainer(tmp_path):
+    make_dummy_data(tmp_path, num_train=12, num_val=4)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(REPO / "recipes/nest/make_dummy_data.py"), "--num-train", "12", "--num-val",
-                    "4", "--min-seconds", "1.5", "--max-seconds", "2.5"], cwd=tmp_path, check=True, env=env,
-                   capture_output=True)
     cmd = [sys.executable, str(REPO / "recipes/nest/train.py"), "--config-name", "nest_tiny",
            "model.train_ds.manifest_filepath=data/dummy_ssl/train_manifest.json",
            "model.validation_ds.manifest_filepath=data/dummy_ssl/val_manifest.json",

@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nest_ssl.train.loggers import read_metrics, series
+from dummy_data import make_dummy_data
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "recipes" / "nest" / "train.py"
@@ -26,8 +27,7 @@ RUN_NAME = "SSL-NEST-FastConformer-Tiny"
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("ddp")
-    subprocess.run([sys.executable, str(REPO / "recipes/nest/make_dummy_data.py"), "--num-train", "32", "--num-val",
-                    "8", "--min-seconds", "1.5", "--max-seconds", "2.5"], cwd=d, check=True, capture_output=True)
+    make_dummy_data(d, num_train=32, num_val=8)
     return d
 
 

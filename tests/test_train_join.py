@@ -17,6 +17,7 @@ import pytest
 from nest_ssl.data.manifests import open_cutset
 from nest_ssl.data.shar import export_shar
 from nest_ssl.train.loggers import read_metrics, series
+from dummy_data import make_dummy_data
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_NAME = "SSL-NEST-FastConformer-Tiny"
@@ -26,10 +27,7 @@ BATCH = 3
 @pytest.fixture(scope="module")
 def shar_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("join")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(REPO / "recipes/nest/make_dummy_data.py"), "--num-train", "20", "--num-val",
-                    "4", "--min-seconds", "1.5", "--max-seconds", "2.5"], cwd=d, check=True, env=env,
-                   capture_output=True)
+    make_dummy_data(d, num_train=20, num_val=4)
     cuts = open_cutset(str(d / "data/dummy_ssl/train_manifest.json"))
     cuts.to_file(d / "train_cuts.jsonl.gz")
     export_shar(d / "train_cuts.jsonl.gz", d / "shar", shard_size=8, seed=0)  # shards of 8, 8 and 4 cuts

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from nest_ssl.data.manifests import open_cutset
 from nest_ssl.train.checkpoint import load_checkpoint
 from nest_ssl.train.loggers import read_metrics, series
+from dummy_data import make_dummy_data
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "egs" / "librilight" / "run.sh"
@@ -61,10 +61,7 @@ if _dir:
 def data_dir(tmp_path_factory):
     """What stages 0-5 leave for stage 6: data/cuts/{train,val}.jsonl.gz and data/bucket_bins.txt."""
     d = tmp_path_factory.mktemp("multinode")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(REPO / "recipes/nest/make_dummy_data.py"), "--num-train", "32", "--num-val",
-                    "4", "--min-seconds", "1.5", "--max-seconds", "2.5"], cwd=d, check=True, env=env,
-                   capture_output=True, timeout=120)
+    make_dummy_data(d, num_train=32, num_val=4)
     (d / "data" / "cuts").mkdir(parents=True)
     for split in ("train", "val"):
         open_cutset(str(d / f"data/dummy_ssl/{split}_manifest.json")).to_file(d / f"data/cuts/{split}.jsonl.gz")

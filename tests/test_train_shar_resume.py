@@ -20,6 +20,7 @@ from nest_ssl.data.manifests import open_cutset
 from nest_ssl.data.shar import export_shar
 from nest_ssl.train.checkpoint import load_checkpoint
 from nest_ssl.train.loggers import read_metrics, series
+from dummy_data import make_dummy_data
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "recipes" / "nest" / "train.py"
@@ -29,10 +30,7 @@ RUN_NAME = "SSL-NEST-FastConformer-Tiny"
 @pytest.fixture(scope="module")
 def shar_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("shar_resume")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(REPO / "recipes/nest/make_dummy_data.py"), "--num-train", "32", "--num-val",
-                    "4", "--min-seconds", "1.5", "--max-seconds", "2.5"], cwd=d, check=True, env=env,
-                   capture_output=True, timeout=120)
+    make_dummy_data(d, num_train=32, num_val=4)
     open_cutset(str(d / "data/dummy_ssl/train_manifest.json")).to_file(d / "train_cuts.jsonl.gz")
     export_shar(d / "train_cuts.jsonl.gz", d / "shar", shard_size=4, seed=0)  # 8 shards of 4 cuts
     return d
