@@ -35,10 +35,6 @@ WORDS = ["sea", "fairies", "garden", "journey", "river", "letters", "winter", "i
          "history", "house", "mountain", "children", "king"]
 
 
-def _pink(rng, n):
-    return pink_noise(rng, n)
-
-
 def book_meta(rng, book_id, title, author):
     meta_genre, genre = GENRES[rng.integers(len(GENRES))]
     first, last = author
@@ -113,11 +109,11 @@ def make_noise(out_dir, files=6, seconds=12.0, seed=1):
         n = int(seconds * rng.uniform(0.7, 1.3) * SR)
         kind = i % 3
         if kind == 0:
-            x = _pink(rng, n)
+            x = pink_noise(rng, n)
         elif kind == 1:  # mains hum with harmonics over faint noise
             t = np.arange(n) / SR
             x = sum(np.sin(2 * np.pi * 50 * h * t + rng.uniform(0, 6.28)) / h for h in range(1, 8))
-            x = x + 0.2 * _pink(rng, n)
+            x = x + 0.2 * pink_noise(rng, n)
         else:  # clicks and rustle
             x = 0.3 * rng.standard_normal(n)
             clicks = rng.integers(0, n, size=int(seconds * 4))
