@@ -1,9 +1,19 @@
-"""Random streams: one base seed, per-step derived seeds, and RNG state capture/restore for checkpoints.
+"""Random streams: every seed nest-ssl derives, and RNG state capture/restore for checkpoints.
 
-Exact resume does not rely on replaying a random stream from the start of training: before a batch is fetched
-and before it is trained on, the Python, NumPy and torch generators are reseeded from (seed, purpose, batch index,
-rank). What a step draws therefore depends only on which step it is, so a run restarted from a checkpoint draws
-exactly what the uninterrupted run drew, whatever the validation, prefetching or logging did in between.
+One base seed (the config's `seed`) feeds everything. Seeds are derived from it and from what they are for, never
+from Python's `hash` (salted per process, so DataLoader workers and ranks would disagree) and never from a shared
+stream (what one consumer drew would shift the next):
+
+- `derive_seed(base, *parts)`: BLAKE2b-64 of the base and the parts (NUL-separated), 63 bits. The trainer's
+  streams: `seed_for(base, purpose, index, rank)` reseeds Python, NumPy and torch before a batch is fetched and
+  before it is trained on, from (seed, purpose, batch index, rank). What a step draws therefore depends only on
+  which step it is, so a run restarted from a checkpoint draws exactly what the uninterrupted run drew, whatever
+  the validation, prefetching or logging did in between.
+- `hash_seed(*parts)`: BLAKE2b-64 of the parts (each followed by a unit separator), 63 bits. The data pipeline's:
+  a batch's augmentation seed from (seed, epoch, its cut ids), a DataLoader worker's global seed. It is a second
+  encoding only so that the data order and augmentation of existing runs stay what they were.
+- `mix_seed(base, *parts)`: base and small integers (rank, worker, pass, epoch) mixed with an odd prime, 62 bits.
+  The samplers' per-reader and per-pass shuffling seeds (cheap, and in existing runs' data order).
 """
 
 from __future__ import annotations
@@ -28,6 +38,26 @@ def derive_seed(base: int, *parts: int | str) -> int:
     return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
 
 
+def hash_seed(*parts: Any) -> int:
+    """A 63-bit seed from any printable parts (the data pipeline's encoding; see the module docstring)."""
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        h.update(str(p).encode())
+        h.update(b"\x1f")
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
+MIX_PRIME = 1_000_003  # odd, so that distinct small parts give distinct seeds
+
+
+def mix_seed(base: int, *parts: int) -> int:
+    """`((base * P + part1) * P + part2) ...` modulo 2**62: a seed per rank, worker, pass or epoch of a sampler."""
+    s = int(base)
+    for p in parts:
+        s = s * MIX_PRIME + int(p)
+    return s % (1 << 62)
+
+
 def seed_all(seed: int) -> None:
     """Seeds Python, NumPy and torch (every CUDA device too)."""
     random.seed(seed)
@@ -36,6 +66,7 @@ def seed_all(seed: int) -> None:
 
 
 def seed_for(base: int, purpose: str, index: int, rank: int = 0) -> None:
+    """Reseeds every generator for one batch of one purpose (PURPOSES) on one rank."""
     seed_all(derive_seed(base, PURPOSES[purpose], index, rank))
 
 

@@ -90,7 +90,7 @@ def tiny_checkpoint(path: Path, seed: int = 123) -> Path:
 
     from nest_ssl.config import load_config
     from nest_ssl.models import NESTModel
-    from nest_ssl.train.checkpoint import save_checkpoint
+    from nest_ssl.checkpoint import save_checkpoint
 
     cfg = OmegaConf.to_container(load_config(config_name="nest_tiny").model, resolve=True)
     torch.manual_seed(seed)

@@ -5,7 +5,7 @@ the same state dict, and a .nemo whose config NeMo accepts (the key is ours)."""
 import torch
 
 from nest_ssl.config import load_config
-from nest_ssl.export.nemo import nemo_model_config
+from nest_ssl.checkpoint.nemo import nemo_model_config
 from nest_ssl.models import NESTModel
 from nest_ssl.modules.conformer import ConformerEncoder
 

@@ -17,9 +17,9 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
+from nest_ssl.checkpoint import atomic_write, save_checkpoint
 from nest_ssl.cli.guard import user_message
 from nest_ssl.config import ConfigError, load_config
-from nest_ssl.train.checkpoint import atomic_write, save_checkpoint
 from nest_ssl.train.trainer_config import parse_run_config
 
 REPO = Path(__file__).resolve().parent.parent

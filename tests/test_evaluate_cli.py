@@ -73,8 +73,8 @@ def test_evaluate_stage_as_a_subprocess(corpus, tmp_path):
 def _nemo_style_archive(ckpt: Path, out: Path) -> Path:
     """The checkpoint as NeMo's own save_to lays it out: NeMo's _target_s, a legacy decoder_ssl (released NEST
     checkpoints carry one), gzip as NeMo before 1.7 wrote."""
-    from nest_ssl.export.nemo import nemo_model_config
-    from nest_ssl.train.checkpoint import load_checkpoint
+    from nest_ssl.checkpoint import load_checkpoint
+    from nest_ssl.checkpoint.nemo import nemo_model_config
 
     ck = load_checkpoint(ckpt)
     sd = dict(ck["state_dict"])
@@ -125,7 +125,7 @@ def test_bad_checkpoints_give_one_line_and_exit_2(corpus, tmp_path, capsys):
     not_nemo = tmp_path / "broken.nemo"
     not_nemo.write_bytes(b"this is not a tar archive" * 10)
     wrong = tmp_path / "wrong_weights.ckpt"
-    from nest_ssl.train.checkpoint import load_checkpoint, save_checkpoint
+    from nest_ssl.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(ckpt)
     ck["state_dict"] = {k: v for k, v in ck["state_dict"].items() if not k.startswith("encoder.layers.1.")}

@@ -13,19 +13,14 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
+from nest_ssl.checkpoint import load_checkpoint
+from nest_ssl.checkpoint.model import load_model
+from nest_ssl.checkpoint.nemo import NEMO_MODEL_TARGET, read_nemo, write_nemo
 from nest_ssl.cli import main as cli
 from nest_ssl.config import load_config
 from nest_ssl.export.extract import encode
-from nest_ssl.export.nemo import (
-    NEMO_MODEL_TARGET,
-    export_nemo,
-    import_nemo,
-    load_model,
-    read_nemo,
-    write_nemo,
-)
+from nest_ssl.export.nemo import export_nemo, import_nemo
 from nest_ssl.models import NESTModel
-from nest_ssl.train.checkpoint import load_checkpoint
 from nest_ssl.train.run import init_from_pretrained
 
 REPO = Path(__file__).resolve().parent.parent

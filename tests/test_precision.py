@@ -172,7 +172,7 @@ def test_bf16_training_run_through_the_trainer(tmp_path):
            "exp_manager.exp_dir=exp"]
     p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
-    from nest_ssl.train.checkpoint import load_checkpoint
+    from nest_ssl.checkpoint import load_checkpoint
     from nest_ssl.train.loggers import read_metrics, series
 
     run_dir = tmp_path / "exp" / "SSL-NEST-FastConformer-Tiny"

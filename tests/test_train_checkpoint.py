@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from nest_ssl.train import checkpoint as ck
+from nest_ssl import checkpoint as ck
 from nest_ssl.train.trainer import rewind_sampler_state
 
 
@@ -67,25 +67,49 @@ def test_failed_write_leaves_the_old_file(tmp_path):
     assert not list(tmp_path.glob(f"{ck.TMP_PREFIX}*"))
 
 
+def _age(path, seconds_ago):
+    """Sets a file's modification time (the resume search orders by it) without sleeping."""
+    t = time.time() - seconds_ago
+    os.utime(path, (t, t))
+
+
 def test_resume_search_skips_corrupt_newest(tmp_path):
-    ck.save_checkpoint(make_ckpt(4), tmp_path / "run--step=4-last.ckpt.prev")
-    time.sleep(0.01)
+    prev = ck.save_checkpoint(make_ckpt(4), tmp_path / "run--step=4-last.ckpt.prev")
     newest = ck.save_checkpoint(make_ckpt(6), tmp_path / "run--step=6-last.ckpt")
     weights_only = make_ckpt(6)
     del weights_only["optimizer_states"]
-    ck.save_checkpoint(weights_only, tmp_path / "run--step=6.ckpt")
+    topk = ck.save_checkpoint(weights_only, tmp_path / "run--step=6.ckpt")
+    _age(prev, 30), _age(topk, 20), _age(newest, 10)
     found = ck.find_resume_checkpoint(tmp_path)
-    assert found.path == newest and found.ckpt["global_step"] == 6
+    assert found.path == newest and found.ckpt["global_step"] == 6 and found.skipped == []
 
     flip_byte(newest)
     found = ck.find_resume_checkpoint(tmp_path)
     assert found.path.name == "run--step=4-last.ckpt.prev" and found.ckpt["global_step"] == 4
-    assert [p.name for p, _ in found.skipped] == ["run--step=6-last.ckpt"]
+    assert [p.name for p, _ in found.skipped] == ["run--step=6-last.ckpt", "run--step=6.ckpt"]
+    assert "digest" in found.skipped[0][1] and "weights only" in found.skipped[1][1]
 
-    (tmp_path / "run--step=4-last.ckpt.prev").unlink()
+    prev.unlink()
     found = ck.find_resume_checkpoint(tmp_path)
     assert found.path is None and len(found.skipped) == 2  # corrupt last + weights-only: nothing to resume
     assert ck.find_resume_checkpoint(tmp_path / "missing") is None
+
+
+def test_resume_search_takes_the_newest_intact_of_any_kind(tmp_path):
+    """A truncated newest checkpoint (here one written at a time limit, not a last one) falls back to the newest
+    intact one, whatever its kind: a top-k checkpoint newer than the last one is taken before the last."""
+    last = ck.save_checkpoint(make_ckpt(2), tmp_path / "run--step=2-last.ckpt")
+    topk = ck.save_checkpoint(make_ckpt(3), tmp_path / "run--val_loss=1.0000-step=3.ckpt")
+    stop = ck.save_checkpoint(make_ckpt(5), tmp_path / "run--val_loss=0.9000-step=5.ckpt")
+    _age(last, 30), _age(topk, 20), _age(stop, 10)
+    data = stop.read_bytes()
+    stop.write_bytes(data[: len(data) // 3])  # truncated, as by a full disk or a killed copy
+    found = ck.find_resume_checkpoint(tmp_path)
+    assert found.path == topk and found.ckpt["global_step"] == 3
+    assert [p for p, _ in found.skipped] == [stop] and "truncated" in found.skipped[0][1]
+    # NeMo's `-unfinished` marker keeps a checkpoint being written out of the search
+    (tmp_path / f"{topk.name}-unfinished").write_bytes(b"")
+    assert ck.find_resume_checkpoint(tmp_path).path == last
 
 
 def test_cleanup_temporaries(tmp_path):

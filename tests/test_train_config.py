@@ -3,8 +3,8 @@
 import pytest
 from omegaconf import OmegaConf
 
+from nest_ssl.checkpoint import format_checkpoint_name
 from nest_ssl.config import ConfigError, load_config
-from nest_ssl.train.checkpoint import format_checkpoint_name
 from nest_ssl.train.distributed import plan_launch
 from nest_ssl.train.trainer_config import (
     LIGHTNING_DEFAULTS,

@@ -15,9 +15,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import test_train_run as ttr  # the training-run helpers (module import: its tests are not collected twice)
+from nest_ssl.checkpoint import load_checkpoint
 from nest_ssl.config import ConfigError
 from nest_ssl.models.nest import StepOutput
-from nest_ssl.train.checkpoint import load_checkpoint
 from nest_ssl.train.health import (CollapseAlarm, CumulativeCounts, HealthLayout, HealthSettings,
                                    attainable_coverage, code_counts, coverage, entropy, majority_rate, masked_correct,
                                    parse_health, perplexity, step_metrics, valid_tokens, validation_metrics)

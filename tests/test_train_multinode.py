@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from nest_ssl.checkpoint import load_checkpoint
 from nest_ssl.data.manifests import open_cutset
-from nest_ssl.train.checkpoint import load_checkpoint
 from nest_ssl.train.loggers import read_metrics, series
 from dummy_data import make_dummy_data
 

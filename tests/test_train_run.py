@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nest_ssl.train.checkpoint import load_checkpoint
+from nest_ssl.checkpoint import load_checkpoint
 from nest_ssl.train.loggers import read_metrics, series
 
 REPO = Path(__file__).resolve().parent.parent

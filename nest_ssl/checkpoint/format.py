@@ -1,4 +1,4 @@
-"""Checkpoint files: Lightning-style dicts, written atomically, verified on load, and found again on resume.
+"""Checkpoint files: Lightning-style dicts, written atomically and verified on load.
 
 A checkpoint is what Lightning writes (`epoch`, `global_step`, `state_dict` with NeMo's key names,
 `optimizer_states`, `lr_schedulers`, `callbacks`, `hyper_parameters`) plus a `nest_ssl` section with what exact
@@ -7,9 +7,8 @@ content. torch.load notices a truncated file but not flipped bytes inside one, s
 checkpoint is told apart from a good one.
 
 Writing: the bytes go to a hidden temporary file in the same folder, are fsync'ed, and replace the target with
-os.replace, so a reader sees either the old file or the new one, never half of one. The previous last checkpoint
-is kept as `<name>.prev` until the next one, so a newest checkpoint damaged later (disk, copy) still leaves the one
-before it to resume from.
+os.replace, so a reader sees either the old file or the new one, never half of one. Which files a run keeps is
+nest_ssl.checkpoint.manager; which one a run resumes from is nest_ssl.checkpoint.resume.
 """
 
 from __future__ import annotations
@@ -17,12 +16,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import tempfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -46,7 +43,7 @@ class CorruptCheckpointError(CheckpointError):
 
 class PickledCheckpointError(CorruptCheckpointError):
     """A checkpoint holding pickled Python objects (NeMo's own Lightning checkpoints), which weights-only loading
-    refuses; `nest_ssl.export.nemo.load_checkpoint_any` falls back to a full unpickling for those."""
+    refuses; `nest_ssl.checkpoint.nemo.load_checkpoint_any` falls back to a full unpickling for those."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -93,7 +90,7 @@ def digest(ckpt: dict) -> str:
 # Atomic write / verified read
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(str(path), os.O_RDONLY)
     except OSError:
@@ -130,7 +127,7 @@ def atomic_write(path: str | Path, write_fn) -> Path:
             # A failed write() names no file; name the one being written (a full disk reads "no space left ...").
             raise OSError(err.errno, err.strerror, str(path)) from err
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -206,82 +203,3 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", verify: bool = 
 def is_resumable(ckpt: dict) -> bool:
     """A full training checkpoint (not a weights-only one) that nest-ssl wrote."""
     return bool(ckpt.get("optimizer_states")) and "nest_ssl" in ckpt and "loop" in ckpt["nest_ssl"]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Names (Lightning's ModelCheckpoint.format_checkpoint_name)
-
-
-def format_checkpoint_name(template: str | None, metrics: dict[str, Any], auto_insert_metric_name: bool = True) -> str:
-    """`{epoch}-{step}` style templates as Lightning formats them (`epoch=3-step=1000`), missing metrics as 0."""
-    filename = template or "{epoch}-{step}"
-    metrics = dict(metrics)
-    groups = re.findall(r"(\{.*?)[:\}]", filename)
-    for group in sorted(groups, key=len, reverse=True):
-        name = group[1:]
-        if auto_insert_metric_name:
-            filename = filename.replace(group, name + "={" + name)
-        filename = filename.replace(group, f"{{0[{name}]")
-        if name not in metrics:
-            metrics[name] = 0
-    # Lightning formats tensors; floats/ints format the same way.
-    return filename.format({k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()})
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Finding a checkpoint to resume from
-
-
-@dataclass
-class Found:
-    path: Path
-    ckpt: dict
-    skipped: list[tuple[Path, str]]
-
-
-def cleanup_temporaries(ckpt_dir: Path) -> None:
-    """Removes temporary files a killed writer left behind."""
-    if not ckpt_dir.is_dir():
-        return
-    for p in ckpt_dir.glob(f"{TMP_PREFIX}*"):
-        try:
-            p.unlink()
-        except OSError:
-            pass
-
-
-def resume_candidates(ckpt_dir: Path) -> list[Path]:
-    """Last checkpoints first (newest first, `.prev` after the current one), then any other checkpoint."""
-    if not ckpt_dir.is_dir():
-        return []
-    files = [p for p in ckpt_dir.iterdir() if p.is_file() and not p.name.startswith(TMP_PREFIX)]
-    lasts = [p for p in files if p.name.endswith("last.ckpt")]
-    prevs = [p for p in files if p.name.endswith("last.ckpt" + PREV_SUFFIX)]
-    others = [p for p in files if p.name.endswith(".ckpt") and p not in lasts]
-    # NeMo marks a checkpoint being written with a `<ckpt>-unfinished` file; honour it for NeMo-written dirs.
-    unfinished = {p.name[: -len("-unfinished")] for p in files if p.name.endswith("-unfinished")}
-
-    def newest_first(ps: Iterable[Path]) -> list[Path]:
-        return sorted((p for p in ps if p.name not in unfinished), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-
-    return newest_first(lasts) + newest_first(prevs) + newest_first(others)
-
-
-def find_resume_checkpoint(ckpt_dir: str | Path, map_location: Any = "cpu") -> Found | None:
-    """The newest readable, intact, full checkpoint in ckpt_dir; what was skipped (and why) is reported."""
-    ckpt_dir = Path(ckpt_dir)
-    skipped: list[tuple[Path, str]] = []
-    for path in resume_candidates(ckpt_dir):
-        try:
-            ckpt = load_checkpoint(path, map_location=map_location)
-        except (CheckpointError, OSError) as err:
-            log.error("skipping checkpoint %s: %s", path, err)
-            skipped.append((path, str(err)))
-            continue
-        if not is_resumable(ckpt):
-            skipped.append((path, "weights only (no optimizer/loop state)"))
-            continue
-        return Found(path=path, ckpt=ckpt, skipped=skipped)
-    if skipped:
-        return Found(path=None, ckpt=None, skipped=skipped)  # type: ignore[arg-type]
-    return None

@@ -18,7 +18,7 @@ def run(args) -> int:
     """User errors (unreadable or foreign input, an unusable output path) propagate to the guard: one line, exit 2."""
     from nest_ssl.errors import UserError, check_output_file
     from nest_ssl.export.nemo import export_encoder, export_nemo
-    from nest_ssl.train.checkpoint import check_checkpoint_file
+    from nest_ssl.checkpoint import check_checkpoint_file
 
     if args.encoder_only and args.output.endswith(".nemo"):
         raise UserError(f"--encoder-only writes a .ckpt for init_from_ptl_ckpt, not a .nemo archive; name the output "

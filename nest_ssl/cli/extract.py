@@ -21,12 +21,12 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from nest_ssl.export.extract import extract
-    from nest_ssl.export.nemo import ExportError
+    from nest_ssl.checkpoint import CheckpointError
 
     try:
         out = extract(args.checkpoint, args.cuts, args.out_dir, layer=args.layer, storage=args.storage,
                       device=args.device)
-    except (ExportError, ValueError, FileNotFoundError) as err:
+    except (CheckpointError, ValueError, FileNotFoundError) as err:
         print(f"nest-ssl extract: error: {err}", file=sys.stderr)
         return 1
     print(out)

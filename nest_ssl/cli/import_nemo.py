@@ -14,7 +14,7 @@ def run(args) -> int:
     """User errors (unreadable, foreign or damaged archive, an unusable output) propagate to the guard: exit 2."""
     from nest_ssl.errors import check_output_file
     from nest_ssl.export.nemo import import_nemo
-    from nest_ssl.train.checkpoint import check_checkpoint_file
+    from nest_ssl.checkpoint import check_checkpoint_file
 
     check_checkpoint_file(args.nemo, "IN.nemo")
     check_output_file(args.output, "OUT.ckpt")

@@ -8,17 +8,16 @@ audio, reverb, NEST augmentation) -> ``AudioNoiseBatch``.
 from __future__ import annotations
 
 import functools
-import random
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from nest_ssl.data.augment import MultiSpeakerNoiseAugmentation
 from nest_ssl.data.batch import AudioNoiseBatch
-from nest_ssl.data.dataset import AudioNoiseDataset, ReverbConfig, derive_seed
+from nest_ssl.data.dataset import AudioNoiseDataset, ReverbConfig
 from nest_ssl.data.noise import EmptyNoiseManifestError, NoiseSet
+from nest_ssl.seeding import hash_seed, seed_all
 
 __all__ = [
     "AudioNoiseBatch",
@@ -127,10 +126,7 @@ def _worker_init(base_seed: int, sampler_init: Optional[Callable[[int], None]], 
     # One thread per worker (the workers already run in parallel), and seeded global RNGs for any third-party
     # code; our own randomness does not use them.
     torch.set_num_threads(1)
-    s = derive_seed("worker", base_seed, worker_id)
-    random.seed(s)
-    np.random.seed(s % 2**32)
-    torch.manual_seed(s)
+    seed_all(hash_seed("worker", base_seed, worker_id))
     if sampler_init is not None:  # iterable mode: lhotse's per-worker sampler seeding comes last
         sampler_init(worker_id)
 

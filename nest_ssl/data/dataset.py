@@ -13,7 +13,6 @@ every evaluation. ``batch.seed`` exposes the batch seed so the model can seed it
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from dataclasses import dataclass
@@ -29,18 +28,9 @@ from lhotse.utils import fastcopy
 from nest_ssl.data.augment import MultiSpeakerNoiseAugmentation
 from nest_ssl.data.batch import AudioNoiseBatch
 from nest_ssl.data.noise import NoiseSet, cut_source, describe_read_error, file_sources
+from nest_ssl.seeding import hash_seed
 
 log = logging.getLogger("nest_ssl.data")
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any printable parts. Python's ``hash`` is salted per process, so it cannot be used:
-    workers must agree."""
-    h = hashlib.blake2b(digest_size=8)
-    for p in parts:
-        h.update(str(p).encode())
-        h.update(b"\x1f")
-    return int.from_bytes(h.digest(), "little") >> 1
 
 
 class CutRejected(Exception):
@@ -277,14 +267,14 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
 
     def batch_seed(self, cut_ids: Sequence[str]) -> int:
         epoch = self.epoch if self.training else "val"
-        return derive_seed("nest-batch", self.seed, epoch, *cut_ids)
+        return hash_seed("nest-batch", self.seed, epoch, *cut_ids)
 
     def __getitem__(self, cuts: CutSet) -> AudioNoiseBatch:
         cuts = list(cuts)
         seed = self.batch_seed([c.id for c in cuts])
-        aug_rng = random.Random(derive_seed(seed, "augment"))
-        noise_rng = random.Random(derive_seed(seed, "noise"))
-        reverb_rng = random.Random(derive_seed(seed, "reverb"))
+        aug_rng = random.Random(hash_seed(seed, "augment"))
+        noise_rng = random.Random(hash_seed(seed, "noise"))
+        reverb_rng = random.Random(hash_seed(seed, "reverb"))
 
         ids: List[str] = []
         audios: List[np.ndarray] = []

@@ -59,6 +59,7 @@ from lhotse.lazy import Dillable
 from lhotse.utils import streaming_shuffle
 
 from nest_ssl.data.manifests import ManifestError, ManifestSource, manifest_source
+from nest_ssl.seeding import mix_seed
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,6 @@ _UNSUPPORTED_KEYS = {
     "multi_config": "one input config per dataset section",
     "input_cfg": "give manifest_filepath (paths, comma-separated or a list)",
 }
-
-_MIX = 1_000_003  # an odd prime to combine seed, rank, worker and pass into one integer seed
 
 
 def _raw_get(cfg: Any, key: str) -> Any:
@@ -202,16 +201,16 @@ class SamplerSource(Dillable):
         else:
             base = int(self.shard_seed)
         worker = self._reader()[2]
-        return ((base * _MIX + self.rank) * _MIX + worker) % (1 << 62)
+        return mix_seed(base, self.rank, worker)
 
     def _pass_seed(self, base: int, pass_idx: int) -> int:
-        return (base * _MIX + pass_idx) % (1 << 62)
+        return mix_seed(base, pass_idx)
 
     def _split_seed(self) -> int:
         # Must be equal on every rank and worker, or their shares would overlap: so never "trng" (per reader) and
         # never mixed with the rank or worker. `seed` is checked to be the same integer on every rank.
         base = self.shard_seed if isinstance(self.shard_seed, int) else self.seed
-        return (int(base) * _MIX + self.epoch) % (1 << 62)
+        return mix_seed(int(base), self.epoch)
 
     def _reader(self) -> Tuple[int, int, int, int]:
         """(rank, world_size, worker, num_workers) of the process iterating now."""

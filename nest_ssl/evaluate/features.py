@@ -1,7 +1,7 @@
 """Frozen representations, extracted once per model and kept in memory for every probe.
 
 - `load_pretrained(path)`: a NESTModel from our .ckpt, an imported one, or a .nemo (ours or NeMo's own), through
-  nest_ssl.export.nemo.load_model; every way that can fail becomes one EvaluationError naming the file.
+  nest_ssl.checkpoint.model.load_model; every way that can fail becomes one EvaluationError naming the file.
 - `random_init(model_cfg, seed)`: the same architecture, freshly initialised from `seed` (the baseline that tells
   what pretraining added over the architecture alone).
 - `layer_outputs(model, audio)`: every hidden state of the encoder at its frame rate, (T', n_layers + 1, d_model):
@@ -69,8 +69,7 @@ def subsampling_of(model_cfg: Mapping) -> int:
 def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):
     """(NESTModel in eval mode, model config dict); a file that is not a usable NEST model is an EvaluationError."""
     from nest_ssl.errors import UserError
-    from nest_ssl.export.nemo import ExportError, load_model
-    from nest_ssl.train.checkpoint import CorruptCheckpointError
+    from nest_ssl.checkpoint.model import load_model
 
     path = Path(path)
     hint = "give a .ckpt written by nest-ssl train or import-nemo, or a .nemo of a NEST model (ours or NeMo's)"
@@ -78,7 +77,7 @@ def load_pretrained(path: str | Path, device: str | torch.device = "cpu"):
         raise EvaluationError(f"--model {path}: does not exist; {hint}")
     try:
         return load_model(path, device=device)
-    except (ExportError, CorruptCheckpointError, UserError) as err:
+    except UserError as err:  # CheckpointError and its kinds included
         msg = str(err)  # these already name the file: do not say it twice
         where = f"--model {msg}" if msg.startswith(str(path)) else f"--model {path}: {msg}"
         raise EvaluationError(f"{where}; {hint}") from err
@@ -120,12 +119,12 @@ def layer_outputs_batch(model, audio: torch.Tensor, lengths: torch.Tensor) -> li
     The preprocessor zeroes everything from each length on and the subsampling convolutions, the attention and the
     convolution modules mask padded frames, so an utterance's frames do not depend on what it is batched with (up
     to float rounding of batched matrix products)."""
-    from nest_ssl.export.extract import _layer_hook
+    from nest_ssl.models.hooks import layer_output_hook
 
     if model.training:
         raise ValueError("layer_outputs needs the model in eval mode (no dropout)")
     encoder = model.encoder
-    hooks = [_layer_hook(encoder, i) for i in range(len(encoder.layers) + 1)]
+    hooks = [layer_output_hook(encoder, i) for i in range(len(encoder.layers) + 1)]
     try:
         feats, feat_len = _features(model, audio, lengths)
         _, enc_len = encoder(audio_signal=feats, length=feat_len)

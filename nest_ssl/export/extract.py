@@ -23,29 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nest_ssl.models.hooks import layer_output_hook
+
 log = logging.getLogger(__name__)
 
 STORAGE_TYPES = ("lilcom_chunky", "numpy_files")
-
-
-def _layer_hook(encoder, layer: int):
-    """Registers a hook that keeps the output of `layer`; returns (holder, handle) or (holder, None) for -1."""
-    holder: dict = {}
-    n = len(encoder.layers)
-    if layer == -1:
-        return holder, None
-    if not 0 <= layer <= n:
-        raise ValueError(f"--layer {layer}: the encoder has layers 1..{n} (0: its input, -1: its output)")
-    if layer == 0:
-        def hook(module, inputs, output):
-            holder["x"] = output[0] if isinstance(output, tuple) else output
-
-        return holder, encoder.pos_enc.register_forward_hook(hook)
-
-    def hook(module, inputs, output):
-        holder["x"] = output[0] if isinstance(output, tuple) else output
-
-    return holder, encoder.layers[layer - 1].register_forward_hook(hook)
 
 
 @torch.no_grad()
@@ -54,7 +36,7 @@ def encode(model, audio: torch.Tensor, layer: int = -1) -> np.ndarray:
     device = next(model.parameters()).device
     x = audio.reshape(1, -1).to(device=device, dtype=torch.float32)
     length = torch.tensor([x.shape[1]], dtype=torch.int64, device=device)
-    holder, handle = _layer_hook(model.encoder, layer)
+    holder, handle = layer_output_hook(model.encoder, layer)
     try:
         feats, feat_len = model.preprocessor(input_signal=x, length=length)
         encoded, enc_len = model.encoder(audio_signal=feats, length=feat_len)
@@ -83,7 +65,7 @@ def extract(
     from lhotse.utils import fastcopy
 
     from nest_ssl.data.manifests import open_cutset
-    from nest_ssl.export.nemo import load_model
+    from nest_ssl.checkpoint.model import load_model
 
     if storage not in STORAGE_TYPES:
         raise ValueError(f"storage {storage!r}: choose one of {', '.join(STORAGE_TYPES)}")

@@ -291,7 +291,7 @@ def peek_checkpoint(path: str | Path, what: str) -> dict:
     A NeMo checkpoint with pickled objects is accepted unread ({}: it is read, with a warning, when used)."""
     import torch
 
-    from nest_ssl.train.checkpoint import CheckpointError, PickledCheckpointError, check_checkpoint_file, unreadable_error
+    from nest_ssl.checkpoint.format import CheckpointError, PickledCheckpointError, check_checkpoint_file, unreadable_error
 
     p = check_checkpoint_file(path, what)
     with open(p, "rb") as f:
@@ -312,8 +312,8 @@ def peek_checkpoint(path: str | Path, what: str) -> dict:
 
 
 def check_nemo_archive(path: str | Path, what: str) -> None:
-    from nest_ssl.export.nemo import MODEL_CONFIG_YAML, MODEL_WEIGHTS_CKPT
-    from nest_ssl.train.checkpoint import CheckpointError, check_checkpoint_file
+    from nest_ssl.checkpoint.nemo import MODEL_CONFIG_YAML, MODEL_WEIGHTS_CKPT
+    from nest_ssl.checkpoint.format import CheckpointError, check_checkpoint_file
 
     p = check_checkpoint_file(path, what)
     try:
@@ -358,7 +358,7 @@ def check_init(cfg: Mapping) -> None:
                 continue
             sd = peek_checkpoint(path, where).get("state_dict")
             if sd is not None and not any(str(k).startswith(MODEL_PREFIXES) for k in sd):
-                from nest_ssl.train.checkpoint import CheckpointError
+                from nest_ssl.checkpoint.format import CheckpointError
 
                 held = sorted({str(k).split(".")[0] for k in sd})[:8]
                 raise CheckpointError(f"{where}={path}: none of its weights belong to a NEST model (it holds: "
@@ -366,7 +366,7 @@ def check_init(cfg: Mapping) -> None:
 
 
 def check_resume(settings: RunSettings) -> None:
-    from nest_ssl.train.checkpoint import CheckpointError
+    from nest_ssl.checkpoint.format import CheckpointError
 
     path = settings.exp_manager.resume_from_checkpoint
     if not path:

@@ -20,9 +20,10 @@ from typing import Any, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nest_ssl import checkpoint as ckpt_io
 from nest_ssl.config import ConfigError
 from nest_ssl.errors import UserError
-from nest_ssl.train import checkpoint as ckpt_io
+from nest_ssl.seeding import seed_for, set_deterministic
 from nest_ssl.train.distributed import (
     DistInfo,
     LaunchPlan,
@@ -36,7 +37,6 @@ from nest_ssl.train.distributed import (
 )
 from nest_ssl.train.loggers import setup_text_logging
 from nest_ssl.train.preflight import preflight
-from nest_ssl.train.seeding import seed_for, set_deterministic
 from nest_ssl.train.trainer import NonFiniteLossError, Trainer
 from nest_ssl.train.trainer_config import RunSettings, parse_run_config
 
@@ -161,7 +161,7 @@ def _filter(sd: dict, include, exclude) -> dict:
 
 
 def init_from_pretrained(model: torch.nn.Module, cfg: DictConfig) -> None:
-    from nest_ssl.export.nemo import load_checkpoint_any, read_nemo
+    from nest_ssl.checkpoint.nemo import load_checkpoint_any, read_nemo
 
     keys = [k for k in ("init_from_nemo_model", "init_from_ptl_ckpt") if cfg.get(k) is not None]
     if not keys:
@@ -269,8 +269,8 @@ def build_trainer(cfg: DictConfig, settings: RunSettings, info: DistInfo, *, log
                   init_weights: bool = True, resume_step: int | None = None) -> Trainer:
     """Model (seeded init, init_from_* when init_weights), SyncBatchNorm, optimizer, scheduler, dataloaders and the
     Trainer around them, on this process's device."""
+    from nest_ssl.checkpoint.nemo import write_nemo
     from nest_ssl.data import build_dataloader
-    from nest_ssl.export.nemo import write_nemo
     from nest_ssl.models import NESTModel
     from nest_ssl.optim import build_optimizer, build_scheduler
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from nest_ssl.checkpoint import save_checkpoint
 from nest_ssl.config import load_config
 from nest_ssl.evaluate import features
 from nest_ssl.evaluate.run import EvalOptions, evaluate
 from nest_ssl.export.nemo import export_nemo, import_nemo
 from nest_ssl.models import NESTModel
-from nest_ssl.train.checkpoint import save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evaluate_corpus import make_corpus  # noqa: E402

@@ -9,10 +9,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from nest_ssl.checkpoint import save_checkpoint
+from nest_ssl.checkpoint.model import load_model
 from nest_ssl.config import load_config
-from nest_ssl.export.nemo import export_nemo, import_nemo, load_model
+from nest_ssl.export.nemo import export_nemo, import_nemo
 from nest_ssl.models import NESTModel
-from nest_ssl.train.checkpoint import save_checkpoint
 
 
 def tiny_cfg():
