@@ -36,12 +36,12 @@ from nest_ssl.seeding import capture_rng_state, derive_seed, restore_rng_state, 
 from nest_ssl.train.distributed import DistInfo, all_gather_objects, all_ranks_have, all_reduce_sum
 from nest_ssl.train.health import CollapseAlarm, CumulativeCounts, HealthLayout, step_metrics, validation_metrics
 from nest_ssl.train.loggers import MetricsWriter, ProgressBar
+from nest_ssl.train.step_stats import StepStats
 from nest_ssl.train.trainer_config import RunSettings
 
 log = logging.getLogger("nest_ssl.train")
 
 TRACE_ENV = "NEST_SSL_TRACE_DIR"  # debugging aid: per-rank, per-step sample ids and weight digests
-_NSTATS = 9  # the trainer's per-step statistics (see _train_epoch); the health sums follow them
 
 
 class NonFiniteLossError(RuntimeError):
@@ -249,7 +249,7 @@ class Trainer:
         self._audio_since_log = 0.0
         self._audio_per_s_ema: float | None = None
         # Learning health (nest_ssl/train/health.py): accuracy and target-code counts ride the step's all-reduce
-        # (after the trainer's own statistics, from index _NSTATS); the cumulative counts and the alarm's state
+        # (after the trainer's own statistics: StepStats.health); the cumulative counts and the alarm's state
         # are kept in the checkpoint.
         quantizer = getattr(model, "quantizer", None)
         self.health = HealthLayout(int(getattr(quantizer, "num_classes", cfg.model.num_classes)),
@@ -400,8 +400,16 @@ class Trainer:
     def _max_epochs_reached(self) -> bool:
         return self.t.max_epochs != -1 and self.state.epoch >= self.t.max_epochs
 
+    def _validation_enabled(self) -> bool:
+        return self.val_loader is not None and self.t.limit_val_batches not in (0, 0.0)
+
+    def _validate_before_stopping(self) -> bool:
+        """A time-limit or SIGTERM stop after a step that no validation has seen yet."""
+        return (self.stop_reason in ("preempted", "max_time_per_run") and self._validation_enabled()
+                and self.state.last_val_step != self.state.global_step)
+
     def _should_validate(self, is_last: bool) -> bool:
-        if self.val_loader is None or self.t.limit_val_batches in (0, 0.0):
+        if not self._validation_enabled():
             return False
         n = self.t.check_val_every_n_epoch
         if n is not None and (self.state.epoch + 1) % n != 0:
@@ -490,11 +498,15 @@ class Trainer:
         self._val_health = validation_metrics(self.health, total[3:], val_loss, self.cum_counts.counts)  # val_acc, val_floor, ...
         return val_loss
 
-    def _run_validation(self) -> None:
+    def _run_validation(self, stale_if_none: bool = False) -> None:
+        """Validates and logs; `stale_if_none`: a validation without a usable batch drops the previous val_loss
+        rather than leave it to name a checkpoint of other weights."""
         val_loss = self.validate()
         st = self.state
         st.last_val_step = st.global_step
         if val_loss is None:
+            if stale_if_none:
+                self.last_metrics.pop("val_loss", None)
             return
         self.last_metrics["val_loss"] = val_loss
         vh = dict(self._val_health)
@@ -602,10 +614,9 @@ class Trainer:
             st.batch_idx = 0
         acc = t.accumulate_grad_batches
         limit = None if isinstance(t.limit_train_batches, float) else int(t.limit_train_batches)
-        # Per optimizer step: loss sum, micro-batches, non-finite, empty-mask, masked tokens, tokens,
-        # audio seconds, (unused), stop request; then the health sums (accuracy, target-code counts), so that one
-        # all-reduce per step carries them all.
-        stats = torch.zeros(_NSTATS + self.health.width, dtype=torch.float64, device=self.device)
+        # Per optimizer step: the named sums of nest_ssl.train.step_stats, then the health sums (accuracy,
+        # target-code counts), so that one all-reduce per step carries them all.
+        stats = StepStats(self.health.width, self.device)
         micro = 0
         grad_norm = None
         step_t0 = time.time()
@@ -647,15 +658,8 @@ class Trainer:
                     self.scaler.scale(loss).backward()
                 else:
                     loss.backward()
-            finite = bool(torch.isfinite(out.loss.detach()))
-            stats[0] += out.loss.detach().double() if finite else 0.0
-            stats[1] += 1
-            stats[2] += 0 if finite else 1
-            stats[3] += 1 if out.empty_mask else 0
-            stats[4] += out.num_masked_tokens
-            stats[5] += out.num_tokens
-            stats[6] += float(batch.audio_len.sum()) / self.sample_rate
-            self.health.add(stats[_NSTATS:], out, count="valid")
+            stats.add_micro_batch(out, float(batch.audio_len.sum()) / self.sample_rate)
+            self.health.add(stats.health, out, count="valid")
             if self.trace_dir:
                 self._trace({"batch": st.total_batch_idx, "rank": self.info.rank, "epoch": st.epoch,
                              "sample_ids": list(batch.sample_id or []), "loss": float(out.loss.detach())})
@@ -665,32 +669,37 @@ class Trainer:
             st.epoch_finished = is_last
             stepped = False
             if step_boundary:
-                stats[8] = 1.0 if self._stop_requested() else 0.0
-                all_reduce_sum(self.info, stats)
-                self.cum_counts.add(self.health.counts(stats[_NSTATS:]))  # every rank adds the same sums
+                stats.stop_request = 1.0 if self._stop_requested() else 0.0
+                stats.all_reduce(self.info)
+                self.cum_counts.add(self.health.counts(stats.health))  # every rank adds the same sums
                 stepped = self._optimizer_step(stats, micro)
                 if stepped:
                     grad_norm = self._last_grad_norm
                 step_time = time.time() - step_t0
-                self._audio_since_log += float(stats[6])
+                audio_seconds = float(stats.audio_seconds)
+                self._audio_since_log += audio_seconds
                 self._train_time_since_log += step_time
-                rate = float(stats[6]) / max(1e-9, step_time)
+                rate = audio_seconds / max(1e-9, step_time)
                 self._audio_per_s_ema = rate if self._audio_per_s_ema is None else 0.9 * self._audio_per_s_ema + 0.1 * rate
                 if stepped and st.global_step % t.log_every_n_steps == 0:
                     self._log_step(stats, grad_norm, step_time)
                 elif stepped:
-                    self.bar.update(st.global_step, float(stats[0] / max(1.0, float(stats[1] - stats[2]))),
-                                    self._step_lr, self._audio_per_s_ema / 3600.0,
-                                    acc=self.health.accuracy(stats[_NSTATS:]))
-                if stats[8] > 0 and not self.stop_reason:
+                    self.bar.update(st.global_step, stats.mean_loss(), self._step_lr, self._audio_per_s_ema / 3600.0,
+                                    acc=self.health.accuracy(stats.health))
+                if stats.stop_request > 0 and not self.stop_reason:
                     self.stop_reason = "preempted" if self._preempted else "max_time_per_run"
-                stats.zero_()
+                stats.zero()
                 micro = 0
                 if self.trace_dir and stepped:
                     self._trace({"step": st.global_step, "rank": self.info.rank, "weights": _weights_digest(self.model)})
             validated = False
             if self._should_validate(is_last):
                 self._run_validation()
+                validated = True
+            elif self._validate_before_stopping():
+                # The checkpoint a time-limit or SIGTERM stop writes is named and ranked by a validation of the
+                # weights it holds, not by the last scheduled validation's value (Lightning validates on stop too).
+                self._run_validation(stale_if_none=True)
                 validated = True
             if stepped and self.ckpt.due_after_step(st.global_step):
                 self.save_checkpoint()
@@ -733,13 +742,13 @@ class Trainer:
         limit = self.s.exp_manager.max_time_per_run
         return limit is not None and time.time() - self._start_time >= limit
 
-    def _optimizer_step(self, stats: torch.Tensor, micro: int) -> bool:
+    def _optimizer_step(self, stats: StepStats, micro: int) -> bool:
         """One optimizer step from the accumulated gradients, unless some rank saw a non-finite loss or no rank
         had a masked token; every rank decides the same from the all-reduced stats."""
         st = self.state
         self._last_grad_norm = None
-        nonfinite = stats[2] > 0
-        all_empty = stats[3] >= stats[1]
+        nonfinite = stats.nonfinite > 0
+        all_empty = stats.empty_mask >= stats.micro_batches
         if nonfinite or all_empty:
             self.optimizer.zero_grad(set_to_none=True)
             if nonfinite:
@@ -776,10 +785,9 @@ class Trainer:
         st.global_step += 1
         return True
 
-    def _log_step(self, stats: torch.Tensor, grad_norm, step_time: float) -> None:
+    def _log_step(self, stats: StepStats, grad_norm, step_time: float) -> None:
         st = self.state
-        n = float(stats[1] - stats[2])
-        loss = float(stats[0] / n) if n > 0 else float("nan")
+        loss = stats.mean_loss()
         audio_per_s = self._audio_since_log / max(1e-9, self._train_time_since_log)
         lr = self._step_lr  # the rate this step used (NeMo logs it before the scheduler moves on)
         metrics = {
@@ -791,12 +799,12 @@ class Trainer:
             "throughput": audio_per_s,  # audio seconds trained per wall second, all ranks together
             "throughput_per_device": audio_per_s / self.info.world_size,
             "step_time": step_time if self.s.exp_manager.log_step_timing else None,
-            "masked_fraction": float(stats[4] / stats[5]) if stats[5] > 0 else 0.0,
+            "masked_fraction": stats.masked_fraction(),
             "skipped_steps": st.skipped_nonfinite,
             "rejected_cuts": st.rejected_cuts,
         }
         # masked_acc, chances, this step's all-rank target_perplexity / coverage, the cumulative ones, the alarm
-        health = step_metrics(self.health, stats[_NSTATS:])
+        health = step_metrics(self.health, stats.health)
         metrics.update(health)
         metrics.update(self.cum_counts.metrics())
         self.alarm.check_coverage(st.global_step, health.get("target_attainable_coverage"),
