@@ -134,10 +134,19 @@ def test_state_dict_round_trip_continues_the_ranking(tmp_path):
     save(resumed, 5, 1.5)  # displaces step 3, whose file the first manager wrote
     assert topk_files(tmp_path) == ["run--val_loss=1.000-step=2.ckpt", "run--val_loss=1.500-step=5.ckpt"]
 
+    # The state written into a checkpoint includes that save itself (as Lightning's): a run resumed from the last
+    # checkpoint knows every top-k file, this save's too, and displaces them in turn.
+    written = load_checkpoint(next(tmp_path.glob("*-last.ckpt")))["callbacks"][m.key]
+    assert written == resumed.state_dict() and str(tmp_path / "run--val_loss=1.500-step=5.ckpt") in written["best_k_models"]
+    from_file = manager(tmp_path, monitor="val_loss", save_top_k=2)
+    from_file.load_state_dict(written)
+    save(from_file, 6, 0.1)
+    assert topk_files(tmp_path) == ["run--val_loss=0.100-step=6.ckpt", "run--val_loss=1.000-step=2.ckpt"]
+
     # A file listed in the state but gone from disk is forgotten rather than counted as kept
-    (tmp_path / "run--val_loss=1.500-step=5.ckpt").unlink()
+    (tmp_path / "run--val_loss=0.100-step=6.ckpt").unlink()
     again = manager(tmp_path, monitor="val_loss", save_top_k=2)
-    again.load_state_dict(resumed.state_dict())
+    again.load_state_dict(from_file.state_dict())
     assert list(again.best_k_models) == [str(tmp_path / "run--val_loss=1.000-step=2.ckpt")]
 
 

@@ -126,66 +126,85 @@ class CheckpointManager:
 
     # -- writing (global rank 0 only) --
     def save(self, ckpt: dict, metrics: dict[str, Any], write_nemo_fn: WriteNemo) -> None:
+        """Writes `ckpt` as a top-k checkpoint when its metric ranks among the best, and as the last checkpoint.
+
+        The ranking is updated before anything is written, and `ckpt["callbacks"]` gets the updated state (as
+        Lightning does): a run resumed from this very file knows that the file is among its top k.
+        """
         if not self.enabled:
             return
         self.dirpath.mkdir(parents=True, exist_ok=True)
         c = self.c
-        saved_topk = False
-        if c.save_top_k != 0:
-            name = format_checkpoint_name(self.filename, metrics, c.auto_insert_metric_name) + ".ckpt"
-            path = str(self.dirpath / name)
-            if c.monitor is None:
-                # No metric: keep the newest save_top_k (Lightning: -1 all, 1 the latest).
-                if c.save_top_k == 1:
-                    for old in list(self.best_k_models):
-                        if old != path:
-                            self._remove(old)
-                    self.best_k_models = {}
-                self._write(ckpt, path, weights_only=c.save_weights_only)
-                self.best_k_models[path] = float(metrics.get("step", 0))
-                self.best_model_path = path
-                saved_topk = True
-            elif c.monitor in metrics and metrics[c.monitor] is not None and math.isfinite(metrics[c.monitor]):
-                score = float(metrics[c.monitor])
-                k = c.save_top_k
-                if k == -1 or len(self.best_k_models) < k or self._better(score, self._kth()[1]):
-                    if k != -1 and len(self.best_k_models) >= k:
-                        worst = self._kth()[0]
-                        del self.best_k_models[worst]
-                        if worst != path:
-                            self._remove(worst)
-                    self._write(ckpt, path, weights_only=c.save_weights_only)
-                    self.best_k_models[path] = score
-                    saved_topk = True
-                    best = sorted(self.best_k_models.items(), key=lambda kv: kv[1], reverse=(c.mode == "max"))[0]
-                    self.best_model_path, self.best_model_score = best
-                    if c.verbose:
-                        log.info("step %s: %s=%.4f is among the best %s; saved %s", metrics.get("step"), c.monitor,
-                                 score, "all" if k == -1 else k, path)
-            elif not self._warned_monitor:
-                log.warning("checkpoint monitor %r has no value yet (it is logged by validation); only the last "
-                            "checkpoint is written until it has one", c.monitor)
-                self._warned_monitor = True
-        self._save_last(ckpt, metrics)
+        topk_path, displaced = self._rank(metrics)
+        last_path = self._last_path(metrics)
+        self.last_model_path = str(last_path)
+        ckpt.setdefault("callbacks", {})[self.key] = self.state_dict()
+        if topk_path is not None:
+            self._write(ckpt, topk_path, weights_only=c.save_weights_only)
+        for old in displaced:  # after the new file is complete
+            self._remove(old)
+        self._save_last(ckpt, last_path)
         if c.always_save_nemo:
-            if c.save_best_model and self.best_model_path and not saved_topk:
+            if c.save_best_model and self.best_model_path and topk_path is None:
                 pass  # the best model did not change: its .nemo is already on disk
             elif c.save_best_model and self.best_model_path and Path(self.best_model_path).exists():
                 write_nemo_fn(self.nemo_path, load_checkpoint(self.best_model_path)["state_dict"])
             else:
                 write_nemo_fn(self.nemo_path, ckpt["state_dict"])
 
+    def _rank(self, metrics: dict[str, Any]) -> tuple[str | None, list[str]]:
+        """Updates the top-k state for a checkpoint with these metrics: (its top-k path or None, files to remove)."""
+        c = self.c
+        if c.save_top_k == 0:
+            return None, []
+        path = str(self.dirpath / (format_checkpoint_name(self.filename, metrics, c.auto_insert_metric_name) + ".ckpt"))
+        if c.monitor is None:
+            # No metric: keep the newest save_top_k (Lightning: -1 all, 1 the latest).
+            displaced = []
+            if c.save_top_k == 1:
+                displaced = [old for old in self.best_k_models if old != path]
+                self.best_k_models = {}
+            self.best_k_models[path] = float(metrics.get("step", 0))
+            self.best_model_path = path
+            return path, displaced
+        value = metrics.get(c.monitor)
+        if value is None or not math.isfinite(value):
+            if not self._warned_monitor:
+                log.warning("checkpoint monitor %r has no value yet (it is logged by validation); only the last "
+                            "checkpoint is written until it has one", c.monitor)
+                self._warned_monitor = True
+            return None, []
+        score = float(value)
+        k = c.save_top_k
+        if not (k == -1 or len(self.best_k_models) < k or self._better(score, self._kth()[1])):
+            return None, []
+        displaced = []
+        if k != -1 and len(self.best_k_models) >= k:
+            worst = self._kth()[0]
+            del self.best_k_models[worst]
+            if worst != path:
+                displaced.append(worst)
+        self.best_k_models[path] = score
+        best = sorted(self.best_k_models.items(), key=lambda kv: kv[1], reverse=(c.mode == "max"))[0]
+        self.best_model_path, self.best_model_score = best
+        if c.verbose:
+            log.info("step %s: %s=%.4f is among the best %s; saved %s", metrics.get("step"), c.monitor,
+                     score, "all" if k == -1 else k, path)
+        return path, displaced
+
     @property
     def nemo_path(self) -> Path:
         return self.dirpath / f"{self.prefix}{self.c.postfix}"
 
-    def _save_last(self, ckpt: dict, metrics: dict) -> None:
+    def _last_path(self, metrics: dict) -> Path:
         name = format_checkpoint_name(self.filename + "-last", metrics, self.c.auto_insert_metric_name)
-        path = self.dirpath / f"{name}.ckpt"
+        return self.dirpath / f"{name}.ckpt"
+
+    def _save_last(self, ckpt: dict, path: Path) -> None:
         # Write the new last checkpoint under a temporary name first, then move the current last to `.prev`
         # (dropping the older `.prev`), then move the new one into place: at every moment a complete checkpoint
         # exists under a name the resume search looks for.
-        tmp = self.dirpath / f"{TMP_PREFIX}pending-{name}.part"
+        tmp = self.dirpath / f"{TMP_PREFIX}pending-{path.stem}.part"
         save_checkpoint(ckpt, tmp)
         for old_prev in self.dirpath.glob(f"*last.ckpt{PREV_SUFFIX}"):
             old_prev.unlink(missing_ok=True)
@@ -193,7 +212,6 @@ class CheckpointManager:
             os.replace(old, str(old) + PREV_SUFFIX)
         os.replace(tmp, path)
         fsync_dir(self.dirpath)
-        self.last_model_path = str(path)
 
     def _write(self, ckpt: dict, path: str, weights_only: bool) -> None:
         if weights_only:
