@@ -235,3 +235,41 @@ def test_sampler_warns_when_it_estimated_bins_from_the_head(manifest, caplog):
     with caplog.at_level(logging.WARNING, logger="nest_ssl.data.sampler"):
         build_sampler(open_source(manifest), dict(BUCKETING, num_cuts_for_bins_estimate=600), seed=0)
     assert not any("first" in r.getMessage() for r in caplog.records)  # it read every cut
+
+
+def test_small_dataset_that_bucketing_and_drop_last_shrink_gets_one_warning(tmp_path, caplog):
+    """40 cuts of 1-10 s in 4 buckets of 60 s batches with drop_last: each bucket drops its incomplete last batch,
+    so an epoch trains on a fraction of the data; the sampler says how much, once, and what to change."""
+    import logging
+
+    wav = str(tmp_path / "long.wav")
+    sf.write(wav, (np.random.default_rng(0).standard_normal(12 * SR) * 0.1).astype(np.float32), SR)
+    rec = Recording.from_file(wav, recording_id="long")
+    rng = random.Random(1)
+    cuts = []
+    for i in range(40):
+        c = rec.to_cut().truncate(offset=0.0, duration=round(rng.uniform(1.0, 10.0), 2), preserve_id=True)
+        c.id = f"c{i:03d}"
+        cuts.append(c)
+    path = str(tmp_path / "small.jsonl.gz")
+    CutSet(cuts).to_file(path)
+    total_h = sum(c.duration for c in cuts) / 3600
+    cfg = dict(use_bucketing=True, batch_duration=60.0, num_buckets=4, drop_last=True, shuffle=True)
+    sampler = build_sampler(open_source(path), cfg, seed=0)
+    with caplog.at_level(logging.WARNING, logger="nest_ssl.data.sampler"):
+        used = sum(len(b) for b in sampler)
+        sampler.set_epoch(1)
+        list(sampler)  # a second epoch: no second warning
+    warnings = [r.getMessage() for r in caplog.records if "an epoch trains on" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert used < 0.9 * 40
+    msg = warnings[0]
+    assert f"trains on {used} of 40 cuts ({100 * used / 40:.0f}%" in msg
+    assert f"of {total_h:.2f} h" in msg
+    assert "drop_last=false" in msg and "num_buckets" in msg and "batch_duration" in msg
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nest_ssl.data.sampler"):
+        kept = build_sampler(open_source(path), dict(cfg, drop_last=False), seed=0)
+        assert sum(len(b) for b in kept) == 40  # nothing dropped: nothing to say
+    assert not [r for r in caplog.records if "an epoch trains on" in r.getMessage()]

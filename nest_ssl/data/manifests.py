@@ -262,7 +262,8 @@ class ManifestPart:
 
 
 def resolve_parts(spec: PathSpec, *, what: str = "train_ds.manifest_filepath", metadata_only: bool = False) -> List[ManifestPart]:
-    """Expand a spec to its parts (each Shar directory to its shards), checking existence, format and emptiness."""
+    """Expand a spec to its parts (each Shar directory to its shards), checking existence, format, emptiness and
+    that gzip files are complete (check_gzip_complete)."""
     paths = split_spec(spec)
     if not paths:
         raise ManifestError(f"{what}: no manifest given; set {what} to a manifest path, a comma-separated list or a list")
@@ -479,6 +480,11 @@ def nemo_line_to_cut(
 
 
 def _iter_jsonl(path: str, what: str) -> Iterator[Tuple[int, dict]]:
+    if path.endswith(".gz"):
+        # Before the first line, not at the end of the file: a file truncated since it was opened (a copy
+        # overwritten during the run) stops the pass before any of its cuts is trained on. Cached: one os.stat
+        # when unchanged.
+        check_gzip_complete(path, what)
     try:
         with _open_text(path) as f:
             for lineno, line in enumerate(f, 1):
