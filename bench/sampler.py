@@ -65,7 +65,7 @@ def run_phase(phase: str, manifest: str) -> dict:
     logging.disable(logging.WARNING)
     from lhotse import CutSet
 
-    from nest_ssl.data.manifests import open_cutset
+    from nest_ssl.data.manifests import open_cutset, open_source
     from nest_ssl.data.sampler import build_sampler
 
     t0 = time.perf_counter()
@@ -95,7 +95,7 @@ def run_phase(phase: str, manifest: str) -> dict:
             )
         else:
             cfg = dict(batch_size=8, shuffle=True, shuffle_buffer_size=10000, drop_last=True)
-        sampler = build_sampler(open_cutset(manifest), cfg, seed=0)
+        sampler = build_sampler(open_source(manifest), cfg, seed=0)
         for batch in sampler:
             n_batches += 1
             for c in batch:

@@ -97,8 +97,13 @@ def test_user_errors_are_one_line_messages(tmp_path):
     broken.write_text(manifest.read_text() + '{"audio_filepath": "audio/missing.wav", "duration": 1.0}\n')
     out = tmp_path / "out.jsonl.gz"
     p = _cli("manifest", "from-nemo", broken, out)
-    _user_error(p, f"{broken}:4", "audio file not found", "missing.wav")
-    assert not out.exists()
+    # a bad line is left out and listed (tests/test_prepare_nemo_manifest.py); the output over the input is refused
+    assert p.returncode == 0 and "1 of 4 lines" in p.stderr, p.stderr
+    assert "audio file not found" in (tmp_path / "rejects_out.tsv").read_text()
+    p = _cli("manifest", "from-nemo", broken, broken)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().startswith("nest-ssl: error: ") and "is the input manifest" in p.stderr, p.stderr
+    out.unlink()
 
     p = _cli("cuts", "windows", manifest, out, "--min-duration", "20", "--max-duration", "30")
     _user_error(p, "min_duration=20.0", "removed every window", "lower min_duration")

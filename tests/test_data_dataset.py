@@ -262,7 +262,7 @@ def test_without_noise_set_speech_only_with_one_warning(corpus, caplog):
 def test_per_batch_seed_epochs_and_validation(corpus):
     _, paths, _ = corpus
     cuts = CutSet.from_cuts(cut_of(p) for p in paths)
-    aug = build_dataset({"batch_augmentor": NEST_AUG}, sample_rate=SR, seed=5).batch_augmentor
+    aug = build_dataset({"batch_size": 2, "batch_augmentor": NEST_AUG}, sample_rate=SR, seed=5).batch_augmentor
     train = AudioNoiseDataset(sample_rate=SR, batch_augmentor=aug, seed=5, training=True)
     a = train[cuts]
     assert torch.equal(a.noisy_audio, train[cuts].noisy_audio)  # same seed, epoch and cuts
@@ -338,4 +338,4 @@ def test_batch_to_and_pin_memory(corpus):
 
 def test_sample_rate_mismatch_in_config_is_a_clear_error():
     with pytest.raises(ValueError, match="sample_rate"):
-        build_dataset({"sample_rate": 8000}, sample_rate=SR)
+        build_dataset({"batch_size": 2, "sample_rate": 8000}, sample_rate=SR)

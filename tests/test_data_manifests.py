@@ -1,4 +1,4 @@
-"""open_cutset / NeMo conversion: real small audio files written here, real lhotse."""
+"""open_cutset: real small audio files written here, real lhotse (NeMo conversion: test_prepare_nemo_manifest.py)."""
 
 import gzip
 import json
@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
-from nest_ssl.data.manifests import ManifestError, convert_nemo_manifest, open_cutset
+from nest_ssl.data.manifests import ManifestError, open_cutset
 
 SR = 16000
 
@@ -135,42 +135,3 @@ def test_empty_missing_and_unusable_manifests(tmp_path):
     neg = _write_lines(tmp_path / "neg.json", [{"audio_filepath": "a.wav", "duration": -1}])
     with pytest.raises(ManifestError, match=r"neg\.json:1: 'duration'"):
         list(open_cutset(neg))
-
-
-def test_convert_nemo_manifest_roundtrip(tmp_path, corpus):
-    d, manifest = corpus
-    out = tmp_path / "out" / "cuts.jsonl.gz"
-    assert convert_nemo_manifest(manifest, out) == 3
-    # lhotse itself reads the result; paths are absolute, durations exact from headers
-    cuts = CutSet.from_file(str(out))
-    by_id = {c.id: c for c in cuts}
-    assert by_id["audio/a"].custom == {"text": "hello", "speaker": 7}
-    assert by_id["audio/c"].sampling_rate == 8000 and by_id["audio/c"].duration == pytest.approx(1.5)
-    assert by_id["audio/b_000001500ms"].load_audio().shape == (1, 16000)
-    assert os.path.isabs(by_id["audio/a"].recording.sources[0].source)
-    assert not [p for p in os.listdir(out.parent) if "partial" in p]
-
-
-def test_convert_reports_missing_audio_and_bad_duration(tmp_path, corpus):
-    d, _ = corpus
-    missing = _write_lines(
-        d / "missing.json",
-        [{"audio_filepath": "audio/a.wav", "duration": 2.0}, {"audio_filepath": "audio/gone.wav", "duration": 1.0}],
-    )
-    out = tmp_path / "x.jsonl.gz"
-    with pytest.raises(ManifestError) as e:
-        convert_nemo_manifest(missing, out)
-    assert f"{missing}:2" in str(e.value) and "audio file not found" in str(e.value)
-    assert str(d / "audio" / "gone.wav") in str(e.value)
-    assert not out.exists()  # no half-written output
-
-    wrong = _write_lines(d / "wrong.json", [{"audio_filepath": "audio/a.wav", "duration": 2.5}])
-    with pytest.raises(ManifestError, match=r"wrong\.json:1: 'duration' 2\.5 s disagrees with the audio file"):
-        convert_nemo_manifest(wrong, out)
-    # within tolerance it is accepted (and clipped to the file)
-    close = _write_lines(d / "close.json", [{"audio_filepath": "audio/a.wav", "duration": 2.05}])
-    assert convert_nemo_manifest(close, out) == 1
-    assert next(iter(CutSet.from_file(str(out)))).duration == pytest.approx(2.0)
-    past = _write_lines(d / "past.json", [{"audio_filepath": "audio/a.wav", "duration": 1.0, "offset": 1.5}])
-    with pytest.raises(ManifestError, match=r"past\.json:1: .*from offset 1\.5 s disagrees"):
-        convert_nemo_manifest(past, out)

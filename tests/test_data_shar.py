@@ -12,9 +12,9 @@ from lhotse import CutSet, Recording
 from lhotse.dataset import IterableDatasetWrapper
 
 from nest_ssl.data import AudioNoiseBatch, build_dataloader
-from nest_ssl.data.manifests import ManifestError, open_cutset
+from nest_ssl.data.manifests import ManifestError, open_cutset, open_source
 from nest_ssl.data.sampler import build_sampler
-from nest_ssl.data.shar import export_shar, external_shuffle_lines
+from nest_ssl.prepare.shar import export_shar, external_shuffle_lines
 
 SR = 8000
 
@@ -98,7 +98,7 @@ def test_iterable_mode_over_shar_is_infinite_and_rank_worker_specific(tmp_path, 
     export_shar(src, out, shard_size=2, seed=0)  # 5 shards
     cfg = {"batch_size": 2, "shuffle": True, "shuffle_buffer_size": 1}
 
-    samplers = [build_sampler(open_cutset(str(out)), cfg, seed=5, rank=r, world_size=2) for r in range(2)]
+    samplers = [build_sampler(open_source(str(out)), cfg, seed=5, rank=r, world_size=2) for r in range(2)]
     for s in samplers:
         assert s.iterable_dataset and s.rank == 0 and s.world_size == 1 and s.worker_init_fn is not None
     # infinite: more batches than one pass holds; every cut keeps coming back
@@ -108,7 +108,7 @@ def test_iterable_mode_over_shar_is_infinite_and_rank_worker_specific(tmp_path, 
     assert per_rank[0][:10] != per_rank[1][:10]
 
     # the same through a DataLoader with two workers: each worker runs its own sampler copy, in its own order
-    sampler = build_sampler(open_cutset(str(out)), cfg, seed=5, rank=0, world_size=1)
+    sampler = build_sampler(open_source(str(out)), cfg, seed=5, rank=0, world_size=1)
     loader = torch.utils.data.DataLoader(
         IterableDatasetWrapper(dataset=_Ids(), sampler=sampler),
         batch_size=None,
@@ -121,10 +121,10 @@ def test_iterable_mode_over_shar_is_infinite_and_rank_worker_specific(tmp_path, 
     assert worker0 != worker1 and len(set(worker0)) > 2 and len(set(worker1)) > 2
 
     # force_finite: one pass, then the iteration ends
-    finite = build_sampler(open_cutset(str(out)), dict(cfg, force_finite=True), seed=5)
+    finite = build_sampler(open_source(str(out)), dict(cfg, force_finite=True), seed=5)
     assert sorted(c.id for b in finite for c in b) == sorted(c.id for c in open_cutset(src))
     # validation is always map-style and finite, even over Shar
-    val = build_sampler(open_cutset(str(out)), {"batch_size": 3}, seed=5, rank=1, world_size=2, training=False)
+    val = build_sampler(open_source(str(out)), {"batch_size": 3}, seed=5, rank=1, world_size=2, training=False)
     assert not val.iterable_dataset and val.rank == 1
 
 
@@ -137,7 +137,7 @@ def test_bucketing_over_shar_estimates_bins_from_cuts_files_only(tmp_path, cuts_
         with open(tar_path, "wb") as f:
             f.write(b"not a tar")
     cfg = {"use_bucketing": True, "num_buckets": 3, "batch_duration": 5.0, "num_cuts_for_bins_estimate": 10}
-    sampler = build_sampler(open_cutset(str(out)), cfg, seed=0)
+    sampler = build_sampler(open_source(str(out)), cfg, seed=0)
     assert sampler.iterable_dataset and len(sampler.duration_bins) == 2
     with pytest.raises(tarfile.ReadError):
         next(iter(sampler))  # the training stream itself does read the (broken) audio tars
@@ -181,7 +181,7 @@ def test_finite_iterable_pass_covers_every_cut_once_across_ranks_and_workers(tmp
 
 def test_finite_iterable_over_a_cutset_without_parts_keeps_a_stride_per_rank(cuts_manifest):
     _, src = cuts_manifest
-    cuts = CutSet.from_file(src)  # not from open_cutset: there are no parts to hand out
+    cuts = CutSet.from_file(src)  # not a ManifestSource: there are no parts to hand out
     cfg = {"batch_size": 3, "force_iterable_dataset": True, "force_finite": True}
     per_rank = [[c.id for b in build_sampler(cuts, cfg, seed=0, rank=r, world_size=2) for c in b] for r in range(2)]
     assert sorted(per_rank[0] + per_rank[1]) == sorted(c.id for c in cuts)
@@ -245,17 +245,17 @@ def test_build_dataloader_over_shar_streams_nemo_batches_per_worker(tmp_path, cu
 
 
 def test_iterable_mode_buffers_default_small_because_shar_cuts_carry_audio(tmp_path, cuts_manifest):
-    from nest_ssl.data.sampler import ITERABLE_DEFAULTS, SAMPLER_DEFAULTS
+    from nest_ssl.data.config import ITERABLE_BUFFERS as ITERABLE_DEFAULTS, MAP_STYLE_BUFFERS as SAMPLER_DEFAULTS
 
     _, src = cuts_manifest
     out = tmp_path / "shar"
     export_shar(src, out, shard_size=5, seed=0)
     cfg = {"use_bucketing": True, "num_buckets": 2, "batch_duration": 5.0, "bucket_duration_bins": [2.0]}
-    shar = build_sampler(open_cutset(str(out)), cfg, seed=0)
+    shar = build_sampler(open_source(str(out)), cfg, seed=0)
     assert shar.iterable_dataset and shar.buffer_size == ITERABLE_DEFAULTS["bucket_buffer_size"]
     assert shar.source.shuffle_buffer_size == ITERABLE_DEFAULTS["shuffle_buffer_size"]
-    plain = build_sampler(open_cutset(src), cfg, seed=0)
+    plain = build_sampler(open_source(src), cfg, seed=0)
     assert not plain.iterable_dataset and plain.buffer_size == SAMPLER_DEFAULTS["bucket_buffer_size"]
     # a value the user gives wins in both modes
-    given = build_sampler(open_cutset(str(out)), dict(cfg, bucket_buffer_size=50, shuffle_buffer_size=7), seed=0)
+    given = build_sampler(open_source(str(out)), dict(cfg, bucket_buffer_size=50, shuffle_buffer_size=7), seed=0)
     assert given.buffer_size == 50 and given.source.shuffle_buffer_size == 7

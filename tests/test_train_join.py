@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nest_ssl.data.manifests import open_cutset
-from nest_ssl.data.shar import export_shar
+from nest_ssl.prepare.shar import export_shar
 from nest_ssl.train.loggers import read_metrics, series
 from dummy_data import make_dummy_data
 

@@ -49,8 +49,8 @@ def add_arguments(parser) -> None:
 def _windows(args) -> int:
     from lhotse import CutSet
 
-    from nest_ssl.data.manifests import open_cutset
-    from nest_ssl.data.windows import make_training_windows
+    from nest_ssl.data.manifests import open_source
+    from nest_ssl.prepare.windows import make_training_windows
 
     if not (0 < args.min_duration <= args.max_duration):
         print(
@@ -59,10 +59,8 @@ def _windows(args) -> int:
             file=sys.stderr,
         )
         return 1
-    from nest_ssl.data.manifests import manifest_source
-
-    cuts = open_cutset(args.input, what="cuts windows input")
-    if manifest_source(cuts).is_shar:
+    source = open_source(args.input, what="cuts windows input")
+    if source.is_shar:
         # Shar cuts carry their audio in the tar files; windows written to a JSONL manifest could not reach it.
         print(
             "nest-ssl cuts windows: error: the input is a Shar directory; make windows from the manifest that "
@@ -71,7 +69,7 @@ def _windows(args) -> int:
         )
         return 1
     windows = make_training_windows(
-        cuts,
+        CutSet(source),
         args.min_duration,
         args.max_duration,
         args.max_pause,
@@ -98,12 +96,12 @@ def _windows(args) -> int:
 
 
 def _estimate_bins(args) -> int:
-    from nest_ssl.data.manifests import open_cutset
-    from nest_ssl.data.sampler import estimate_bucket_bins
+    from nest_ssl.data.manifests import open_source
+    from nest_ssl.prepare.bucket_bins import estimate_bucket_bins
 
-    cuts = open_cutset(args.input, what="cuts estimate-bins input", metadata_only=True)
+    source = open_source(args.input, what="cuts estimate-bins input", metadata_only=True)
     bins = estimate_bucket_bins(
-        cuts,
+        source,
         args.num_buckets,
         num_cuts=args.num_cuts,
         min_duration=args.min_duration,

@@ -14,7 +14,8 @@ def add_arguments(parser) -> None:
         description="Convert a NeMo JSON-lines manifest (audio_filepath, duration, optional offset; other keys are "
         "kept in cut.custom; relative paths are resolved against the manifest's folder) to a Lhotse CutSet. "
         "Streams line by line; a missing duration is read from the file header; every line is checked against "
-        "its audio file.",
+        "its audio file. Lines that fail are left out and listed with the reason in rejects_<OUT name>.tsv next "
+        "to OUT.",
     )
     p.add_argument("input", metavar="IN.json", help="NeMo manifest")
     p.add_argument("output", metavar="OUT.jsonl.gz", help="Lhotse CutSet to write (.jsonl or .jsonl.gz)")
@@ -27,12 +28,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from nest_ssl.data.manifests import ManifestError, convert_nemo_manifest
+    from nest_ssl.prepare.nemo_manifest import convert_nemo_manifest
 
-    try:
-        n = convert_nemo_manifest(args.input, args.output, duration_tolerance=args.duration_tolerance, what="manifest")
-    except ManifestError as err:
-        print(f"nest-ssl manifest from-nemo: error: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {n} cuts to {args.output}")
+    # A user error (unreadable input, OUT = IN, no line left) reaches the CLI's guard: one line, exit 2.
+    done = convert_nemo_manifest(args.input, args.output, duration_tolerance=args.duration_tolerance)
+    print(f"wrote {done.written} cuts to {args.output}")
+    if done.rejected:
+        print(f"nest-ssl: warning: {done.rejected} of {done.written + done.rejected} lines of {args.input} were "
+              f"left out; each is listed with its reason in {done.rejects_path}", file=sys.stderr)
     return 0

@@ -35,7 +35,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from nest_ssl.data.manifests import ManifestError
-    from nest_ssl.data.shar import export_shar
+    from nest_ssl.prepare.shar import export_shar
 
     try:
         written = export_shar(

@@ -1,8 +1,9 @@
 """nest_ssl.data: the Lhotse pipeline (manifests, windows, sampler, dataset, augmentation).
 
-``build_dataloader(ds_cfg, ...)`` turns a ``train_ds``/``validation_ds`` config section into a DataLoader:
-lazy CutSet (``open_cutset``) -> lhotse sampler (``build_sampler``) -> ``AudioNoiseDataset`` (read, reject bad
-audio, reverb, NEST augmentation) -> ``AudioNoiseBatch``.
+``build_dataloader(ds_cfg, ...)`` turns a ``train_ds``/``validation_ds`` config section (a ``DataLoadingConfig``
+from ``parse_data_config``, or a node parsed on entry) into a DataLoader: lazy manifest source (``open_source``) ->
+lhotse sampler (``build_sampler``) -> ``AudioNoiseDataset`` (read, reject bad audio, reverb, NEST augmentation) ->
+``AudioNoiseBatch``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from nest_ssl.data.augment import MultiSpeakerNoiseAugmentation
 from nest_ssl.data.batch import AudioNoiseBatch
+from nest_ssl.data.config import DataLoadingConfig, parse_data_config
 from nest_ssl.data.dataset import AudioNoiseDataset, ReverbConfig
 from nest_ssl.data.noise import EmptyNoiseManifestError, NoiseSet
 from nest_ssl.seeding import hash_seed, seed_all
@@ -22,6 +24,7 @@ from nest_ssl.seeding import hash_seed, seed_all
 __all__ = [
     "AudioNoiseBatch",
     "AudioNoiseDataset",
+    "DataLoadingConfig",
     "EmptyNoiseManifestError",
     "MultiSpeakerNoiseAugmentation",
     "NestDataLoader",
@@ -32,14 +35,8 @@ __all__ = [
     "build_dataloader",
     "build_dataset",
     "make_dataloader",
+    "parse_data_config",
 ]
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
 
 
 class NestDataLoader(DataLoader):
@@ -47,10 +44,13 @@ class NestDataLoader(DataLoader):
 
     The dataset seeds each batch from (seed, epoch, cut ids); workers are started per iteration
     (``persistent_workers=False``) with a copy of the dataset, so the epoch must be set before they start.
-    ``cut_sampler`` is the lhotse sampler in both modes (in map-style mode it is also ``.sampler``).
+    ``cut_sampler`` is the lhotse sampler in both modes (in map-style mode it is also ``.sampler``);
+    ``source`` is the ManifestSource it reads (its ``num_parts`` are the files or Shar shards), None when the
+    loader was made from other cuts.
     """
 
     cut_sampler: Any = None
+    source: Any = None
 
     def __iter__(self):
         sampler = self.cut_sampler
@@ -147,39 +147,48 @@ def build_augmentor(node: Any) -> Optional[Any]:
     return instantiate(params)
 
 
-def build_dataset(ds_cfg: Any, *, sample_rate: int = 16000, seed: int = 0, training: bool = True) -> AudioNoiseDataset:
-    """``AudioNoiseDataset`` from the ``noise_manifest``, ``batch_augmentor`` and ``reverb`` keys of ``ds_cfg``."""
-    cfg_rate = _get(ds_cfg, "sample_rate")
-    if cfg_rate is not None and int(cfg_rate) != int(sample_rate):
-        raise ValueError(
-            f"dataset sample_rate {cfg_rate} differs from the model's {sample_rate}; set the dataset's sample_rate "
-            f"to ${{model.sample_rate}} (audio is resampled to the model's rate)"
+def build_dataset(ds_cfg: Any, *, sample_rate: int = 16000, seed: int = 0, training: bool = True,
+                  section: Optional[str] = None) -> AudioNoiseDataset:
+    """``AudioNoiseDataset`` from the ``noise_manifest``, ``batch_augmentor`` and ``reverb`` keys of ``ds_cfg``
+    (a DataLoadingConfig, or a node parsed here)."""
+    section = section or ("train_ds" if training else "validation_ds")
+    cfg = parse_data_config(ds_cfg, section)
+    if cfg.sample_rate is not None and cfg.sample_rate != int(sample_rate):
+        from nest_ssl.config import ConfigError
+
+        raise ConfigError(
+            f"{section}.sample_rate={cfg.sample_rate} differs from the model's {sample_rate}; set it to "
+            f"${{model.sample_rate}} (audio is resampled to the model's rate)"
         )
     return AudioNoiseDataset(
         sample_rate=sample_rate,
-        noise=_get(ds_cfg, "noise_manifest"),
-        batch_augmentor=build_augmentor(_get(ds_cfg, "batch_augmentor")),
-        reverb=_get(ds_cfg, "reverb"),
+        noise=cfg.noise_manifest,
+        batch_augmentor=build_augmentor(cfg.batch_augmentor),
+        reverb=cfg.reverb,
         seed=seed,
         training=training,
+        section=section,
     )
 
 
-def make_dataloader(dataset: torch.utils.data.Dataset, sampler: Any, ds_cfg: Any = None, *, seed: int = 0) -> NestDataLoader:
+def make_dataloader(dataset: torch.utils.data.Dataset, sampler: Any, ds_cfg: Optional[DataLoadingConfig] = None, *,
+                    seed: int = 0) -> NestDataLoader:
     """The DataLoader around a dataset over sampler batches (lhotse's pattern: ``batch_size=None``).
 
     Map-style (default): the sampler runs in this process and workers get CutSets. When the sampler says
     ``iterable_dataset`` (Shar input), each worker runs its own sampler copy through lhotse's
-    ``IterableDatasetWrapper`` with the sampler's ``worker_init_fn``.
+    ``IterableDatasetWrapper`` with the sampler's ``worker_init_fn``. ``ds_cfg`` gives ``num_workers`` and
+    ``pin_memory`` (none: 0 and false).
     """
-    num_workers = int(_get(ds_cfg, "num_workers", 0))
+    cfg = ds_cfg if ds_cfg is not None else DataLoadingConfig()
+    num_workers = cfg.num_workers
     iterable = bool(getattr(sampler, "iterable_dataset", False))
     sampler_init = getattr(sampler, "worker_init_fn", None) if iterable else None
     common = dict(
         batch_size=None,
         num_workers=num_workers,
         # Pinning needs a CUDA runtime; on a CPU-only machine it would only warn, so it is switched off there.
-        pin_memory=bool(_get(ds_cfg, "pin_memory", False)) and torch.cuda.is_available(),
+        pin_memory=cfg.pin_memory and torch.cuda.is_available(),
         worker_init_fn=functools.partial(_worker_init, int(seed), sampler_init) if num_workers > 0 else None,
         persistent_workers=False,
     )
@@ -199,23 +208,27 @@ def build_dataloader(
     rank: int = 0,
     world_size: int = 1,
     training: bool = True,
+    section: Optional[str] = None,
 ) -> NestDataLoader:
-    """DataLoader for a ``train_ds``/``validation_ds`` section.
+    """DataLoader for a ``train_ds``/``validation_ds`` section: a DataLoadingConfig (``parse_data_config``; the
+    keys and defaults are there), or a DictConfig/dict parsed here once.
 
-    Keys read here: ``manifest_filepath``, ``noise_manifest`` (null), ``sample_rate``, ``batch_augmentor`` (null),
-    ``reverb`` ({enabled: false, prob: 0.5, rir_manifest: null, early_only: false, normalize_output: true}),
-    ``num_workers`` (0), ``pin_memory`` (false); batching keys are ``build_sampler``'s. With ``training=False``
+    ``section`` names the section in messages (default ``train_ds`` / ``validation_ds``). With ``training=False``
     the augmentation of every batch is fixed by ``seed`` and the cut ids, so val_loss compares across
-    checkpoints.
+    checkpoints. The loader keeps the manifest source it reads as ``loader.source``.
     """
-    from nest_ssl.data.manifests import open_cutset
+    from nest_ssl.config import ConfigError
+    from nest_ssl.data.manifests import open_source
     from nest_ssl.data.sampler import build_sampler
 
-    manifest = _get(ds_cfg, "manifest_filepath")
-    section = "train_ds" if training else "validation_ds"
-    if manifest is None:
-        raise ValueError(f"{section}.manifest_filepath is not set; point it at a manifest (NeMo JSON, lhotse, Shar)")
-    cuts = open_cutset(manifest, what=f"{section}.manifest_filepath", sample_rate=sample_rate)
-    sampler = build_sampler(cuts, ds_cfg, seed=seed, rank=rank, world_size=world_size, training=training)
-    dataset = build_dataset(ds_cfg, sample_rate=sample_rate, seed=seed, training=training)
-    return make_dataloader(dataset, sampler, ds_cfg, seed=seed)
+    section = section or ("train_ds" if training else "validation_ds")
+    cfg = parse_data_config(ds_cfg, section)
+    if cfg.manifest_filepath is None:
+        raise ConfigError(f"{section}.manifest_filepath is not set; point it at a manifest (NeMo JSON, lhotse, Shar)")
+    source = open_source(cfg.manifest_filepath, what=f"{section}.manifest_filepath", sample_rate=sample_rate)
+    sampler = build_sampler(source, cfg, section=section, seed=seed, rank=rank, world_size=world_size,
+                            training=training)
+    dataset = build_dataset(cfg, sample_rate=sample_rate, seed=seed, training=training, section=section)
+    loader = make_dataloader(dataset, sampler, cfg, seed=seed)
+    loader.source = source
+    return loader

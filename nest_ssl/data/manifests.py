@@ -7,8 +7,8 @@ memory. Bad input raises `ManifestError` naming the file, the line and what to d
 
 NeMo lines become `MonoCut`s without touching the audio when `duration` is given (the sampling rate is then taken
 from an optional `sampling_rate` field or assumed to be `sample_rate`, mono); when `duration` is missing the file
-header is read on every pass, which is why `convert_nemo_manifest` (the `nest-ssl manifest from-nemo` command) exists:
-it reads each header once, validates the line against the file and writes an exact Lhotse CutSet.
+header is read on every pass, which is why `nest_ssl.prepare.nemo_manifest` (the `nest-ssl manifest from-nemo`
+command) exists: it reads each header once, validates the line against the file and writes an exact Lhotse CutSet.
 """
 
 from __future__ import annotations
@@ -198,6 +198,60 @@ def _shar_fields(directory: Path, metadata_only: bool, what: str) -> List[Dict[s
     return shards
 
 
+# (path, size, mtime_ns) of the gzip files found complete by this process: a file is decompressed once per process.
+_complete_gzip: set = set()
+
+
+def check_gzip_complete(path: str, what: str) -> None:
+    """Raise ManifestError if the gzip file at `path` stops before the end of its (last) gzip stream.
+
+    A truncated .jsonl.gz (an interrupted copy or write) would otherwise be noticed only when the sampler reaches
+    its end, hours into an epoch. This decompresses the file once, discarding the output (about a second per few
+    hundred MB of text), and accepts concatenated gzip members (the LibriLight preparation writes those).
+    """
+    import zlib
+
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise ManifestError(f"{_where(what, path)}: cannot read the manifest: {describe_os_error(err)}",
+                            path=path) from None
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key in _complete_gzip:
+        return
+    lines = 0
+    d = zlib.decompressobj(wbits=31)
+    try:
+        with open(path, "rb") as f:
+            pending = b""
+            while True:
+                chunk = pending or f.read(1 << 20)
+                pending = b""
+                if not chunk:
+                    break
+                if d.eof:  # the previous member ended: a concatenated one starts here
+                    d = zlib.decompressobj(wbits=31)
+                lines += d.decompress(chunk).count(b"\n")
+                if d.eof:
+                    pending = d.unused_data
+    except OSError as err:
+        raise ManifestError(f"{_where(what, path)}: cannot read the manifest: {describe_os_error(err)}",
+                            path=path) from None
+    except zlib.error as err:
+        raise ManifestError(
+            f"{_where(what, path)}: the gzip data is corrupt after about {lines} lines ({err}); re-create or "
+            "re-copy the file",
+            path=path,
+        ) from None
+    if not d.eof:
+        raise ManifestError(
+            f"{_where(what, path)}: the file is truncated: its gzip stream stops after {lines} lines "
+            f"({st.st_size} bytes) without its end (an interrupted write or copy?); re-create or re-copy it",
+            path=path,
+        )
+    _complete_gzip.add(key)
+
+
 @dataclass(frozen=True)
 class ManifestPart:
     """One unit of a manifest source: a NeMo/Lhotse JSONL file or one Shar shard (`fields`: field -> path)."""
@@ -208,7 +262,8 @@ class ManifestPart:
 
 
 def resolve_parts(spec: PathSpec, *, what: str = "train_ds.manifest_filepath", metadata_only: bool = False) -> List[ManifestPart]:
-    """Expand a spec to its parts (each Shar directory to its shards), checking existence, format and emptiness."""
+    """Expand a spec to its parts (each Shar directory to its shards), checking existence, format, emptiness and
+    that gzip files are complete (check_gzip_complete)."""
     paths = split_spec(spec)
     if not paths:
         raise ManifestError(f"{what}: no manifest given; set {what} to a manifest path, a comma-separated list or a list")
@@ -225,6 +280,8 @@ def resolve_parts(spec: PathSpec, *, what: str = "train_ds.manifest_filepath", m
                     path=path,
                 )
             for shard in shards:
+                if shard["cuts"].endswith(".gz"):
+                    check_gzip_complete(shard["cuts"], what)
                 fields = tuple((k, v) for k, v in shard.items() if k != "cuts")
                 parts.append(ManifestPart("shar", shard["cuts"], fields))
             continue
@@ -258,6 +315,8 @@ def resolve_parts(spec: PathSpec, *, what: str = "train_ds.manifest_filepath", m
                 path=path,
                 line=lineno,
             )
+        if str(path).endswith(".gz"):
+            check_gzip_complete(str(path), what)
         parts.append(ManifestPart(kind, str(path)))
     return parts
 
@@ -347,7 +406,11 @@ def nemo_line_to_cut(
     rec_id = _recording_id(resolved, manifest_dir)
     cut_id = rec_id if not has_offset else f"{rec_id}_{int(round(offset * 1000)):09d}ms"
 
-    if duration is None or probe or check:
+    # A segment that starts where its file starts cannot be described without the file's length: lhotse reads a
+    # segment as long as its recording as "the whole file", so a Recording ending at the segment's end would load
+    # all of it. Its header is read instead (one per file: the other segments of the file start later).
+    starts_file = has_offset and duration is not None and offset < 1e-3
+    if duration is None or probe or check or starts_file:
         if not os.path.isfile(resolved):
             raise ManifestError(
                 f"{_where(what, path, lineno)}: audio file not found: {resolved} (relative paths are resolved against "
@@ -417,6 +480,11 @@ def nemo_line_to_cut(
 
 
 def _iter_jsonl(path: str, what: str) -> Iterator[Tuple[int, dict]]:
+    if path.endswith(".gz"):
+        # Before the first line, not at the end of the file: a file truncated since it was opened (a copy
+        # overwritten during the run) stops the pass before any of its cuts is trained on. Cached: one os.stat
+        # when unchanged.
+        check_gzip_complete(path, what)
     try:
         with _open_text(path) as f:
             for lineno, line in enumerate(f, 1):
@@ -605,63 +673,17 @@ def open_cutset(
     The files are checked up front (exist, non-empty, recognised format, first line parses); later lines are
     checked as they stream, raising ManifestError with file:line.
     """
-    parts = resolve_parts(spec, what=what, metadata_only=metadata_only)
-    return CutSet(ManifestSource(parts, what=what, sample_rate=sample_rate))
+    return CutSet(open_source(spec, what=what, sample_rate=sample_rate, metadata_only=metadata_only))
 
 
-def manifest_source(cuts: CutSet) -> Optional[ManifestSource]:
-    """The ManifestSource behind a CutSet returned by open_cutset (None if it was wrapped, filtered, ...)."""
-    data = getattr(cuts, "data", None)
-    return data if isinstance(data, ManifestSource) else None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# NeMo -> Lhotse conversion
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def convert_nemo_manifest(
-    in_path: Union[str, os.PathLike],
-    out_path: Union[str, os.PathLike],
+def open_source(
+    spec: PathSpec,
     *,
-    duration_tolerance: float = DEFAULT_DURATION_TOLERANCE,
-    what: str = "manifest",
-) -> int:
-    """Stream a NeMo manifest into a Lhotse CutSet JSONL(.gz), reading every audio header once.
-
-    Checks each line: valid JSON, audio file exists, `duration` agrees with the file within `duration_tolerance`
-    seconds (a missing duration is read from the header). Relative audio paths are resolved against the input
-    manifest's folder and written absolute. Returns the number of cuts written. On error nothing is left at
-    out_path (the output is written to a temporary name and renamed at the end).
-    """
-    in_path, out_path = str(in_path), str(out_path)
-    if not os.path.isfile(in_path):
-        raise ManifestError(f"{what}: input manifest not found: {in_path}; check the path", path=in_path)
-    lineno, first = _first_record(in_path, what)
-    if first is None:
-        raise ManifestError(f"{_where(what, in_path)}: manifest is empty (no JSON lines); nothing to convert", path=in_path)
-    if _kind_of_record(first) != "nemo":
-        raise ManifestError(
-            f"{_where(what, in_path, lineno)}: not a NeMo manifest line (no 'audio_filepath'); this command converts "
-            "NeMo JSON-lines manifests",
-            path=in_path,
-            line=lineno,
-        )
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(out_dir, exist_ok=True)
-    suffix = ".jsonl.gz" if out_path.endswith(".gz") else ".jsonl"
-    tmp_path = os.path.join(out_dir, f".{os.path.basename(out_path)}.partial{suffix}")
-    n = 0
-    try:
-        with CutSet.open_writer(tmp_path, overwrite=True) as writer:
-            for ln, data in _iter_jsonl(in_path, what):
-                cut = nemo_line_to_cut(
-                    data, path=in_path, lineno=ln, what=what, check=True, duration_tolerance=duration_tolerance
-                )
-                writer.write(cut)
-                n += 1
-        os.replace(tmp_path, out_path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-    return n
+    what: str = "train_ds.manifest_filepath",
+    sample_rate: int = 16000,
+    metadata_only: bool = False,
+) -> ManifestSource:
+    """The ManifestSource behind `open_cutset` (same arguments): what the sampler reads, with its parts (files or
+    Shar shards) known, so that it can order and split them."""
+    parts = resolve_parts(spec, what=what, metadata_only=metadata_only)
+    return ManifestSource(parts, what=what, sample_rate=sample_rate)

@@ -1,17 +1,19 @@
 """Batch sampling over lazy CutSets: Lhotse's dynamic samplers, configured with NeMo's dataloading keys.
 
-`build_sampler(cuts, ds_cfg, seed=, rank=, world_size=, training=)` returns a Lhotse `CutSampler`:
+`build_sampler(source, ds_cfg, seed=, rank=, world_size=, training=)` returns a Lhotse `CutSampler` over `source`
+(best: the ManifestSource of `nest_ssl.data.manifests.open_source`, whose parts the sampler orders and splits;
+any iterable of cuts works too), configured by a `DataLoadingConfig` (nest_ssl.data.config):
 
 * `use_bucketing: true`  -> `DynamicBucketingSampler` (buckets of similar duration; `bucket_duration_bins` given or
-  estimated from the first `num_cuts_for_bins_estimate` cuts of the stream, as NeMo does; `nest-ssl cuts
-  estimate-bins` precomputes them from a uniform sample of the whole manifest);
+  estimated from the first `num_cuts_for_bins_estimate` cuts of the stream, as NeMo does (nest_ssl.data.bucketing);
+  `nest-ssl cuts estimate-bins` precomputes them from a uniform sample of the whole manifest);
 * otherwise              -> `DynamicCutSampler` (NeMo's choice when bucketing is off).
 
 Batches hold `batch_duration` seconds of audio (padding included, `quadratic_duration` optional) and/or at most
 `batch_size` cuts; with no `batch_duration` the batch size alone decides. Cuts outside [min_duration, max_duration]
 are skipped, as in NeMo; when that leaves nothing a ManifestError says so.
 
-Two modes, decided by `uses_iterable_dataset(cuts, ds_cfg, training)` and exposed as `sampler.iterable_dataset`:
+Two modes, decided by `uses_iterable_dataset(source, ds_cfg, training)` and exposed as `sampler.iterable_dataset`:
 
 map-style (default; lazy JSONL manifests, every validation set):
     the sampler lives in the training process. With `rank`/`world_size` it draws `world_size` batches per step and
@@ -48,107 +50,36 @@ import logging
 import random
 import secrets
 from itertools import islice
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
 
 from lhotse import CutSet
 from lhotse.cut import Cut
 from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 from lhotse.dataset.sampling.base import CutSampler
-from lhotse.dataset.sampling.dynamic_bucketing import estimate_duration_buckets
 from lhotse.lazy import Dillable
 from lhotse.utils import streaming_shuffle
 
-from nest_ssl.data.manifests import ManifestError, ManifestSource, manifest_source
+from nest_ssl.data.bucketing import bins_from_head
+from nest_ssl.data.config import DataLoadingConfig, parse_data_config
+from nest_ssl.data.manifests import ManifestError, ManifestSource
 from nest_ssl.seeding import mix_seed
 
 log = logging.getLogger(__name__)
 
-# Defaults for keys a user's config may leave out (NeMo's train_ds yaml has none of the Lhotse keys).
-# NeMo's LhotseDataLoadingConfig values, except: concurrent_bucketing False (a background thread makes sampling
-# non-deterministic, which breaks exact resume) and shard_seed "randomized" (reproducible; NeMo uses "trng").
-SAMPLER_DEFAULTS: Dict[str, Any] = {
-    "batch_size": None,
-    "batch_duration": None,
-    "quadratic_duration": None,
-    "use_bucketing": False,
-    "num_buckets": 30,
-    "bucket_duration_bins": None,
-    "num_cuts_for_bins_estimate": 10000,
-    "bucket_buffer_size": 10000,
-    "shuffle_buffer_size": 10000,
-    "concurrent_bucketing": False,
-    "sync_buckets": True,
-    "shuffle": None,  # None -> `training`
-    "drop_last": False,
-    "seed": None,  # None -> the `seed` argument
-    "shard_seed": "randomized",
-    "min_duration": None,
-    "max_duration": None,
-    "force_finite": False,
-    "force_map_dataset": False,
-    "force_iterable_dataset": False,
-}
-
-# Iterable (Shar) mode: a cut read from a Shar shard carries its encoded audio, so every buffered cut costs ~17 kB per
-# second of audio (~0.3 MB for a 17 s LibriLight window) in each DataLoader worker, and NeMo's 10000 + 10000 would
-# hold ~5 GB per worker. Shards are globally shuffled when written (`nest-ssl shar export`), so a small shuffle
-# buffer suffices, and 2000 cuts still fill 30 buckets for batches of ~1000 s of 17 s cuts.
-ITERABLE_DEFAULTS: Dict[str, Any] = {"bucket_buffer_size": 2000, "shuffle_buffer_size": 1000}
-
-# NeMo dataloading keys we know but do not implement (warned about, not silently dropped).
-_UNSUPPORTED_KEYS = {
-    "bucket_batch_size": "per-bucket batch sizes need a custom constraint, which Lhotse cannot checkpoint; use "
-    "batch_duration (+ quadratic_duration)",
-    "bucketing_batch_size": "NeMo's non-Lhotse bucketing; use batch_duration with use_bucketing",
-    "multi_config": "one input config per dataset section",
-    "input_cfg": "give manifest_filepath (paths, comma-separated or a list)",
-}
+# An epoch that trains on less than this share of the cuts is reported (bucketing + drop_last on small data).
+MIN_EPOCH_SHARE = 0.9
 
 
-def _raw_get(cfg: Any, key: str) -> Any:
-    """cfg[key] or None, for DictConfig, dict or attribute objects."""
-    if cfg is None:
-        return None
-    try:
-        return cfg.get(key, None)
-    except AttributeError:
-        return getattr(cfg, key, None)
-
-
-def _cfg_get(cfg: Any, key: str) -> Any:
-    value = _raw_get(cfg, key)
-    return SAMPLER_DEFAULTS[key] if value is None else value
-
-
-def _as_float_list(value: Any, key: str) -> Optional[List[float]]:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
-    try:
-        bins = [float(v) for v in value]
-    except (TypeError, ValueError):
-        raise ManifestError(f"{key} must be a list of numbers (seconds), got {value!r}") from None
-    if bins != sorted(bins) or len(set(bins)) != len(bins):
-        raise ManifestError(f"{key} must be strictly increasing, got {bins}; re-run `nest-ssl cuts estimate-bins`")
-    return bins
-
-
-def uses_iterable_dataset(cuts: CutSet, ds_cfg: Any, training: bool = True) -> bool:
-    """Whether the sampler for these cuts runs inside DataLoader workers (see the module docstring)."""
+def uses_iterable_dataset(source: Any, cfg: DataLoadingConfig, training: bool = True) -> bool:
+    """Whether the sampler for `source` runs inside DataLoader workers (see the module docstring)."""
     if not training:
         # Validation must see every cut exactly once per rank split: map-style with rank/world_size does that.
         return False
-    force_map = bool(_cfg_get(ds_cfg, "force_map_dataset"))
-    force_iter = bool(_cfg_get(ds_cfg, "force_iterable_dataset"))
-    if force_map and force_iter:
-        raise ManifestError("force_map_dataset and force_iterable_dataset are both true; set at most one")
-    if force_map:
+    if cfg.force_map_dataset:
         return False
-    if force_iter:
+    if cfg.force_iterable_dataset:
         return True
-    src = manifest_source(cuts)
-    return bool(src is not None and src.is_shar)
+    return isinstance(source, ManifestSource) and source.is_shar
 
 
 class SamplerSource(Dillable):
@@ -189,6 +120,8 @@ class SamplerSource(Dillable):
         self.stream_worker: Optional[int] = None
         # force_finite resumed on another topology: parts (paths) already read in this epoch, left out of the split.
         self.exclude_parts: Optional[frozenset] = None
+        # (cuts, seconds) that the last complete pass yielded after the duration filter; None before one ended.
+        self.last_pass: Optional[Tuple[int, float]] = None
 
     # -- seeds ---------------------------------------------------------------------------------------------------
     def _stream_base_seed(self) -> int:
@@ -251,9 +184,7 @@ class SamplerSource(Dillable):
             p += 1
 
     def _one_pass(self, pass_seed: int, split: Optional[Tuple[int, int, int, int]] = None):
-        src = manifest_source(self.cuts) if isinstance(self.cuts, CutSet) else (
-            self.cuts if isinstance(self.cuts, ManifestSource) else None
-        )
+        src = self.cuts if isinstance(self.cuts, ManifestSource) else None
         if split is not None:
             rank, world_size, worker, num_workers = split
         if src is not None:
@@ -278,6 +209,7 @@ class SamplerSource(Dillable):
             it = streaming_shuffle(it, bufsize=self.shuffle_buffer_size, rng=random.Random(pass_seed * 2 + 1))
         lo, hi = self.min_duration, self.max_duration
         n_in = n_out = 0
+        seconds = 0.0
         shortest, longest = float("inf"), 0.0
         for cut in it:
             n_in += 1
@@ -286,7 +218,9 @@ class SamplerSource(Dillable):
                 shortest, longest = min(shortest, d), max(longest, d)
                 continue
             n_out += 1
+            seconds += d
             yield cut
+        self.last_pass = (n_out, seconds)  # what one full pass held, for the sampler's share-of-data warning
         if n_in and not n_out and split is not None:
             # Only this reader's share is known here; other readers may well have cuts in range.
             log.warning("%s: min_duration=%s / max_duration=%s removed all %d cuts of the share read by rank %d "
@@ -305,18 +239,60 @@ class SamplerSource(Dillable):
         return LazyIteratorChain(self, other)
 
 
+
 class _NestSamplerMixin:
     """Keeps SamplerSource.epoch equal to the sampler's epoch, so a fresh sampler that loads a state_dict and
-    fast-forwards sees the very same cut order as the original one."""
+    fast-forwards sees the very same cut order as the original one; and reports, once, an epoch that trained on
+    only a small share of the data (bucketing with drop_last on a small dataset)."""
 
     source: SamplerSource
     iterable_dataset: bool = False
     worker_init_fn = None
+    _share_reported = False
 
     def __iter__(self):
+        # A restored epoch resumes mid-way: its batch counts here would be partial, so it is not reported.
+        self._epoch_counts = None if self._just_restored_state else [0, 0, 0.0]  # batches, cuts, seconds
         if not self._just_restored_state:
             self.source.epoch = self.epoch
         return super().__iter__()
+
+    def __next__(self):
+        try:
+            batch = super().__next__()
+        except StopIteration:
+            self._report_share()
+            raise
+        counts = getattr(self, "_epoch_counts", None)
+        if counts is not None:
+            counts[0] += 1
+            counts[1] += len(batch)
+            counts[2] += sum(c.duration for c in batch)
+        return batch
+
+    def _report_share(self) -> None:
+        counts = getattr(self, "_epoch_counts", None)
+        total = self.source.last_pass
+        if self._share_reported or counts is None or not total or self.iterable_dataset:
+            return
+        self._share_reported = True
+        batches, cuts, seconds = counts
+        # Each rank keeps every world_size-th batch; the pass total is that of all ranks together.
+        world = max(1, int(getattr(self, "world_size", 1) or 1))
+        used_cuts, used_seconds = cuts * world, seconds * world
+        share = used_cuts / total[0]
+        if share >= MIN_EPOCH_SHARE:
+            return
+        what = self.source.what
+        bucketing = isinstance(self, DynamicBucketingSampler)
+        why = ("each of the buckets drops its incomplete last batch (drop_last)" if bucketing and self.drop_last
+               else "drop_last drops the incomplete last batch" if self.drop_last else "batches were left out")
+        log.warning(
+            "%s: an epoch trains on %d of %d cuts (%.0f%%; %.2f of %.2f h) in %d batch(es) per rank: %s. For a "
+            "dataset this small lower %s.batch_duration / %s.batch_size, set %s.drop_last=false%s",
+            what, used_cuts, total[0], 100 * share, used_seconds / 3600, total[1] / 3600, batches, why,
+            what, what, what, f" or lower {what}.num_buckets" if bucketing else "",
+        )
 
 
 class NestBucketingSampler(_NestSamplerMixin, DynamicBucketingSampler):
@@ -327,25 +303,22 @@ class NestCutSampler(_NestSamplerMixin, DynamicCutSampler):
     """DynamicCutSampler over a SamplerSource (see build_sampler)."""
 
 
-def _ds_name(cuts: CutSet, training: bool) -> str:
-    src = manifest_source(cuts)
-    if src is not None and "." in src.what:
-        return src.what.split(".")[0]
-    return "train_ds" if training else "validation_ds"
-
-
 def build_sampler(
-    cuts: CutSet,
-    ds_cfg: Any,
+    source: Union[ManifestSource, Iterable[Cut]],
+    ds_cfg: Union[DataLoadingConfig, Any],
     *,
+    section: Optional[str] = None,
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
     training: bool = True,
 ) -> CutSampler:
-    """A Lhotse sampler for `cuts` (best: the CutSet returned by open_cutset) configured from a train_ds /
-    validation_ds config (DictConfig, dict or None). See the module docstring for the keys and the two modes.
+    """A Lhotse sampler over `source` configured by `ds_cfg`. See the module docstring for the two modes.
 
+    source: the ManifestSource of `open_source` (its parts, files or Shar shards, are ordered and split per rank
+    and worker), or any iterable of cuts (then every reader walks all of it).
+    ds_cfg: a DataLoadingConfig (parse_data_config), or a section node/dict, parsed here.
+    section: the config section named in messages (default train_ds / validation_ds).
     seed: the run's seed, used unless ds_cfg sets `seed` itself; must be the same on every rank.
     rank, world_size: the DDP topology. Map-style samplers use them to hand out disjoint batches; in iterable mode
     they only seed the per-rank shard order (the sampler itself is rank 0 of 1).
@@ -354,84 +327,41 @@ def build_sampler(
     The result has `iterable_dataset` (bool), `worker_init_fn` (for the DataLoader, None in map-style) and
     `source` (the SamplerSource) attributes, and Lhotse's `state_dict()` / `load_state_dict()`.
     """
-    what = _ds_name(cuts, training)
-    if _raw_get(ds_cfg, "is_tarred"):
-        raise ManifestError(
-            f"{what}.is_tarred: NeMo tarred datasets are not read by nest-ssl; point {what}.manifest_filepath at the "
-            "manifest and convert it to Lhotse Shar with `nest-ssl shar export` (set is_tarred: false)"
-        )
-    for key, why in _UNSUPPORTED_KEYS.items():
-        if _raw_get(ds_cfg, key) is not None:
-            log.warning("%s.%s is not supported and is ignored: %s", what, key, why)
-    if bool(_cfg_get(ds_cfg, "concurrent_bucketing")):
-        log.warning("%s.concurrent_bucketing=true: batches are not reproducible, so a resumed run will not continue "
-                    "with exactly the batches it would have seen", what)
-    batch_size = _cfg_get(ds_cfg, "batch_size")
-    batch_duration = _cfg_get(ds_cfg, "batch_duration")
-    if batch_size is None and batch_duration is None:
-        raise ManifestError(f"{what}: set {what}.batch_size (cuts per batch) or {what}.batch_duration (seconds per batch)")
-    batch_size = int(batch_size) if batch_size is not None else None
-    batch_duration = float(batch_duration) if batch_duration is not None else None
-    if (batch_size is not None and batch_size <= 0) or (batch_duration is not None and batch_duration <= 0):
-        raise ManifestError(f"{what}: batch_size and batch_duration must be positive (got {batch_size}, {batch_duration})")
-    quadratic = _cfg_get(ds_cfg, "quadratic_duration")
-    quadratic = float(quadratic) if quadratic is not None else None
-    shuffle = _cfg_get(ds_cfg, "shuffle")
-    shuffle = bool(training if shuffle is None else shuffle)
-    drop_last = bool(_cfg_get(ds_cfg, "drop_last"))
-    cfg_seed = _cfg_get(ds_cfg, "seed")
-    base_seed = seed if cfg_seed is None else cfg_seed
-    if isinstance(base_seed, bool) or not isinstance(base_seed, int):
-        # "randomized"/"trng" would give each rank its own sampler order, and map-style DDP needs them identical.
-        raise ManifestError(
-            f"{what}.seed must be an integer (got {base_seed!r}); per-rank/worker randomness comes from "
-            f"{what}.shard_seed"
-        )
-    shard_seed = _cfg_get(ds_cfg, "shard_seed")
-    if not (isinstance(shard_seed, int) or shard_seed in ("randomized", "trng")):
-        raise ManifestError(f"{what}.shard_seed must be an int, 'randomized' or 'trng' (got {shard_seed!r})")
-    min_d, max_d = _cfg_get(ds_cfg, "min_duration"), _cfg_get(ds_cfg, "max_duration")
-    min_d = float(min_d) if min_d is not None else None
-    max_d = float(max_d) if max_d is not None else None
-    if min_d is not None and max_d is not None and min_d > max_d:
-        raise ManifestError(f"{what}: min_duration ({min_d}) is larger than max_duration ({max_d})")
+    what = section or ("train_ds" if training else "validation_ds")
+    cfg = parse_data_config(ds_cfg, what)
+    cfg.warn_ignored(what)
+    shuffle = bool(training if cfg.shuffle is None else cfg.shuffle)
+    base_seed = seed if cfg.seed is None else cfg.seed
+    parts = source if isinstance(source, ManifestSource) else None
 
-    iterable = uses_iterable_dataset(cuts, ds_cfg, training)
-    infinite = iterable and not bool(_cfg_get(ds_cfg, "force_finite"))
-    use_bucketing = bool(_cfg_get(ds_cfg, "use_bucketing"))
-    buffer_defaults = ITERABLE_DEFAULTS if iterable else SAMPLER_DEFAULTS
-
-    def buffer_size(key: str) -> int:
-        value = _raw_get(ds_cfg, key)
-        return int(buffer_defaults[key] if value is None else value)
-
-    shuffle_buffer = buffer_size("shuffle_buffer_size")
+    iterable = uses_iterable_dataset(source, cfg, training)
+    infinite = iterable and not cfg.force_finite
+    shuffle_buffer = cfg.buffer_size("shuffle_buffer_size", iterable)
 
     if iterable:
-        src = manifest_source(cuts)
-        if src is None and infinite:
+        if parts is None and infinite:
             log.warning(
-                "%s: iterable mode over a CutSet that open_cutset did not return directly: shard order cannot be "
+                "%s: iterable mode over cuts that are not a ManifestSource (open_source): shard order cannot be "
                 "shuffled per rank/worker, so workers may read the same data",
                 what,
             )
-        elif src is None:
+        elif parts is None:
             log.warning(
-                "%s: force_finite over a CutSet that open_cutset did not return directly: every rank and worker "
-                "reads all of it and keeps every (world_size x num_workers)-th cut",
+                "%s: force_finite over cuts that are not a ManifestSource (open_source): every rank and worker "
+                "reads all of them and keeps every (world_size x num_workers)-th cut",
                 what,
             )
-        elif infinite and src.num_parts < 2:
+        elif infinite and parts.num_parts < 2:
             log.warning(
                 "%s: iterable mode over a single manifest file: every rank and worker reads the same file "
                 "(only the shuffle buffer differs); use a Shar directory or many manifest files",
                 what,
             )
-        elif not infinite and src.num_parts < world_size * max(1, int(_raw_get(ds_cfg, "num_workers") or 0)):
+        elif not infinite and parts.num_parts < world_size * max(1, cfg.num_workers):
             log.warning(
                 "%s: force_finite over %d part(s) for %d rank(s) x %s worker(s): each part is read by one of them "
                 "only, so some get nothing; use more Shar shards (a smaller --shard-size) or manifest files",
-                what, src.num_parts, world_size, _raw_get(ds_cfg, "num_workers") or 0,
+                what, parts.num_parts, world_size, cfg.num_workers,
             )
     source_kwargs = dict(
         seed=base_seed,
@@ -440,37 +370,31 @@ def build_sampler(
         shuffle_parts=shuffle or iterable,
         # DynamicCutSampler has its own (seed, epoch)-seeded shuffle buffer; the bucketing sampler has none
         # (it only shuffles within its buckets), so the source provides it.
-        shuffle_buffer_size=shuffle_buffer if (shuffle and use_bucketing) else None,
-        min_duration=min_d,
-        max_duration=max_d,
+        shuffle_buffer_size=shuffle_buffer if (shuffle and cfg.use_bucketing) else None,
+        min_duration=cfg.min_duration,
+        max_duration=cfg.max_duration,
         iterable=iterable,
         infinite=infinite,
-        shard_seed=shard_seed,
+        shard_seed=cfg.shard_seed,
         rank=rank,
         world_size=world_size,
         what=what,
     )
-    source = SamplerSource(cuts, **source_kwargs)
+    sampler_source = SamplerSource(source, **source_kwargs)
     sampler_rank, sampler_world = (0, 1) if iterable else (rank, world_size)
-    data = CutSet(source)
-    if use_bucketing:
-        bins = _as_float_list(_cfg_get(ds_cfg, "bucket_duration_bins"), f"{what}.bucket_duration_bins")
-        num_buckets = int(_cfg_get(ds_cfg, "num_buckets"))
-        if bins is None and num_buckets < 2:
-            raise ManifestError(f"{what}.num_buckets must be >= 2 for bucketing (got {num_buckets})")
+    data = CutSet(sampler_source)
+    if cfg.use_bucketing:
+        bins = cfg.bins()
         if bins is None:
-            src = manifest_source(cuts)
             estimate_from = data
-            if src is not None and src.is_shar:
+            if parts is not None and parts.is_shar:
                 # Durations are in the cuts files; reading the audio tars for them would be wasted I/O.
                 stats_kwargs = dict(source_kwargs, iterable=False, infinite=False)
-                estimate_from = CutSet(SamplerSource(CutSet(src.metadata_only()), **stats_kwargs))
-            # NeMo's meaning of num_cuts_for_bins_estimate: the first N cuts of the (shuffled) stream. A uniform
-            # sample would read the whole manifest at every start, on every rank (minutes for LibriLight), so
-            # that is left to `nest-ssl cuts estimate-bins`; say so when the head was all we read.
-            n_est = int(_cfg_get(ds_cfg, "num_cuts_for_bins_estimate"))
-            sample, _, exhausted = sample_durations(estimate_from, n_est, max_cuts_read=n_est)
-            bins = bins_from_durations(sample, num_buckets, what=what)
+                estimate_from = CutSet(SamplerSource(parts.metadata_only(), **stats_kwargs))
+            # A uniform sample would read the whole manifest at every start, on every rank (minutes for
+            # LibriLight), so that is left to `nest-ssl cuts estimate-bins`; say so when the head was all we read.
+            n_est = cfg.num_cuts_for_bins_estimate
+            bins, exhausted = bins_from_head(estimate_from, cfg.num_buckets, n_est, what=what)
             if not exhausted:
                 log.warning(
                     "%s: bucket_duration_bins estimated from the first %d cuts only (num_cuts_for_bins_estimate); "
@@ -480,33 +404,33 @@ def build_sampler(
                 )
         sampler: CutSampler = NestBucketingSampler(
             data,
-            max_duration=batch_duration,
-            max_cuts=batch_size,
+            max_duration=cfg.batch_duration,
+            max_cuts=cfg.batch_size,
             shuffle=shuffle,
-            drop_last=drop_last,
+            drop_last=cfg.drop_last,
             duration_bins=bins,
-            buffer_size=buffer_size("bucket_buffer_size"),
-            quadratic_duration=quadratic,
+            buffer_size=cfg.buffer_size("bucket_buffer_size", iterable),
+            quadratic_duration=cfg.quadratic_duration,
             world_size=sampler_world,
             rank=sampler_rank,
             seed=base_seed,
-            sync_buckets=bool(_cfg_get(ds_cfg, "sync_buckets")),
-            concurrent=bool(_cfg_get(ds_cfg, "concurrent_bucketing")),
+            sync_buckets=cfg.sync_buckets,
+            concurrent=cfg.concurrent_bucketing,
         )
     else:
         sampler = NestCutSampler(
             data,
-            max_duration=batch_duration,
-            max_cuts=batch_size,
+            max_duration=cfg.batch_duration,
+            max_cuts=cfg.batch_size,
             shuffle=shuffle,
-            drop_last=drop_last,
+            drop_last=cfg.drop_last,
             shuffle_buffer_size=max(1, shuffle_buffer),
-            quadratic_duration=quadratic,
+            quadratic_duration=cfg.quadratic_duration,
             world_size=sampler_world,
             rank=sampler_rank,
             seed=base_seed,
         )
-    sampler.source = source
+    sampler.source = sampler_source
     sampler.iterable_dataset = iterable
     if iterable:
         from lhotse.dataset.dataloading import make_worker_init_fn
@@ -517,106 +441,11 @@ def build_sampler(
         what,
         type(sampler).__name__,
         "iterable (per-worker, infinite)" if infinite else ("iterable (one pass, disjoint shares)" if iterable else "map-style"),
-        batch_size,
-        batch_duration,
+        cfg.batch_size,
+        cfg.batch_duration,
         shuffle,
-        drop_last,
+        cfg.drop_last,
         rank,
         world_size,
     )
     return sampler
-
-
-class _AsIs:
-    """Lhotse's estimate_duration_buckets measures each item with `constraint.measure_length`; our items are
-    already durations."""
-
-    @staticmethod
-    def measure_length(duration: float) -> float:
-        return duration
-
-
-def sample_durations(
-    cuts: Iterable[Cut],
-    num_cuts: int,
-    *,
-    seed: int = 0,
-    min_duration: Optional[float] = None,
-    max_duration: Optional[float] = None,
-    max_cuts_read: Optional[int] = None,
-) -> Tuple[List[float], int, bool]:
-    """A uniform random sample of at most `num_cuts` durations from `cuts` (those within [min_duration,
-    max_duration]), in one pass with memory for `num_cuts` floats: reservoir sampling (Vitter's algorithm R),
-    seeded. For a CutSet from open_cutset only the manifest lines are read (ManifestSource.iter_durations).
-
-    max_cuts_read: stop after reading that many cuts (None: the whole input).
-    Returns (sample, number of cuts that passed the duration filter, whether the whole input was read).
-    """
-    src = manifest_source(cuts) if isinstance(cuts, CutSet) else (cuts if isinstance(cuts, ManifestSource) else None)
-    durations: Iterable[float] = src.iter_durations() if src is not None else (c.duration for c in cuts)
-    rng = random.Random(seed)
-    sample: List[float] = []
-    seen = 0
-    exhausted = True
-    for n_read, d in enumerate(durations):
-        if max_cuts_read is not None and n_read >= max_cuts_read:
-            exhausted = False
-            break
-        if (min_duration is not None and d < min_duration) or (max_duration is not None and d > max_duration):
-            continue
-        if seen < num_cuts:
-            sample.append(d)
-        else:
-            # The (seen+1)-th kept cut replaces a random sample element with probability num_cuts / (seen+1),
-            # which keeps every cut read so far in the sample with the same probability.
-            j = rng.randint(0, seen)
-            if j < num_cuts:
-                sample[j] = d
-        seen += 1
-    return sample, seen, exhausted
-
-
-def estimate_bucket_bins(
-    cuts: Iterable[Cut],
-    num_buckets: int,
-    *,
-    num_cuts: int = 10000,
-    min_duration: Optional[float] = None,
-    max_duration: Optional[float] = None,
-    what: str = "cuts",
-    seed: int = 0,
-    max_cuts_read: Optional[int] = None,
-) -> List[float]:
-    """`num_buckets - 1` duration boundaries giving buckets of roughly equal total duration (Lhotse's
-    estimate_duration_buckets), estimated from a uniform random sample of `num_cuts` cuts of the whole input
-    (within [min_duration, max_duration] when given; see sample_durations). A sample of the whole input, not its
-    first cuts, so a manifest sorted by duration (or by speaker, book, ...) gives the right bins.
-
-    max_cuts_read: read only the first that many cuts (the sample is then of those only).
-    """
-    if num_buckets < 2:
-        raise ManifestError(f"{what}: num_buckets must be >= 2 to estimate bucket bins (got {num_buckets})")
-    if num_cuts < 1:
-        raise ManifestError(f"{what}: the number of cuts to estimate bucket bins from must be >= 1 (got {num_cuts})")
-    sample, _, _ = sample_durations(
-        cuts, num_cuts, seed=seed, min_duration=min_duration, max_duration=max_duration, max_cuts_read=max_cuts_read
-    )
-    return bins_from_durations(sample, num_buckets, what=what)
-
-
-def bins_from_durations(sample: List[float], num_buckets: int, *, what: str = "cuts") -> List[float]:
-    """Lhotse's equal-total-duration boundaries for a sample of durations, repeats removed."""
-    if len(sample) < num_buckets:
-        raise ManifestError(
-            f"{what}: only {len(sample)} cuts to estimate {num_buckets} buckets from; use fewer buckets "
-            "(num_buckets) or more data"
-        )
-    bins = estimate_duration_buckets(sample, num_buckets=num_buckets, constraint=_AsIs())
-    # Equal-duration boundaries can repeat when many cuts share a length (fixed windows); lhotse needs them sorted
-    # and repeats make empty buckets, so keep the distinct ones.
-    out: List[float] = []
-    for b in bins:
-        b = round(float(b), 3)
-        if not out or b > out[-1]:
-            out.append(b)
-    return out

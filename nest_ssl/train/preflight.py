@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nest_ssl.config import ConfigError
+from nest_ssl.data.config import DataLoadingConfig, parse_data_config
 from nest_ssl.train.trainer_config import RunSettings
 
 # State-dict prefixes of a NESTModel (its submodules); a checkpoint without any of them is foreign.
@@ -83,25 +84,6 @@ MODEL_RULES = (
     Rule("optim.sched.min_lr", "number", 0, allow_none=True),
     Rule("optim.sched.d_model", "int", 1, allow_none=True),
 )
-
-DATASET_RULES = (
-    Rule("batch_size", "int", 1, allow_none=True),
-    Rule("batch_duration", "number", 0, above=True, allow_none=True),
-    Rule("quadratic_duration", "number", 0, above=True, allow_none=True),
-    Rule("min_duration", "number", 0, allow_none=True),
-    Rule("max_duration", "number", 0, above=True, allow_none=True),
-    Rule("num_workers", "int", 0, allow_none=True),
-    Rule("use_bucketing", "bool", allow_none=True),
-    Rule("num_buckets", "int", 1, allow_none=True),
-    Rule("num_cuts_for_bins_estimate", "int", 1, allow_none=True),
-    Rule("bucket_buffer_size", "int", 1, allow_none=True),
-    Rule("shuffle_buffer_size", "int", 1, allow_none=True),
-    Rule("shuffle", "bool", allow_none=True),
-    Rule("drop_last", "bool", allow_none=True),
-    Rule("pin_memory", "bool", allow_none=True),
-    Rule("sample_rate", "int", 1, allow_none=True),
-)
-
 
 def _plain(node: Any) -> Any:
     if isinstance(node, (DictConfig, ListConfig)):
@@ -209,27 +191,6 @@ def check_model(model: Mapping) -> None:
 # Datasets
 
 
-def _bucket_bins(section: str, value: Any) -> None:
-    key = f"{section}.bucket_duration_bins"
-    if value is None:
-        return
-    if isinstance(value, str):
-        value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
-        try:
-            value = [float(v) for v in value]
-        except ValueError:
-            raise ConfigError(f"{key}={value!r}: must be a list of durations in seconds") from None
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{key}={value!r}: must be a non-empty list of durations in seconds, e.g. [2.5,5.0,10.0] "
-                          "(`nest-ssl cuts estimate-bins` prints one)")
-    if any(isinstance(v, list) for v in value):
-        raise ConfigError(f"{key}: 2D bins ([duration, tokens] pairs) are not supported; give durations only")
-    if not all(_is_number(v) and v > 0 for v in value):
-        raise ConfigError(f"{key}={value!r}: every bin must be a positive number of seconds")
-    if any(b <= a for a, b in zip(value, value[1:])):
-        raise ConfigError(f"{key}={value!r}: must be strictly increasing; re-run `nest-ssl cuts estimate-bins`")
-
-
 def _check_manifests(spec: Any, what: str) -> None:
     from nest_ssl.data.manifests import resolve_parts
 
@@ -238,48 +199,34 @@ def _check_manifests(spec: Any, what: str) -> None:
     resolve_parts(spec, what=what, metadata_only=True)
 
 
-def check_dataset(section: str, ds: Any, *, model_sample_rate: int | None, training: bool) -> None:
-    """A train_ds / validation_ds section: manifests (and noise / RIR manifests) exist and can be read, batching
-    keys have the right types and ranges, augmentation parameters are valid."""
-    if not isinstance(ds, Mapping):
-        raise ConfigError(f"{section} must be a mapping of dataset keys, got {ds!r}")
-    check_rules(section, ds, DATASET_RULES)
-    if ds.get("is_tarred"):
-        raise ConfigError(f"{section}.is_tarred=true: NeMo tarred datasets are not read by nest-ssl; convert the "
-                          "manifest to Lhotse Shar with `nest-ssl shar export` and set is_tarred: false")
-    if ds.get("batch_size") is None and ds.get("batch_duration") is None:
-        raise ConfigError(f"{section}: set {section}.batch_size (cuts per batch) or {section}.batch_duration "
-                          "(seconds per batch)")
-    lo, hi = ds.get("min_duration"), ds.get("max_duration")
-    if lo is not None and hi is not None and lo > hi:
-        raise ConfigError(f"{section}.min_duration={lo} is larger than {section}.max_duration={hi}")
-    _bucket_bins(section, ds.get("bucket_duration_bins"))
-    if ds.get("use_bucketing") and ds.get("bucket_duration_bins") is None and (ds.get("num_buckets") or 30) < 2:
-        raise ConfigError(f"{section}.num_buckets={ds.get('num_buckets')}: bucketing needs at least 2 buckets")
-    rate = ds.get("sample_rate")
-    if rate is not None and model_sample_rate is not None and rate != model_sample_rate:
-        raise ConfigError(f"{section}.sample_rate={rate} differs from model.sample_rate={model_sample_rate}; set it "
-                          "to ${model.sample_rate} (audio is resampled to the model's rate)")
-
-    _check_manifests(ds.get("manifest_filepath"), f"{section}.manifest_filepath")
-    if ds.get("noise_manifest") not in (None, "", []):
-        _check_manifests(ds["noise_manifest"], f"{section}.noise_manifest")
+def check_dataset(section: str, ds: Any, *, model_sample_rate: int | None, training: bool) -> DataLoadingConfig:
+    """A train_ds / validation_ds section: keys, types and ranges (nest_ssl.data.config.parse_data_config),
+    manifests (and noise / RIR manifests) exist and can be read, augmentation parameters are valid."""
+    cfg = parse_data_config(ds, section)
+    if cfg.sample_rate is not None and model_sample_rate is not None and cfg.sample_rate != model_sample_rate:
+        raise ConfigError(f"{section}.sample_rate={cfg.sample_rate} differs from model.sample_rate="
+                          f"{model_sample_rate}; set it to ${{model.sample_rate}} (audio is resampled to the model's "
+                          "rate)")
+    _check_manifests(cfg.manifest_filepath, f"{section}.manifest_filepath")
+    if cfg.noise_manifest not in (None, "", []):
+        _check_manifests(cfg.noise_manifest, f"{section}.noise_manifest")
 
     from nest_ssl.data import build_augmentor
     from nest_ssl.data.dataset import ReverbConfig
 
     try:
-        reverb = ReverbConfig.from_config(ds.get("reverb"))
+        reverb = ReverbConfig.from_config(cfg.reverb)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{section}.reverb: {err}") from None
     if reverb.enabled and reverb.rir_manifest not in (None, ""):
         _check_manifests(reverb.rir_manifest, f"{section}.reverb.rir_manifest")
     try:
-        build_augmentor(ds.get("batch_augmentor"))
+        build_augmentor(cfg.batch_augmentor)
     except ConfigError as err:
         raise ConfigError(f"{section}.batch_augmentor: {err}") from None
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{section}.batch_augmentor: {err}") from None
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -270,11 +270,16 @@ def build_trainer(cfg: DictConfig, settings: RunSettings, info: DistInfo, *, log
     """Model (seeded init, init_from_* when init_weights), SyncBatchNorm, optimizer, scheduler, dataloaders and the
     Trainer around them, on this process's device."""
     from nest_ssl.checkpoint.nemo import write_nemo
-    from nest_ssl.data import build_dataloader
+    from nest_ssl.data import build_dataloader, parse_data_config
     from nest_ssl.models import NESTModel
     from nest_ssl.optim import build_optimizer, build_scheduler
 
     t = settings.trainer
+    # The data sections, typed and checked once, before the model is built.
+    train_ds = parse_data_config(cfg.model.train_ds, "model.train_ds")
+    val_node = cfg.model.get("validation_ds")
+    val_ds = (parse_data_config(val_node, "model.validation_ds")
+              if val_node is not None and val_node.get("manifest_filepath") else None)
     seed_for(settings.seed, "init", 0)  # the same initial weights on every rank (DDP also broadcasts them)
     model = NESTModel.from_config(cfg.model)
     if init_weights:
@@ -290,15 +295,14 @@ def build_trainer(cfg: DictConfig, settings: RunSettings, info: DistInfo, *, log
     scheduler = build_scheduler(optimizer, sched_cfg, max_steps=max_steps) if sched_cfg is not None else None
 
     sr = int(cfg.model.get("sample_rate", 16000))
-    train_loader = build_dataloader(cfg.model.train_ds, sample_rate=sr, seed=settings.seed, rank=info.rank,
-                                    world_size=info.world_size, training=True)
+    train_loader = build_dataloader(train_ds, sample_rate=sr, seed=settings.seed, rank=info.rank,
+                                    world_size=info.world_size, training=True, section="model.train_ds")
     # Iterable (Shar) input resumes in Trainer.restore: every worker stream continues where the trained batches
     # left it (nest_ssl.data.ResumableIterable), so the loader is built with the run's own seed.
-    val_cfg = cfg.model.get("validation_ds")
     val_loader = None
-    if val_cfg is not None and val_cfg.get("manifest_filepath"):
-        val_loader = build_dataloader(val_cfg, sample_rate=sr, seed=settings.seed, rank=info.rank,
-                                      world_size=info.world_size, training=False)
+    if val_ds is not None:
+        val_loader = build_dataloader(val_ds, sample_rate=sr, seed=settings.seed, rank=info.rank,
+                                      world_size=info.world_size, training=False, section="model.validation_ds")
 
     def write_nemo_fn(out_path, state_dict):
         write_nemo(out_path, cfg.model, state_dict)

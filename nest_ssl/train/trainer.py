@@ -149,11 +149,10 @@ def rewind_sampler_state(state: dict, consumed: int) -> dict:
     return state
 
 
-def _num_parts(source) -> int:
-    from nest_ssl.data.manifests import manifest_source
-
-    src = manifest_source(source.cuts) if source is not None else None
-    return src.num_parts if src is not None else 0
+def _num_parts(loader) -> int:
+    """Files or Shar shards of the manifest source a nest_ssl.data loader reads (0: not known)."""
+    source = getattr(loader, "source", None)
+    return int(getattr(source, "num_parts", 0) or 0)
 
 
 def _weights_digest(model: nn.Module) -> str:
@@ -376,7 +375,7 @@ class Trainer:
                 "Epoch %d goes on without the %d shard(s) its trained batches came from (none is read twice; their "
                 "cuts not trained yet are left for the next epoch) and the %d reader(s) split the %d other shard(s)",
                 was, now, st.epoch, len(read), self.info.world_size * nw,
-                max(0, _num_parts(source) - len(read)))
+                max(0, _num_parts(self.train_loader) - len(read)))
             return
         if source is not None:
             source.seed = derive_seed(source.seed, "resume", st.global_step) % (1 << 31)

@@ -7,7 +7,7 @@ import soundfile as sf
 from lhotse import CutSet, Recording, SupervisionSegment
 
 from nest_ssl.data.manifests import ManifestError, open_cutset
-from nest_ssl.data.windows import balanced_split, make_training_windows, merge_supervision_spans
+from nest_ssl.prepare.windows import balanced_split, make_training_windows, merge_supervision_spans
 
 SR = 8000  # small files; windows only need a header and sample-exact spans
 
