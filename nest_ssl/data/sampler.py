@@ -59,6 +59,7 @@ from lhotse.lazy import Dillable
 from lhotse.utils import streaming_shuffle
 
 from nest_ssl.data.manifests import ManifestError, ManifestSource, manifest_source
+from nest_ssl.data.stream_state import FilterCounts, WindowedStream
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ SAMPLER_DEFAULTS: Dict[str, Any] = {
     "force_finite": False,
     "force_map_dataset": False,
     "force_iterable_dataset": False,
+    "stream_window_shards": None,  # None -> stream_state.DEFAULT_WINDOW_SHARDS
 }
 
 # Iterable (Shar) mode: a cut read from a Shar shard carries its encoded audio, so every buffered cut costs ~17 kB per
@@ -152,9 +154,10 @@ def uses_iterable_dataset(cuts: CutSet, ds_cfg: Any, training: bool = True) -> b
     return bool(src is not None and src.is_shar)
 
 
-class SamplerSource(Dillable):
+class SamplerSource(WindowedStream, Dillable):
     """What the sampler iterates: the cuts in an order that depends only on (seed, epoch) or, in iterable mode,
-    on (shard_seed, rank, DataLoader worker, pass); optionally streaming-shuffled; filtered by duration."""
+    on (shard_seed, rank, DataLoader worker, pass); optionally streaming-shuffled; filtered by duration.
+    In iterable mode one iteration gives the cuts of one window of shards (nest_ssl.data.stream_state)."""
 
     def __init__(
         self,
@@ -171,6 +174,7 @@ class SamplerSource(Dillable):
         rank: int = 0,
         world_size: int = 1,
         what: str = "train_ds",
+        window_shards: Optional[int] = None,
     ) -> None:
         self.cuts = cuts
         self.seed = int(seed)
@@ -190,6 +194,7 @@ class SamplerSource(Dillable):
         self.stream_worker: Optional[int] = None
         # force_finite resumed on another topology: parts (paths) already read in this epoch, left out of the split.
         self.exclude_parts: Optional[frozenset] = None
+        self._init_stream(window_shards)
 
     # -- seeds ---------------------------------------------------------------------------------------------------
     def _stream_base_seed(self) -> int:
@@ -228,11 +233,8 @@ class SamplerSource(Dillable):
         # Seeds are fixed here, at iter() time, not at the generator's first next(): the sampler may change the
         # epoch between the two.
         if self.iterable:
-            base = self._stream_base_seed()
-            if self.infinite:
-                return self._iterate(None, base)
-            # One pass over this reader's disjoint share (see the module docstring).
-            return self._iterate([self._pass_seed(base, self.epoch)], base, split=self._reader())
+            # The current window of the stream (start() fixed its seeds at the sampler's iter()).
+            return self.iter_window()
         return self._iterate([self.seed + self.epoch], None)
 
     def _iterate(
@@ -251,6 +253,17 @@ class SamplerSource(Dillable):
                 return  # nothing to repeat (and _one_pass has already raised if the filter removed everything)
             p += 1
 
+    def _share_parts(self, src: ManifestSource, split: Tuple[int, int, int, int]) -> list:
+        """The parts one reader of a one-pass epoch reads: Lhotse's split_by_worker(split_by_node(shards)), over an
+        order shared by all readers that changes with the epoch (so a reader does not get the same shards every
+        epoch), without the parts already read in this epoch by another topology (`exclude_parts`)."""
+        rank, world_size, worker, num_workers = split
+        parts = list(src.parts)
+        if self.exclude_parts:
+            parts = [p for p in parts if p.path not in self.exclude_parts]
+        random.Random(self._split_seed()).shuffle(parts)
+        return parts[rank::world_size][worker::num_workers]
+
     def _one_pass(self, pass_seed: int, split: Optional[Tuple[int, int, int, int]] = None):
         src = manifest_source(self.cuts) if isinstance(self.cuts, CutSet) else (
             self.cuts if isinstance(self.cuts, ManifestSource) else None
@@ -259,15 +272,7 @@ class SamplerSource(Dillable):
             rank, world_size, worker, num_workers = split
         if src is not None:
             if split is not None:
-                # Lhotse's split_by_worker(split_by_node(shards)), over an order shared by all readers that changes
-                # with the epoch (so a reader does not get the same shards every epoch).
-                parts = list(src.parts)
-                if self.exclude_parts:
-                    parts = [p for p in parts if p.path not in self.exclude_parts]
-                random.Random(self._split_seed()).shuffle(parts)
-                src = ManifestSource(
-                    parts[rank::world_size][worker::num_workers], what=src.what, sample_rate=src.sample_rate
-                )
+                src = ManifestSource(self._share_parts(src, split), what=src.what, sample_rate=src.sample_rate)
             it: Iterator[Cut] = src.iter_parts(pass_seed if self.shuffle_parts else None)
         else:
             it = iter(self.cuts)
@@ -277,28 +282,35 @@ class SamplerSource(Dillable):
         if self.shuffle_buffer_size:
             # A seed distinct from the part-order one, so the two shuffles are not correlated.
             it = streaming_shuffle(it, bufsize=self.shuffle_buffer_size, rng=random.Random(pass_seed * 2 + 1))
+        counts = FilterCounts()
+        yield from self._duration_filter(it, counts)
+        self._check_filtered(counts, split)
+        return counts.n_out
+
+    def _duration_filter(self, it: Iterable[Cut], counts: "FilterCounts") -> Iterator[Cut]:
         lo, hi = self.min_duration, self.max_duration
-        n_in = n_out = 0
-        shortest, longest = float("inf"), 0.0
         for cut in it:
-            n_in += 1
+            counts.n_in += 1
             d = cut.duration
             if (lo is not None and d < lo) or (hi is not None and d > hi):
-                shortest, longest = min(shortest, d), max(longest, d)
+                counts.shortest, counts.longest = min(counts.shortest, d), max(counts.longest, d)
                 continue
-            n_out += 1
+            counts.n_out += 1
             yield cut
-        if n_in and not n_out and split is not None:
+
+    def _check_filtered(self, counts: "FilterCounts", split: Optional[Tuple[int, int, int, int]]) -> None:
+        """After a whole pass: warn (one reader's share) or raise when the duration filter removed every cut."""
+        lo, hi = self.min_duration, self.max_duration
+        if counts.n_in and not counts.n_out and split is not None:
             # Only this reader's share is known here; other readers may well have cuts in range.
             log.warning("%s: min_duration=%s / max_duration=%s removed all %d cuts of the share read by rank %d "
-                        "worker %d", self.what, lo, hi, n_in, rank, worker)
-        elif n_in and not n_out:
+                        "worker %d", self.what, lo, hi, counts.n_in, split[0], split[2])
+        elif counts.n_in and not counts.n_out:
             raise ManifestError(
-                f"{self.what}: min_duration={lo} / max_duration={hi} removed all {n_in} cuts (their durations span "
-                f"{shortest:.2f}-{longest:.2f} s); lower {self.what}.min_duration or raise {self.what}.max_duration, "
-                "or cut long recordings into training windows with `nest-ssl cuts windows`"
+                f"{self.what}: min_duration={lo} / max_duration={hi} removed all {counts.n_in} cuts (their durations "
+                f"span {counts.shortest:.2f}-{counts.longest:.2f} s); lower {self.what}.min_duration or raise "
+                f"{self.what}.max_duration, or cut long recordings into training windows with `nest-ssl cuts windows`"
             )
-        return n_out
 
     def __add__(self, other):
         from lhotse.lazy import LazyIteratorChain
@@ -317,7 +329,22 @@ class _NestSamplerMixin:
     def __iter__(self):
         if not self._just_restored_state:
             self.source.epoch = self.epoch
+        if self.source.iterable:
+            self.source.start()
+            self.seed = self.source.window.seed(2) if self.source.window is not None else self.seed
         return super().__iter__()
+
+    def __next__(self):
+        # Iterable mode: one Lhotse iteration per window of shards (fresh buffers and batch RNG), so that the
+        # stream's state at a window's start is empty and a resume jumps there (nest_ssl.data.stream_state).
+        while True:
+            try:
+                return super().__next__()
+            except StopIteration:
+                if not (self.source.iterable and self.source.advance()):
+                    raise
+                self.seed = self.source.window.seed(2)
+                super().__iter__()
 
 
 class NestBucketingSampler(_NestSamplerMixin, DynamicBucketingSampler):
@@ -326,6 +353,16 @@ class NestBucketingSampler(_NestSamplerMixin, DynamicBucketingSampler):
 
 class NestCutSampler(_NestSamplerMixin, DynamicCutSampler):
     """DynamicCutSampler over a SamplerSource (see build_sampler)."""
+
+
+def _window_shards(ds_cfg: Any, what: str) -> Optional[int]:
+    value = _raw_get(ds_cfg, "stream_window_shards")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ManifestError(f"{what}.stream_window_shards must be a whole number of shards >= 0 (0: a whole pass), "
+                            f"got {value!r}")
+    return value
 
 
 def _ds_name(cuts: CutSet, training: bool) -> str:
@@ -451,7 +488,7 @@ def build_sampler(
         world_size=world_size,
         what=what,
     )
-    source = SamplerSource(cuts, **source_kwargs)
+    source = SamplerSource(cuts, window_shards=_window_shards(ds_cfg, what), **source_kwargs)
     sampler_rank, sampler_world = (0, 1) if iterable else (rank, world_size)
     data = CutSet(source)
     if use_bucketing:
