@@ -28,11 +28,13 @@ iterable (Shar input, or `force_iterable_dataset: true`; training only):
     in its own shuffled order, seeded from `shard_seed` (default "randomized": derived from `seed`, the rank and the
     worker id, so a run is reproducible; "trng": OS entropy; an int: that base) and reshuffled on every pass; the
     stream is infinite and training is counted in steps. Each (rank, worker) stream is a deterministic function of
-    (seed, epoch, rank, stream worker), so the trainer resumes it exactly: nest_ssl.data.ResumableIterable tags
-    every batch with its stream position, the checkpoint keeps those of the trained batches, and a resumed worker
-    skips them in its sampler (no audio decoded; `SamplerSource.stream_worker` lets the DataLoader's workers play
-    rotated streams so the round-robin order continues). `sampler.worker_init_fn` is the Lhotse worker_init_fn to
-    give the DataLoader (per-worker RNG seeds).
+    (seed, epoch, rank, stream worker), sampled in windows of `stream_window_shards` shards (fresh buffers per
+    window; nest_ssl.data.stream_state), so the trainer resumes it exactly at a cost bounded by one window:
+    nest_ssl.data.ResumableIterable tags every batch with its stream position (window, batches in it), the
+    checkpoint keeps those of the trained batches, and a resumed worker jumps to its window without opening earlier
+    shards and replays that window from the cuts files only (`SamplerSource.stream_worker` lets the DataLoader's
+    workers play rotated streams so the round-robin order continues). `sampler.worker_init_fn` is the Lhotse
+    worker_init_fn to give the DataLoader (per-worker RNG seeds).
 
     `force_finite: true` makes it one pass that covers every cut exactly once across all ranks and workers (Lhotse's
     `split_for_dataloading` idea): the parts (Shar shards or manifest files) are put in an order common to every
