@@ -101,6 +101,7 @@ class WindowedStream:
         self._base = 0
         self._split = None
         self._pass_counts: Optional[FilterCounts] = None
+        self._pass_cache: Optional[tuple] = None
 
     # -- positions ----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -131,9 +132,17 @@ class WindowedStream:
         return True
 
     def _pass_parts(self, pass_index: int) -> tuple:
-        """(parts of the pass in reading order or None, the pass seed)."""
-        from nest_ssl.data.manifests import ManifestSource, manifest_source
+        """(parts of the pass in reading order or None, the pass seed); the last pass asked for is kept."""
+        key = (self._base, self._split, self.epoch, self.exclude_parts, pass_index)
+        if self._pass_cache is None or self._pass_cache[0] != key:
+            self._pass_cache = (key, self._compute_pass_parts(pass_index))
+        parts, seed = self._pass_cache[1]
+        return (None if parts is None else list(parts)), seed
+
+    def _compute_pass_parts(self, pass_index: int) -> tuple:
         from lhotse import CutSet
+
+        from nest_ssl.data.manifests import ManifestSource, manifest_source
 
         seed = self._pass_seed(self._base, self.epoch if self._split is not None else pass_index)
         src = manifest_source(self.cuts) if isinstance(self.cuts, CutSet) else (
@@ -145,18 +154,26 @@ class WindowedStream:
             random.Random(seed).shuffle(parts)  # as ManifestSource.iter_parts(seed)
         return parts, seed
 
+    def _parts_per_pass(self) -> Optional[int]:
+        """How many parts each pass reads (the same set every pass, reshuffled); None: no parts."""
+        from lhotse import CutSet
+
+        from nest_ssl.data.manifests import ManifestSource, manifest_source
+
+        src = manifest_source(self.cuts) if isinstance(self.cuts, CutSet) else (
+            self.cuts if isinstance(self.cuts, ManifestSource) else None)
+        if src is None:
+            return None
+        return len(self._share_parts(src, self._split)) if self._split is not None else len(src.parts)
+
     def window_at(self, index: int) -> Optional[StreamWindow]:
         """Window `index` of this stream from the seeds alone (no file is read); None past a one-pass epoch."""
-        parts, _ = self._pass_parts(0)
-        n = len(parts) if parts is not None else 1
-        per_pass = 1 if (parts is None or self.window_shards <= 0) else max(1, math.ceil(n / self.window_shards))
+        n = self._parts_per_pass()
+        per_pass = 1 if (n is None or self.window_shards <= 0) else max(1, math.ceil(n / self.window_shards))
         pass_index, number = divmod(index, per_pass)
         if self._split is not None and pass_index > 0:
             return None
-        if pass_index:
-            parts, seed = self._pass_parts(pass_index)
-        else:
-            _, seed = self._pass_parts(0)
+        parts, seed = self._pass_parts(pass_index)
         if parts is None:
             return StreamWindow(index, pass_index, 0, 1, None, 0, 0, seed)
         size = n if self.window_shards <= 0 else self.window_shards
