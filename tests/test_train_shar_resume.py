@@ -127,4 +127,6 @@ def test_finite_epoch_resumed_on_another_world_size_trains_no_cut_twice(shar_dir
         shards[path.name] = {c.id for c in open_cutset(str(path))}
     touched = {n for n, s in shards.items() if s & {c for b in before for c in b}}
     untouched = set().union(*(shards[n] for n in shards if n not in touched))
-    assert 1 <= len(touched) <= 4 and {c for b in after for c in b} == untouched
+    # (8 trained cuts touch at most 8 of the 8 shards; how many depends on the shuffle, which mixes the cuts of a
+    # window of shards, here a rank's whole share)
+    assert 1 <= len(touched) < len(shards) and {c for b in after for c in b} == untouched

@@ -68,15 +68,17 @@ except ImportError:  # pragma: no cover
 
 
 class ResumableIterable(_LhotseIterableWrapper):
-    """Lhotse's IterableDatasetWrapper (a sampler copy per DataLoader worker) whose streams can be resumed exactly.
+    """Lhotse's IterableDatasetWrapper (a sampler copy per DataLoader worker) whose streams can be resumed exactly,
+    at a cost bounded by one window of shards.
 
-    Each worker's stream is a deterministic function of (seed, epoch, rank, stream worker): shard order, shuffle
-    buffer and bucket choices are seeded from them, and augmentation from the cut ids. Every batch carries
-    ``stream = {"worker": w, "batches": n, "parts": [...]}``. The trainer keeps those of the batches it trained on
-    (not the prefetched ones) in its checkpoint; on resume it sets ``resume = {"offset": o, "skip": {w: n}}``
+    Each worker's stream is a deterministic function of (seed, epoch, rank, stream worker), sampled window by
+    window (nest_ssl.data.stream_state). Every batch carries ``stream = {"worker": w, "batches": n, "window": k,
+    "in_window": b, "parts": [...]}``. The trainer keeps those of the batches it trained on (not the prefetched
+    ones) in its checkpoint; on resume it sets ``resume = {"offset": o, "skip": {w: n}, "at": {w: [k, b]}}``
     before ``iter(loader)``: DataLoader worker i plays stream (i + o) % num_workers (so the round-robin continues
-    with the stream whose batch comes next) and draws n batches from its sampler without building them (no audio
-    decoded, no augmentation; Shar members are read and dropped).
+    with the stream whose batch comes next), jumps to window k without opening the shards before it, replays the
+    b batches it gave in that window from the cuts files only, and reads on. Without ``at`` (an older checkpoint)
+    the n batches are replayed from the stream's start, from the cuts files only.
     """
 
     def __init__(self, dataset, sampler) -> None:
@@ -84,6 +86,8 @@ class ResumableIterable(_LhotseIterableWrapper):
         self.resume: Optional[dict] = None
         self._stream = 0
         self._count = 0
+        self._window: Optional[int] = None
+        self._in_window = 0
 
     def __iter__(self):
         import logging
@@ -94,31 +98,70 @@ class ResumableIterable(_LhotseIterableWrapper):
         resume = self.resume or {}
         self._stream = (wid + int(resume.get("offset", 0))) % nw
         source = getattr(self.sampler, "source", None)
+        windowed = source is not None and getattr(source, "iterable", False)
         if source is not None:
             source.stream_worker = self._stream
         skip = int((resume.get("skip") or {}).get(self._stream, 0))
-        self._count = 0
+        at = (resume.get("at") or {}).get(self._stream)
+        self._count, self._window, self._in_window = 0, None, 0
+        replay = skip
+        if skip and windowed and at is not None:
+            source.resume_window = int(at[0])
+            replay = int(at[1])
+            self._count = skip - replay
+        t0 = time.perf_counter()
+        if replay and windowed:
+            source.metadata_only = True
         self._sampler_iter = iter(self.sampler)
-        if skip:
-            t0 = time.perf_counter()
-            while self._count < skip:
+        try:
+            for _ in range(replay):
                 try:
-                    next(self._sampler_iter)
+                    sampled = next(self._sampler_iter)
                 except StopIteration:
                     break
                 self._count += 1
-            logging.getLogger(__name__).info(
-                "stream worker %d: skipped the %d batch(es) it had given before the checkpoint in %.2f s "
-                "(sampler only, no audio decoded)", self._stream, self._count, time.perf_counter() - t0)
+                self._note_window(source if windowed else None)
+                if windowed:
+                    source.drop_pending(list(sampled))
+        finally:
+            if windowed:
+                source.metadata_only = False
+        if skip:
+            log = logging.getLogger(__name__)
+            if windowed:
+                w = source.window
+                log.info(
+                    "stream worker %d: resumed in window %d of its stream (%s)%s: replayed %d batch(es) from %d "
+                    "cuts' metadata (no audio read), %d buffered cut(s) get their audio when batched; %.2f s",
+                    self._stream, w.index if w is not None else -1, w.describe() if w is not None else "past the end",
+                    "" if at is not None else " from an older checkpoint, replayed from the stream's start",
+                    replay, source.cuts_read, len(source.pending), time.perf_counter() - t0)
+            else:
+                log.info("stream worker %d: skipped the %d batch(es) it had given before the checkpoint in %.2f s",
+                         self._stream, self._count, time.perf_counter() - t0)
         return self
+
+    def _note_window(self, source) -> None:
+        k = source.window.index if source is not None and source.window is not None else 0
+        if k != self._window:
+            self._window, self._in_window = k, 0
+        self._in_window += 1
 
     def __next__(self):
         sampled = next(self._sampler_iter)
+        source = getattr(self.sampler, "source", None)
+        windowed = source is not None and getattr(source, "iterable", False)
+        if windowed and source.pending:
+            from nest_ssl.data.shar_stream import attach
+
+            attach(sampled, source.pending)  # cuts buffered during a resume's replay: their audio, by cut id
         self._update_dataloading_info(sampled)
         self._count += 1
+        self._note_window(source if windowed else None)
         batch = self.dataset[sampled]
         parts = sorted({str(p) for p in (getattr(c, "shard_origin", None) for c in sampled) if p is not None})
-        batch.stream = {"worker": self._stream, "batches": self._count, "parts": parts}
+        batch.stream = {"worker": self._stream, "batches": self._count, "window": self._window,
+                        "in_window": self._in_window, "parts": parts}
         return batch
 
 

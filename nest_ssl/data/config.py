@@ -68,6 +68,8 @@ class DataLoadingConfig:
     force_finite: bool = False
     force_map_dataset: bool = False
     force_iterable_dataset: bool = False
+    # iterable (Shar) mode: shards per stream window (nest_ssl.data.stream_state); null: 8; 0: a whole pass
+    stream_window_shards: Optional[int] = None
     # -- DataLoader
     num_workers: int = 0
     pin_memory: bool = False
@@ -155,6 +157,7 @@ _RANGES: Dict[str, Tuple[float, bool, str]] = {
     "bucket_buffer_size": (1, False, "cuts"),
     "shuffle_buffer_size": (1, False, "cuts"),
     "num_workers": (0, False, "DataLoader worker processes"),
+    "stream_window_shards": (0, False, "shards per stream window; 0: a whole pass"),
     "sample_rate": (1, False, "Hz"),
 }
 

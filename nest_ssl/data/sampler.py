@@ -30,11 +30,13 @@ iterable (Shar input, or `force_iterable_dataset: true`; training only):
     in its own shuffled order, seeded from `shard_seed` (default "randomized": derived from `seed`, the rank and the
     worker id, so a run is reproducible; "trng": OS entropy; an int: that base) and reshuffled on every pass; the
     stream is infinite and training is counted in steps. Each (rank, worker) stream is a deterministic function of
-    (seed, epoch, rank, stream worker), so the trainer resumes it exactly: nest_ssl.data.ResumableIterable tags
-    every batch with its stream position, the checkpoint keeps those of the trained batches, and a resumed worker
-    skips them in its sampler (no audio decoded; `SamplerSource.stream_worker` lets the DataLoader's workers play
-    rotated streams so the round-robin order continues). `sampler.worker_init_fn` is the Lhotse worker_init_fn to
-    give the DataLoader (per-worker RNG seeds).
+    (seed, epoch, rank, stream worker), sampled in windows of `stream_window_shards` shards (fresh buffers per
+    window; nest_ssl.data.stream_state), so the trainer resumes it exactly at a cost bounded by one window:
+    nest_ssl.data.ResumableIterable tags every batch with its stream position (window, batches in it), the
+    checkpoint keeps those of the trained batches, and a resumed worker jumps to its window without opening earlier
+    shards and replays that window from the cuts files only (`SamplerSource.stream_worker` lets the DataLoader's
+    workers play rotated streams so the round-robin order continues). `sampler.worker_init_fn` is the Lhotse
+    worker_init_fn to give the DataLoader (per-worker RNG seeds).
 
     `force_finite: true` makes it one pass that covers every cut exactly once across all ranks and workers (Lhotse's
     `split_for_dataloading` idea): the parts (Shar shards or manifest files) are put in an order common to every
@@ -62,6 +64,7 @@ from lhotse.utils import streaming_shuffle
 from nest_ssl.data.bucketing import bins_from_head
 from nest_ssl.data.config import DataLoadingConfig, parse_data_config
 from nest_ssl.data.manifests import ManifestError, ManifestSource
+from nest_ssl.data.stream_state import FilterCounts, WindowedStream
 from nest_ssl.seeding import mix_seed
 
 log = logging.getLogger(__name__)
@@ -82,9 +85,10 @@ def uses_iterable_dataset(source: Any, cfg: DataLoadingConfig, training: bool = 
     return isinstance(source, ManifestSource) and source.is_shar
 
 
-class SamplerSource(Dillable):
+class SamplerSource(WindowedStream, Dillable):
     """What the sampler iterates: the cuts in an order that depends only on (seed, epoch) or, in iterable mode,
-    on (shard_seed, rank, DataLoader worker, pass); optionally streaming-shuffled; filtered by duration."""
+    on (shard_seed, rank, DataLoader worker, pass); optionally streaming-shuffled; filtered by duration.
+    In iterable mode one iteration gives the cuts of one window of shards (nest_ssl.data.stream_state)."""
 
     def __init__(
         self,
@@ -101,6 +105,7 @@ class SamplerSource(Dillable):
         rank: int = 0,
         world_size: int = 1,
         what: str = "train_ds",
+        window_shards: Optional[int] = None,
     ) -> None:
         self.cuts = cuts
         self.seed = int(seed)
@@ -122,6 +127,7 @@ class SamplerSource(Dillable):
         self.exclude_parts: Optional[frozenset] = None
         # (cuts, seconds) that the last complete pass yielded after the duration filter; None before one ended.
         self.last_pass: Optional[Tuple[int, float]] = None
+        self._init_stream(window_shards)
 
     # -- seeds ---------------------------------------------------------------------------------------------------
     def _stream_base_seed(self) -> int:
@@ -160,11 +166,8 @@ class SamplerSource(Dillable):
         # Seeds are fixed here, at iter() time, not at the generator's first next(): the sampler may change the
         # epoch between the two.
         if self.iterable:
-            base = self._stream_base_seed()
-            if self.infinite:
-                return self._iterate(None, base)
-            # One pass over this reader's disjoint share (see the module docstring).
-            return self._iterate([self._pass_seed(base, self.epoch)], base, split=self._reader())
+            # The current window of the stream (start() fixed its seeds at the sampler's iter()).
+            return self.iter_window()
         return self._iterate([self.seed + self.epoch], None)
 
     def _iterate(
@@ -183,21 +186,24 @@ class SamplerSource(Dillable):
                 return  # nothing to repeat (and _one_pass has already raised if the filter removed everything)
             p += 1
 
+    def _share_parts(self, src: ManifestSource, split: Tuple[int, int, int, int]) -> list:
+        """The parts one reader of a one-pass epoch reads: Lhotse's split_by_worker(split_by_node(shards)), over an
+        order shared by all readers that changes with the epoch (so a reader does not get the same shards every
+        epoch), without the parts already read in this epoch by another topology (`exclude_parts`)."""
+        rank, world_size, worker, num_workers = split
+        parts = list(src.parts)
+        if self.exclude_parts:
+            parts = [p for p in parts if p.path not in self.exclude_parts]
+        random.Random(self._split_seed()).shuffle(parts)
+        return parts[rank::world_size][worker::num_workers]
+
     def _one_pass(self, pass_seed: int, split: Optional[Tuple[int, int, int, int]] = None):
         src = self.cuts if isinstance(self.cuts, ManifestSource) else None
         if split is not None:
             rank, world_size, worker, num_workers = split
         if src is not None:
             if split is not None:
-                # Lhotse's split_by_worker(split_by_node(shards)), over an order shared by all readers that changes
-                # with the epoch (so a reader does not get the same shards every epoch).
-                parts = list(src.parts)
-                if self.exclude_parts:
-                    parts = [p for p in parts if p.path not in self.exclude_parts]
-                random.Random(self._split_seed()).shuffle(parts)
-                src = ManifestSource(
-                    parts[rank::world_size][worker::num_workers], what=src.what, sample_rate=src.sample_rate
-                )
+                src = ManifestSource(self._share_parts(src, split), what=src.what, sample_rate=src.sample_rate)
             it: Iterator[Cut] = src.iter_parts(pass_seed if self.shuffle_parts else None)
         else:
             it = iter(self.cuts)
@@ -207,31 +213,38 @@ class SamplerSource(Dillable):
         if self.shuffle_buffer_size:
             # A seed distinct from the part-order one, so the two shuffles are not correlated.
             it = streaming_shuffle(it, bufsize=self.shuffle_buffer_size, rng=random.Random(pass_seed * 2 + 1))
+        counts = FilterCounts()
+        yield from self._duration_filter(it, counts)
+        self._check_filtered(counts, split)
+        return counts.n_out
+
+    def _duration_filter(self, it: Iterable[Cut], counts: "FilterCounts") -> Iterator[Cut]:
         lo, hi = self.min_duration, self.max_duration
-        n_in = n_out = 0
-        seconds = 0.0
-        shortest, longest = float("inf"), 0.0
         for cut in it:
-            n_in += 1
+            counts.n_in += 1
             d = cut.duration
             if (lo is not None and d < lo) or (hi is not None and d > hi):
-                shortest, longest = min(shortest, d), max(longest, d)
+                counts.shortest, counts.longest = min(counts.shortest, d), max(counts.longest, d)
                 continue
-            n_out += 1
-            seconds += d
+            counts.n_out += 1
+            counts.seconds += d
             yield cut
-        self.last_pass = (n_out, seconds)  # what one full pass held, for the sampler's share-of-data warning
-        if n_in and not n_out and split is not None:
+
+    def _check_filtered(self, counts: "FilterCounts", split: Optional[Tuple[int, int, int, int]]) -> None:
+        """After a whole pass: note what it held (for the share-of-data warning); warn (one reader's share) or raise
+        when the duration filter removed every cut."""
+        self.last_pass = (counts.n_out, counts.seconds)
+        lo, hi = self.min_duration, self.max_duration
+        if counts.n_in and not counts.n_out and split is not None:
             # Only this reader's share is known here; other readers may well have cuts in range.
             log.warning("%s: min_duration=%s / max_duration=%s removed all %d cuts of the share read by rank %d "
-                        "worker %d", self.what, lo, hi, n_in, rank, worker)
-        elif n_in and not n_out:
+                        "worker %d", self.what, lo, hi, counts.n_in, split[0], split[2])
+        elif counts.n_in and not counts.n_out:
             raise ManifestError(
-                f"{self.what}: min_duration={lo} / max_duration={hi} removed all {n_in} cuts (their durations span "
-                f"{shortest:.2f}-{longest:.2f} s); lower {self.what}.min_duration or raise {self.what}.max_duration, "
-                "or cut long recordings into training windows with `nest-ssl cuts windows`"
+                f"{self.what}: min_duration={lo} / max_duration={hi} removed all {counts.n_in} cuts (their durations "
+                f"span {counts.shortest:.2f}-{counts.longest:.2f} s); lower {self.what}.min_duration or raise "
+                f"{self.what}.max_duration, or cut long recordings into training windows with `nest-ssl cuts windows`"
             )
-        return n_out
 
     def __add__(self, other):
         from lhotse.lazy import LazyIteratorChain
@@ -255,14 +268,25 @@ class _NestSamplerMixin:
         self._epoch_counts = None if self._just_restored_state else [0, 0, 0.0]  # batches, cuts, seconds
         if not self._just_restored_state:
             self.source.epoch = self.epoch
+        if self.source.iterable:
+            self.source.start()
+            self.seed = self.source.window.seed(2) if self.source.window is not None else self.seed
         return super().__iter__()
 
     def __next__(self):
-        try:
-            batch = super().__next__()
-        except StopIteration:
-            self._report_share()
-            raise
+        # Iterable mode: one Lhotse iteration per window of shards (fresh buffers and batch RNG), so that the
+        # stream's state at a window's start is empty and a resume jumps there (nest_ssl.data.stream_state).
+        while True:
+            try:
+                batch = super().__next__()
+                break
+            except StopIteration:
+                if self.source.iterable and self.source.advance():
+                    self.seed = self.source.window.seed(2)
+                    super().__iter__()
+                    continue
+                self._report_share()
+                raise
         counts = getattr(self, "_epoch_counts", None)
         if counts is not None:
             counts[0] += 1
@@ -380,7 +404,7 @@ def build_sampler(
         world_size=world_size,
         what=what,
     )
-    sampler_source = SamplerSource(source, **source_kwargs)
+    sampler_source = SamplerSource(source, window_shards=cfg.stream_window_shards, **source_kwargs)
     sampler_rank, sampler_world = (0, 1) if iterable else (rank, world_size)
     data = CutSet(sampler_source)
     if cfg.use_bucketing:

@@ -206,6 +206,7 @@ class Trainer:
         ds = getattr(train_loader, "dataset", None)
         self._streams = ds if isinstance(ds, ResumableIterable) else None
         self._stream_pos: dict[int, int] = {}
+        self._stream_at: dict[int, list[int]] = {}  # worker stream -> [window, batches in it] (bounded resume)
         self._stream_last: int | None = None
         self._stream_parts: set[str] = set()
         self._restored_sampler_state: dict | None = None
@@ -270,7 +271,7 @@ class Trainer:
         if self._streams is not None:
             streams = all_gather_objects(self.info, {
                 "num_workers": max(1, int(self.train_loader.num_workers)), "positions": dict(self._stream_pos),
-                "last": self._stream_last, "parts": sorted(self._stream_parts)})
+                "windows": dict(self._stream_at), "last": self._stream_last, "parts": sorted(self._stream_parts)})
         cfg_plain = OmegaConf.to_container(self.cfg, resolve=True)
         ckpt = {
             "epoch": st.epoch,
@@ -356,8 +357,9 @@ class Trainer:
             pos = {int(k): int(v) for k, v in (mine.get("positions") or {}).items()}
             last = mine.get("last")
             offset = 0 if last is None else (int(last) + 1) % nw
-            self._streams.resume = {"offset": offset, "skip": pos}
-            self._stream_pos, self._stream_last = pos, last
+            at = {int(k): [int(v[0]), int(v[1])] for k, v in (mine.get("windows") or {}).items()}
+            self._streams.resume = {"offset": offset, "skip": pos, "at": at}
+            self._stream_pos, self._stream_last, self._stream_at = pos, last, at
             self._stream_parts = set(mine.get("parts") or [])
             log.info("iterable training data: resuming each of the %d worker stream(s) of rank %d after the batches "
                      "trained before the checkpoint (%s); the next batch comes from stream %d", nw, self.info.rank,
@@ -643,6 +645,8 @@ class Trainer:
             stream = getattr(batch, "stream", None)
             if stream is not None:  # this batch is trained on: its stream stands after it
                 self._stream_pos[int(stream["worker"])] = int(stream["batches"])
+                if stream.get("window") is not None:
+                    self._stream_at[int(stream["worker"])] = [int(stream["window"]), int(stream["in_window"])]
                 self._stream_last = int(stream["worker"])
                 self._stream_parts.update(stream.get("parts") or ())
             batch = batch.to(self.device, non_blocking=True)
@@ -731,6 +735,7 @@ class Trainer:
         st.batch_idx = 0
         st.epoch_finished = False
         self._stream_pos, self._stream_last, self._stream_parts = {}, None, set()
+        self._stream_at = {}
         source = getattr(getattr(self._streams, "sampler", None), "source", None)
         if source is not None:
             source.exclude_parts = None
