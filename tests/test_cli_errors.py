@@ -273,11 +273,11 @@ def test_os_errors_are_worded_by_what_happened(tmp_path):
 def test_max_time_and_num_threads_settings():
     base = {"model": {}, "trainer": {"enable_checkpointing": False, "logger": False}}
     s = parse_run_config(OmegaConf.create({**base, "trainer": {**base["trainer"], "max_time": "00:01:30:00"}}))
-    assert s.exp_manager.max_time_per_run == 5400.0 and s.num_threads is None
+    assert s.exp_manager.max_time_per_run == 5400.0 and s.nest_trainer.num_threads is None
     s = parse_run_config(OmegaConf.create({**base, "trainer": {**base["trainer"], "max_time": {"minutes": 2}},
                                            "exp_manager": {"max_time_per_run": "00:00:01:00"},
                                            "nest_trainer": {"num_threads": 3}}))
-    assert s.exp_manager.max_time_per_run == 60.0 and s.num_threads == 3  # the earlier limit wins
+    assert s.exp_manager.max_time_per_run == 60.0 and s.nest_trainer.num_threads == 3  # the earlier limit wins
     with pytest.raises(ConfigError, match="nest_trainer.num_threads"):
         parse_run_config(OmegaConf.create({**base, "nest_trainer": {"num_threads": "all"}}))
     with pytest.raises(ConfigError, match="trainer.max_time.*positive"):

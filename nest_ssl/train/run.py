@@ -275,7 +275,8 @@ def build_trainer(cfg: DictConfig, settings: RunSettings, info: DistInfo, *, log
     from nest_ssl.optim import build_optimizer, build_scheduler
 
     t = settings.trainer
-    seed_for(settings.seed, "init", 0)  # the same initial weights on every rank (DDP also broadcasts them)
+    seed = settings.nest_trainer.seed
+    seed_for(seed, "init", 0)  # the same initial weights on every rank (DDP also broadcasts them)
     model = NESTModel.from_config(cfg.model)
     if init_weights:
         init_from_pretrained(model, cfg)
@@ -290,14 +291,14 @@ def build_trainer(cfg: DictConfig, settings: RunSettings, info: DistInfo, *, log
     scheduler = build_scheduler(optimizer, sched_cfg, max_steps=max_steps) if sched_cfg is not None else None
 
     sr = int(cfg.model.get("sample_rate", 16000))
-    train_loader = build_dataloader(cfg.model.train_ds, sample_rate=sr, seed=settings.seed, rank=info.rank,
+    train_loader = build_dataloader(cfg.model.train_ds, sample_rate=sr, seed=seed, rank=info.rank,
                                     world_size=info.world_size, training=True)
     # Iterable (Shar) input resumes in Trainer.restore: every worker stream continues where the trained batches
     # left it (nest_ssl.data.ResumableIterable), so the loader is built with the run's own seed.
     val_cfg = cfg.model.get("validation_ds")
     val_loader = None
     if val_cfg is not None and val_cfg.get("manifest_filepath"):
-        val_loader = build_dataloader(val_cfg, sample_rate=sr, seed=settings.seed, rank=info.rank,
+        val_loader = build_dataloader(val_cfg, sample_rate=sr, seed=seed, rank=info.rank,
                                       world_size=info.world_size, training=False)
 
     def write_nemo_fn(out_path, state_dict):
@@ -331,8 +332,8 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
     trainer = None
     created: list[Path] = []
     started = failed = False
-    if settings.num_threads is not None:
-        torch.set_num_threads(settings.num_threads)
+    if settings.nest_trainer.num_threads is not None:
+        torch.set_num_threads(settings.nest_trainer.num_threads)
     try:
         t = settings.trainer
         set_deterministic(t.deterministic, t.benchmark)
