@@ -36,6 +36,7 @@ from nest_ssl.train.distributed import (
 )
 from nest_ssl.train.loggers import setup_text_logging
 from nest_ssl.train.preflight import preflight
+from nest_ssl.train.run_lock import RunFolderBusyError, RunFolderLock
 from nest_ssl.train.seeding import seed_for, set_deterministic
 from nest_ssl.train.trainer import NonFiniteLossError, Trainer
 from nest_ssl.train.trainer_config import RunSettings, parse_run_config
@@ -327,9 +328,25 @@ def _remove_run_folder(created: list[Path], info: DistInfo) -> None:
     shutil.rmtree(created[0], ignore_errors=True)
 
 
+def _lock_run_folder(log_dir: Path, info: DistInfo) -> RunFolderLock | None:
+    """Global rank 0 creates the run folder and locks it; every rank learns whether another run holds it."""
+    lock, busy = None, None
+    if info.is_global_zero:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = RunFolderLock(log_dir).acquire()
+        except RunFolderBusyError as err:
+            busy = str(err)
+    busy = broadcast_object(info, busy)
+    if busy:
+        raise RunFolderBusyError(busy)
+    return lock
+
+
 def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, command_line: str | None) -> RunResult:
     info = init_distributed(plan)
     trainer = None
+    lock = None
     created: list[Path] = []
     started = failed = False
     if settings.nest_trainer.num_threads is not None:
@@ -342,6 +359,11 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
         log_dir = resolve_log_dir(settings, info)
         created = _missing_dirs(log_dir)
         barrier(info)  # every rank looks before any rank creates the folder (its own log file)
+        try:
+            lock = _lock_run_folder(log_dir, info)  # before anything in the folder is written
+        except RunFolderBusyError:
+            created = []  # the folder is the other run's
+            raise
         e = settings.exp_manager
         write_log = (not e.log_global_rank_0_only or info.is_global_zero) and (
             not e.log_local_rank_0_only or info.local_rank == 0)
@@ -391,4 +413,6 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
             trainer.close()
         if failed and not started:
             _remove_run_folder(created, info)
+        if lock is not None:
+            lock.release()
         destroy_distributed()
