@@ -161,3 +161,39 @@ def test_checkpoint_names_follow_lightning():
     assert format_checkpoint_name(t + "-last", {"step": 10}) == "SSL-NEST-FastConformer--val_loss=0.000-step=10-last"
     assert format_checkpoint_name("{epoch}-{step}", {"epoch": 2, "step": 7}, auto_insert_metric_name=False) == "2-7"
     assert format_checkpoint_name(None, {"epoch": 1, "step": 3}) == "epoch=1-step=3"
+
+
+@pytest.mark.parametrize(
+    "section,node,match",
+    [
+        ("trainer", {"max_steps": "8x"}, r"^trainer\.max_steps='8x': must be an integer$"),
+        ("trainer", {"max_epochs": 2.5}, r"^trainer\.max_epochs=2\.5: must be an integer or null$"),
+        ("trainer", {"enable_progress_bar": "maybe"}, r"enable_progress_bar='maybe': must be true, false or null"),
+        ("trainer", [1], r"`trainer` must be a mapping"),
+        ("exp_manager", {"checkpoint_callback_params": 5}, r"`exp_manager\.checkpoint_callback_params` must be a map"),
+        ("exp_manager", {"files_to_copy": "a.txt"}, r"exp_manager\.files_to_copy='a\.txt': must be a list or null"),
+        ("exp_manager", {"summary_writer_kwargs": 3}, r"summary_writer_kwargs=3: must be a mapping or null"),
+        ("exp_manager", {"checkpoint_callback_params": {"mode": "best"}}, r"checkpoint_callback_params\.mode='best'"),
+        ("nest_trainer", {"health": {"min_coverag": 0.2}}, r"did you mean 'nest_trainer\.health\.min_coverage'"),
+        ("nest_trainer", {"health": {"floor_margin": "x"}}, r"nest_trainer\.health\.floor_margin='x': must be a number"),
+        ("nest_trainer", {"seed": -1}, r"nest_trainer\.seed=-1: must be an integer >= 0"),
+    ],
+)
+def test_type_and_key_errors_name_the_key_and_value(section, node, match):
+    cfg = {"model": {}, "trainer": {"enable_checkpointing": False}}
+    cfg[section] = node  # a trainer section replaces the base one: its error comes first
+    with pytest.raises(ConfigError, match=match):
+        parse_run_config(OmegaConf.create(cfg))
+
+
+def test_null_means_the_default_and_defaults_live_in_the_dataclasses():
+    from nest_ssl.train.health import HealthSettings
+    from nest_ssl.train.trainer_config import CheckpointSettings, TrainerSettings, parse_nest_trainer
+
+    t = parse_trainer({"log_every_n_steps": None, "precision": None, "limit_val_batches": None})
+    assert (t.log_every_n_steps, t.precision, t.limit_val_batches) == (TrainerSettings.log_every_n_steps, "32-true", 1.0)
+    e = parse_exp_manager({"checkpoint_callback_params": None, "files_to_copy": None})
+    assert e.checkpoint == CheckpointSettings() and e.files_to_copy == []
+    assert parse_nest_trainer({"health": None}).health == HealthSettings()
+    assert parse_nest_trainer(None).health == HealthSettings()
+    assert parse_trainer({"max_steps": "12"}).max_steps == 12  # OmegaConf's conversion of a number given as text
