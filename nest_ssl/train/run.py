@@ -219,8 +219,8 @@ def run(cfg: Any, *, command_line: str | None = None) -> RunResult:
     """Trains as the config says; returns where the run wrote. Starts the processes itself when
     trainer.devices > 1 and no launcher (torchrun) started this one."""
     cfg = _as_config(cfg)
+    _check_required(cfg)  # a ??? value is named as such, before its section's type check sees it
     settings = parse_run_config(cfg)
-    _check_required(cfg)
     preflight(cfg, settings)  # manifests, values, checkpoints: before any process, model or folder exists
     plan = plan_launch(settings.trainer)
     if plan.use_ddp and not plan.under_launcher:
