@@ -123,6 +123,22 @@ TRAIN_MISTAKES = {
     "folder as resume checkpoint": (["+exp_manager.resume_from_checkpoint={d}"],
                                     ["exp_manager.resume_from_checkpoint", "is a directory"]),
     "typo in a key": (["trainer.max_step=3"], ["trainer.max_step", "did you mean"]),
+    # the trainer-side sections (nest_ssl/train/trainer_config.py)
+    "trainer value of the wrong type": (["trainer.max_steps=ten"], ["trainer.max_steps='ten'", "must be an integer"]),
+    "trainer value out of range": (["trainer.log_every_n_steps=0"], ["trainer.log_every_n_steps=0", ">= 1"]),
+    "typo in an exp_manager key": (["+exp_manager.resume_if_exist=true"],
+                                   ["exp_manager.resume_if_exist", "did you mean 'exp_manager.resume_if_exists'"]),
+    "checkpoint value of the wrong type": (["exp_manager.checkpoint_callback_params.save_top_k=best"],
+                                           ["exp_manager.checkpoint_callback_params.save_top_k='best'", "integer"]),
+    "health threshold out of range": (["+nest_trainer.health.min_coverage=2"],
+                                      ["nest_trainer.health.min_coverage=2", "at most 1"]),
+    # model values that only the model's constructors (or the first step) would have refused
+    "learning rate below min_lr": (["model.optim.lr=1e-9"], ["model.optim.lr=1e-09", "model.optim.sched.min_lr"]),
+    "even conv kernel": (["model.encoder.conv_kernel_size=4"], ["model.encoder", "conv_kernel_size must be odd"]),
+    "heads that do not divide d_model": (["model.encoder.n_heads=5"], ["model.encoder.d_model=96", "n_heads=5"]),
+    "mask probability out of range": (["model.masking.mask_prob=1.5"], ["model.masking.mask_prob=1.5", "<= 1"]),
+    "unknown optimizer": (["model.optim.name=adamx"], ["model.optim", "adamx", "choose one of"]),
+    "two warmup keys": (["model.optim.sched.warmup_ratio=0.1"], ["model.optim.sched", "warmup_ratio, not both"]),
 }
 
 
@@ -133,6 +149,35 @@ def test_train_mistake_is_one_line_exit_2_and_leaves_no_folder(mistake, data, tm
     p = _run(_train_args(data, exp, *[o.format(d=data) for o in overrides]), cwd=tmp_path)
     assert_user_error(p, *needles)
     assert not exp.exists() and not (tmp_path / "nemo_experiments").exists()
+
+
+def test_second_run_on_the_same_run_folder_is_refused(data, tmp_path):
+    """Two real `nest-ssl train` processes on one run folder (resume_if_exists: the same command twice)."""
+    import signal
+    import time
+
+    from nest_ssl.train.run_lock import LOCK_NAME, RunFolderLock
+
+    exp = tmp_path / "exp"
+    run = exp / "SSL-NEST-FastConformer-Tiny"  # no version folder with resume_if_exists
+    args = _train_args(data, exp, "trainer.max_steps=100000", "trainer.val_check_interval=100000")
+    first = subprocess.Popen([sys.executable, "-m", "nest_ssl.cli", *map(str, args)], cwd=tmp_path, env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240  # a bound on a hang, not a timing assertion
+        while not ((run / LOCK_NAME).exists() and (run / LOCK_NAME).read_text().strip() == str(first.pid)):
+            assert first.poll() is None, first.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the first run never took the lock"
+            time.sleep(0.2)
+        second = _run(args, cwd=tmp_path)
+        assert_user_error(second, f"run folder {run}", f"PID {first.pid}", "in use")
+        assert first.poll() is None  # the refused run neither stopped the first ...
+        assert (run / "hparams.yaml").exists()  # ... nor removed its folder
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The kernel dropped the killed run's lock: no stale lock to remove by hand.
+    RunFolderLock(run).acquire().release()
 
 
 def test_exp_dir_that_is_a_file(data, tmp_path):
@@ -273,11 +318,11 @@ def test_os_errors_are_worded_by_what_happened(tmp_path):
 def test_max_time_and_num_threads_settings():
     base = {"model": {}, "trainer": {"enable_checkpointing": False, "logger": False}}
     s = parse_run_config(OmegaConf.create({**base, "trainer": {**base["trainer"], "max_time": "00:01:30:00"}}))
-    assert s.exp_manager.max_time_per_run == 5400.0 and s.num_threads is None
+    assert s.exp_manager.max_time_per_run == 5400.0 and s.nest_trainer.num_threads is None
     s = parse_run_config(OmegaConf.create({**base, "trainer": {**base["trainer"], "max_time": {"minutes": 2}},
                                            "exp_manager": {"max_time_per_run": "00:00:01:00"},
                                            "nest_trainer": {"num_threads": 3}}))
-    assert s.exp_manager.max_time_per_run == 60.0 and s.num_threads == 3  # the earlier limit wins
+    assert s.exp_manager.max_time_per_run == 60.0 and s.nest_trainer.num_threads == 3  # the earlier limit wins
     with pytest.raises(ConfigError, match="nest_trainer.num_threads"):
         parse_run_config(OmegaConf.create({**base, "nest_trainer": {"num_threads": "all"}}))
     with pytest.raises(ConfigError, match="trainer.max_time.*positive"):

@@ -7,12 +7,26 @@ from nest_ssl.checkpoint import format_checkpoint_name
 from nest_ssl.config import ConfigError, load_config
 from nest_ssl.train.distributed import plan_launch
 from nest_ssl.train.trainer_config import (
-    LIGHTNING_DEFAULTS,
     parse_devices,
     parse_exp_manager,
     parse_run_config,
     parse_trainer,
 )
+
+
+# Lightning 2.4's Trainer(...) arguments and their defaults (its signature, for the test that each is known).
+LIGHTNING_DEFAULTS = {
+    "accelerator": "auto", "strategy": "auto", "devices": "auto", "num_nodes": 1, "precision": None, "logger": None,
+    "callbacks": None, "fast_dev_run": False, "max_epochs": None, "min_epochs": None, "max_steps": -1,
+    "min_steps": None, "max_time": None, "limit_train_batches": None, "limit_val_batches": None,
+    "limit_test_batches": None, "limit_predict_batches": None, "overfit_batches": 0.0, "val_check_interval": None,
+    "check_val_every_n_epoch": 1, "num_sanity_val_steps": None, "log_every_n_steps": None,
+    "enable_checkpointing": None, "enable_progress_bar": None, "enable_model_summary": None,
+    "accumulate_grad_batches": 1, "gradient_clip_val": None, "gradient_clip_algorithm": None, "deterministic": None,
+    "benchmark": None, "inference_mode": True, "use_distributed_sampler": True, "profiler": None,
+    "detect_anomaly": False, "barebones": False, "plugins": None, "sync_batchnorm": False,
+    "reload_dataloaders_every_n_epochs": 0, "default_root_dir": None,
+}
 
 
 def nest_cfg(*overrides):
@@ -79,13 +93,14 @@ def test_lightning_value_forms():
     assert parse_trainer({}).max_epochs == 1000  # Lightning: no max_steps and no max_epochs -> 1000 epochs
     assert parse_trainer({"max_steps": 5}).max_epochs == -1
     t = parse_trainer({"strategy": "ddp_find_unused_parameters_true"})
-    assert t.strategy == "ddp" and t.find_unused_parameters
+    assert t.find_unused_parameters and not parse_trainer({"strategy": "ddp"}).find_unused_parameters
     assert parse_trainer({"val_check_interval": 1.0}).val_check_interval == 1.0
     assert parse_trainer({"num_sanity_val_steps": None}).num_sanity_val_steps == 2
     assert parse_devices("0,1") == [0, 1] and parse_devices("3") == 3 and parse_devices(-1) == -1
     assert parse_devices([2]) == [2] and parse_devices("auto") == "auto"
     # every Lightning Trainer argument is known: its default passes
-    parse_trainer(dict(LIGHTNING_DEFAULTS))
+    t = parse_trainer(dict(LIGHTNING_DEFAULTS))
+    assert (t.precision, t.log_every_n_steps, t.num_sanity_val_steps, t.val_check_interval) == ("32-true", 50, 2, 1.0)
 
 
 def test_nemo_exp_manager_conflicts_and_switches():
@@ -110,7 +125,7 @@ def test_nemo_exp_manager_conflicts_and_switches():
 
 def test_nest_trainer_section():
     s = parse_run_config(nest_cfg("+nest_trainer.seed=7", "+nest_trainer.max_consecutive_nonfinite=3"))
-    assert s.seed == 7 and s.max_consecutive_nonfinite == 3
+    assert s.nest_trainer.seed == 7 and s.nest_trainer.max_consecutive_nonfinite == 3
     with pytest.raises(ConfigError, match="nest_trainer.sed.*nest_trainer.seed"):
         parse_run_config(nest_cfg("+nest_trainer.sed=7"))
 
@@ -146,3 +161,39 @@ def test_checkpoint_names_follow_lightning():
     assert format_checkpoint_name(t + "-last", {"step": 10}) == "SSL-NEST-FastConformer--val_loss=0.000-step=10-last"
     assert format_checkpoint_name("{epoch}-{step}", {"epoch": 2, "step": 7}, auto_insert_metric_name=False) == "2-7"
     assert format_checkpoint_name(None, {"epoch": 1, "step": 3}) == "epoch=1-step=3"
+
+
+@pytest.mark.parametrize(
+    "section,node,match",
+    [
+        ("trainer", {"max_steps": "8x"}, r"^trainer\.max_steps='8x': must be an integer$"),
+        ("trainer", {"max_epochs": 2.5}, r"^trainer\.max_epochs=2\.5: must be an integer or null$"),
+        ("trainer", {"enable_progress_bar": "maybe"}, r"enable_progress_bar='maybe': must be true, false or null"),
+        ("trainer", [1], r"`trainer` must be a mapping"),
+        ("exp_manager", {"checkpoint_callback_params": 5}, r"`exp_manager\.checkpoint_callback_params` must be a map"),
+        ("exp_manager", {"files_to_copy": "a.txt"}, r"exp_manager\.files_to_copy='a\.txt': must be a list or null"),
+        ("exp_manager", {"summary_writer_kwargs": 3}, r"summary_writer_kwargs=3: must be a mapping or null"),
+        ("exp_manager", {"checkpoint_callback_params": {"mode": "best"}}, r"checkpoint_callback_params\.mode='best'"),
+        ("nest_trainer", {"health": {"min_coverag": 0.2}}, r"did you mean 'nest_trainer\.health\.min_coverage'"),
+        ("nest_trainer", {"health": {"floor_margin": "x"}}, r"nest_trainer\.health\.floor_margin='x': must be a number"),
+        ("nest_trainer", {"seed": -1}, r"nest_trainer\.seed=-1: must be an integer >= 0"),
+    ],
+)
+def test_type_and_key_errors_name_the_key_and_value(section, node, match):
+    cfg = {"model": {}, "trainer": {"enable_checkpointing": False}}
+    cfg[section] = node  # a trainer section replaces the base one: its error comes first
+    with pytest.raises(ConfigError, match=match):
+        parse_run_config(OmegaConf.create(cfg))
+
+
+def test_null_means_the_default_and_defaults_live_in_the_dataclasses():
+    from nest_ssl.train.health import HealthSettings
+    from nest_ssl.train.trainer_config import CheckpointSettings, TrainerSettings, parse_nest_trainer
+
+    t = parse_trainer({"log_every_n_steps": None, "precision": None, "limit_val_batches": None})
+    assert (t.log_every_n_steps, t.precision, t.limit_val_batches) == (TrainerSettings.log_every_n_steps, "32-true", 1.0)
+    e = parse_exp_manager({"checkpoint_callback_params": None, "files_to_copy": None})
+    assert e.checkpoint == CheckpointSettings() and e.files_to_copy == []
+    assert parse_nest_trainer({"health": None}).health == HealthSettings()
+    assert parse_nest_trainer(None).health == HealthSettings()
+    assert parse_trainer({"max_steps": "12"}).max_steps == 12  # OmegaConf's conversion of a number given as text

@@ -20,9 +20,9 @@ from nest_ssl.config import ConfigError
 from nest_ssl.models.nest import StepOutput
 from nest_ssl.train.health import (CollapseAlarm, CumulativeCounts, HealthLayout, HealthSettings,
                                    attainable_coverage, code_counts, coverage, entropy, majority_rate, masked_correct,
-                                   parse_health, perplexity, step_metrics, valid_tokens, validation_metrics)
+                                   perplexity, step_metrics, valid_tokens, validation_metrics)
 from nest_ssl.train.loggers import read_metrics, series
-from nest_ssl.train.trainer_config import parse_run_config
+from nest_ssl.train.trainer_config import parse_nest_trainer, parse_run_config
 
 
 def _out(tokens, lengths, log_probs=None, masked_targets=None):
@@ -166,16 +166,16 @@ def test_health_settings_from_the_config():
     from test_train_config import nest_cfg
 
     s = parse_run_config(nest_cfg())
-    assert s.health == HealthSettings()  # NeMo's yaml has no nest_trainer section: defaults
+    assert s.nest_trainer.health == HealthSettings()  # NeMo's yaml has no nest_trainer section: defaults
     s = parse_run_config(nest_cfg("+nest_trainer.health.min_coverage=0.3",
                                   "+nest_trainer.health.floor_patience_steps=5"))
-    assert s.health.min_coverage == 0.3 and s.health.floor_patience_steps == 5 and s.health.floor_margin == 0.05
+    assert s.nest_trainer.health.min_coverage == 0.3 and s.nest_trainer.health.floor_patience_steps == 5 and s.nest_trainer.health.floor_margin == 0.05
     with pytest.raises(ConfigError, match="did you mean 'nest_trainer.health.floor_margin'"):
         parse_run_config(nest_cfg("+nest_trainer.health.floor_margn=0.1"))
     with pytest.raises(ConfigError, match="min_coverage=2.*at most 1"):
-        parse_health({"min_coverage": 2})
+        parse_nest_trainer({"health": {"min_coverage": 2}})
     with pytest.raises(ConfigError, match="floor_patience_steps"):
-        parse_health({"floor_patience_steps": -5})
+        parse_nest_trainer({"health": {"floor_patience_steps": -5}})
 
 
 # -------------------------------------------------------------------------------------------------------------

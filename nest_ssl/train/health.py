@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -29,19 +29,24 @@ from nest_ssl.config import ConfigError
 
 log = logging.getLogger("nest_ssl.train")
 
-# nest_trainer.health.* keys and their defaults (documented in docs/training.md).
-HEALTH_DEFAULTS: dict[str, Any] = {
-    "min_coverage": 0.1,  # alarm when a step's targets use less than this fraction of the codes they could use
-    "floor_margin": 0.05,  # nats: val_loss must get this far below the floor ...
-    "floor_patience_steps": 2000,  # ... once this many optimizer steps are done (-1: never check)
-}
-
 
 @dataclass
 class HealthSettings:
-    min_coverage: float = HEALTH_DEFAULTS["min_coverage"]
-    floor_margin: float = HEALTH_DEFAULTS["floor_margin"]
-    floor_patience_steps: int = HEALTH_DEFAULTS["floor_patience_steps"]
+    """The `nest_trainer.health` section: the collapse alarm's thresholds (docs/training.md, "Learning health")."""
+
+    min_coverage: float = 0.1  # alarm when a step's targets use less than this fraction of the codes they could use
+    floor_margin: float = 0.05  # nats: val_loss must get this far below the floor ...
+    floor_patience_steps: int = 2000  # ... once this many optimizer steps are done (-1: never check)
+
+    def validate(self, where: str = "nest_trainer.health") -> None:
+        for key in ("min_coverage", "floor_margin"):
+            v = getattr(self, key)
+            if not math.isfinite(v) or v < 0:
+                raise ConfigError(f"{where}.{key}={v!r}: must be a number >= 0")
+        if self.min_coverage > 1:
+            raise ConfigError(f"{where}.min_coverage={self.min_coverage!r}: a fraction, at most 1 (0: off)")
+        if self.floor_patience_steps < -1:
+            raise ConfigError(f"{where}.floor_patience_steps={self.floor_patience_steps!r}: an integer >= 0 (-1: off)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -354,29 +359,3 @@ class CollapseAlarm:
     def load_state_dict(self, d: dict) -> None:
         self.low_coverage = bool(d.get("low_coverage", False))
         self.at_floor = bool(d.get("at_floor", False))
-
-
-def parse_health(node: Any) -> HealthSettings:
-    """nest_trainer.health (a mapping or None) -> HealthSettings; a wrong key or value raises ConfigError."""
-    if node is not None and not isinstance(node, Mapping):
-        raise ConfigError("`nest_trainer.health` must be a mapping (min_coverage, floor_margin, floor_patience_steps)")
-    raw = dict(node or {})
-    for key in raw:
-        if key not in HEALTH_DEFAULTS:
-            import difflib
-
-            near = difflib.get_close_matches(str(key), HEALTH_DEFAULTS, n=1)
-            hint = f"; did you mean 'nest_trainer.health.{near[0]}'?" if near else ""
-            raise ConfigError(f"nest_trainer.health.{key} is not a key{hint} (known: {', '.join(HEALTH_DEFAULTS)})")
-    r = {**HEALTH_DEFAULTS, **raw}
-    for key in ("min_coverage", "floor_margin"):
-        v = r[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ConfigError(f"nest_trainer.health.{key}={v!r}: must be a number >= 0")
-    if r["min_coverage"] > 1:
-        raise ConfigError(f"nest_trainer.health.min_coverage={r['min_coverage']!r}: a fraction, at most 1 (0: off)")
-    p = r["floor_patience_steps"]
-    if isinstance(p, bool) or not isinstance(p, int) or p < -1:
-        raise ConfigError(f"nest_trainer.health.floor_patience_steps={p!r}: an integer >= 0 (-1: off)")
-    return HealthSettings(min_coverage=float(r["min_coverage"]), floor_margin=float(r["floor_margin"]),
-                          floor_patience_steps=int(p))

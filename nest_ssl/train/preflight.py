@@ -187,6 +187,55 @@ def check_model(model: Mapping) -> None:
         raise ConfigError(f"model.optim.betas={betas!r}: must be a list of two numbers in [0, 1), e.g. [0.9,0.98]")
 
 
+# Constructor errors of the modules (NeMo's ValueErrors: "conv_kernel_size must be odd", an unknown optimizer name)
+# are user mistakes in a model section; the model is built once on the meta device (no memory, no init) to find them.
+_BUILD_ERRORS = (ValueError, TypeError, NotImplementedError)
+MODEL_SECTIONS = ("preprocessor", "encoder", "loss", "quantizer", "masking", "decoder")
+
+
+def check_model_builds(model: DictConfig, max_steps: int) -> None:
+    """The model, its optimizer and scheduler can be built from the config: each section on its own (so that the
+    message names it), then the whole model; the optimizer over one dummy parameter."""
+    import torch
+
+    from nest_ssl.config import instantiate
+    from nest_ssl.models.nest import NESTModel, _post_conv_adjusted
+    from nest_ssl.optim import build_optimizer, build_scheduler
+
+    model = model.copy()
+    OmegaConf.resolve(model)
+    adjusted = _post_conv_adjusted(model)
+    with torch.device("meta"):
+        for key in MODEL_SECTIONS:
+            try:
+                instantiate(adjusted[key])
+            except _BUILD_ERRORS as err:
+                raise ConfigError(f"model.{key}: {err}") from None
+        try:
+            NESTModel(model)
+        except _BUILD_ERRORS as err:
+            raise ConfigError(f"model: {err}") from None
+
+    optim = model.get("optim")
+    if optim is None:
+        raise ConfigError("model.optim is missing; it names the optimizer and its lr (e.g. model.optim.name=adamw)")
+    sched = optim.get("sched")
+    if sched is not None and sched.get("name") == "NoamAnnealing":
+        lr, min_lr = optim.get("lr"), sched.get("min_lr") or 0.0
+        if _is_number(lr) and _is_number(min_lr) and lr < min_lr:
+            raise ConfigError(f"model.optim.lr={lr!r} is below model.optim.sched.min_lr={min_lr!r}: NoamAnnealing's lr "
+                              "is a multiplier (the peak is lr / sqrt(d_model * warmup_steps)); raise lr or lower min_lr")
+    dummy = [torch.nn.Parameter(torch.zeros(1))]
+    try:
+        optimizer = build_optimizer(dummy, optim)
+    except _BUILD_ERRORS as err:
+        raise ConfigError(f"model.optim: {err}") from None
+    try:
+        build_scheduler(optimizer, sched, max_steps=max_steps if max_steps != -1 else None)
+    except _BUILD_ERRORS as err:
+        raise ConfigError(f"model.optim.sched: {err}") from None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Datasets
 
@@ -362,6 +411,7 @@ def preflight(cfg: DictConfig | Mapping, settings: RunSettings) -> None:
     if not isinstance(model, Mapping):
         raise ConfigError("the config's `model` must be a mapping")
     check_model(model)
+    check_model_builds(cfg.model if isinstance(cfg, DictConfig) else OmegaConf.create(model), settings.trainer.max_steps)
     rate = model.get("sample_rate") if _is_int(model.get("sample_rate")) else None
     if "train_ds" not in model or not isinstance(model["train_ds"], Mapping):
         raise ConfigError("model.train_ds is missing; it names the training manifest and batching")

@@ -37,6 +37,7 @@ from nest_ssl.train.distributed import (
 )
 from nest_ssl.train.loggers import setup_text_logging
 from nest_ssl.train.preflight import preflight
+from nest_ssl.train.run_lock import RunFolderBusyError, RunFolderLock
 from nest_ssl.train.trainer import NonFiniteLossError, Trainer
 from nest_ssl.train.trainer_config import RunSettings, parse_run_config
 
@@ -218,8 +219,8 @@ def run(cfg: Any, *, command_line: str | None = None) -> RunResult:
     """Trains as the config says; returns where the run wrote. Starts the processes itself when
     trainer.devices > 1 and no launcher (torchrun) started this one."""
     cfg = _as_config(cfg)
+    _check_required(cfg)  # a ??? value is named as such, before its section's type check sees it
     settings = parse_run_config(cfg)
-    _check_required(cfg)
     preflight(cfg, settings)  # manifests, values, checkpoints: before any process, model or folder exists
     plan = plan_launch(settings.trainer)
     if plan.use_ddp and not plan.under_launcher:
@@ -280,7 +281,8 @@ def build_trainer(cfg: DictConfig, settings: RunSettings, info: DistInfo, *, log
     val_node = cfg.model.get("validation_ds")
     val_ds = (parse_data_config(val_node, "model.validation_ds")
               if val_node is not None and val_node.get("manifest_filepath") else None)
-    seed_for(settings.seed, "init", 0)  # the same initial weights on every rank (DDP also broadcasts them)
+    seed = settings.nest_trainer.seed
+    seed_for(seed, "init", 0)  # the same initial weights on every rank (DDP also broadcasts them)
     model = NESTModel.from_config(cfg.model)
     if init_weights:
         init_from_pretrained(model, cfg)
@@ -295,13 +297,13 @@ def build_trainer(cfg: DictConfig, settings: RunSettings, info: DistInfo, *, log
     scheduler = build_scheduler(optimizer, sched_cfg, max_steps=max_steps) if sched_cfg is not None else None
 
     sr = int(cfg.model.get("sample_rate", 16000))
-    train_loader = build_dataloader(train_ds, sample_rate=sr, seed=settings.seed, rank=info.rank,
+    train_loader = build_dataloader(train_ds, sample_rate=sr, seed=seed, rank=info.rank,
                                     world_size=info.world_size, training=True, section="model.train_ds")
     # Iterable (Shar) input resumes in Trainer.restore: every worker stream continues where the trained batches
     # left it (nest_ssl.data.ResumableIterable), so the loader is built with the run's own seed.
     val_loader = None
     if val_ds is not None:
-        val_loader = build_dataloader(val_ds, sample_rate=sr, seed=settings.seed, rank=info.rank,
+        val_loader = build_dataloader(val_ds, sample_rate=sr, seed=seed, rank=info.rank,
                                       world_size=info.world_size, training=False, section="model.validation_ds")
 
     def write_nemo_fn(out_path, state_dict):
@@ -330,13 +332,29 @@ def _remove_run_folder(created: list[Path], info: DistInfo) -> None:
     shutil.rmtree(created[0], ignore_errors=True)
 
 
+def _lock_run_folder(log_dir: Path, info: DistInfo) -> RunFolderLock | None:
+    """Global rank 0 creates the run folder and locks it; every rank learns whether another run holds it."""
+    lock, busy = None, None
+    if info.is_global_zero:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = RunFolderLock(log_dir).acquire()
+        except RunFolderBusyError as err:
+            busy = str(err)
+    busy = broadcast_object(info, busy)
+    if busy:
+        raise RunFolderBusyError(busy)
+    return lock
+
+
 def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, command_line: str | None) -> RunResult:
     info = init_distributed(plan)
     trainer = None
+    lock = None
     created: list[Path] = []
     started = failed = False
-    if settings.num_threads is not None:
-        torch.set_num_threads(settings.num_threads)
+    if settings.nest_trainer.num_threads is not None:
+        torch.set_num_threads(settings.nest_trainer.num_threads)
     try:
         t = settings.trainer
         set_deterministic(t.deterministic, t.benchmark)
@@ -345,6 +363,11 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
         log_dir = resolve_log_dir(settings, info)
         created = _missing_dirs(log_dir)
         barrier(info)  # every rank looks before any rank creates the folder (its own log file)
+        try:
+            lock = _lock_run_folder(log_dir, info)  # before anything in the folder is written
+        except RunFolderBusyError:
+            created = []  # the folder is the other run's
+            raise
         e = settings.exp_manager
         write_log = (not e.log_global_rank_0_only or info.is_global_zero) and (
             not e.log_local_rank_0_only or info.local_rank == 0)
@@ -394,4 +417,6 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
             trainer.close()
         if failed and not started:
             _remove_run_folder(created, info)
+        if lock is not None:
+            lock.release()
         destroy_distributed()

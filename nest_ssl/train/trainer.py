@@ -195,7 +195,7 @@ class Trainer:
         self.write_nemo_fn = write_nemo_fn
         self.state = LoopState()
         self.sample_rate = int(cfg.model.get("sample_rate", 16000))
-        self.seed = settings.seed
+        self.seed = settings.nest_trainer.seed
         self.sampler = _sampler_of(train_loader)
         if getattr(self.sampler, "iterable_dataset", False):
             self.sampler = None  # it runs inside the workers: its state here says nothing about the stream
@@ -255,7 +255,7 @@ class Trainer:
         self.health = HealthLayout(int(getattr(quantizer, "num_classes", cfg.model.num_classes)),
                                    int(getattr(quantizer, "num_books", cfg.model.get("num_books", 1))))
         self.cum_counts = CumulativeCounts(self.health.num_classes, self.health.num_books)
-        self.alarm = CollapseAlarm(settings.health, announce=info.is_global_zero)  # same state on every rank
+        self.alarm = CollapseAlarm(settings.nest_trainer.health, announce=info.is_global_zero)  # same on every rank
         self._val_health: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------------------------
@@ -761,12 +761,13 @@ class Trainer:
                 log.warning("non-finite loss at batch %d (after global step %d): step skipped (%d in a row, %d "
                             "in total)", st.total_batch_idx, st.global_step, st.nonfinite_in_a_row, st.skipped_nonfinite)
                 self.metrics_writer.log({"skipped_steps": st.skipped_nonfinite}, st.global_step)
-                if st.nonfinite_in_a_row >= self.s.max_consecutive_nonfinite:
+                limit = self.s.nest_trainer.max_consecutive_nonfinite
+                if st.nonfinite_in_a_row >= limit:
                     self.stop_reason = "nonfinite"
                     last = self.ckpt.last_model_path or "none written yet"
                     raise NonFiniteLossError(
                         f"{st.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss (limit "
-                        f"nest_trainer.max_consecutive_nonfinite={self.s.max_consecutive_nonfinite}); stopped at "
+                        f"nest_trainer.max_consecutive_nonfinite={limit}); stopped at "
                         f"global step {st.global_step}. The last good checkpoint is untouched: {last}. Lower the "
                         f"learning rate, use precision=32 or bf16-mixed, or check the data.")
             else:

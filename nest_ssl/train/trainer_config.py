@@ -1,25 +1,31 @@
-"""Validation of the `trainer.*` (Lightning's Trainer arguments) and `exp_manager.*` (NeMo's ExpManagerConfig) keys.
+"""The trainer-side config sections: `trainer.*` (Lightning's Trainer arguments), `exp_manager.*` (NeMo's
+ExpManagerConfig, with `checkpoint_callback_params`) and our own `nest_trainer.*` (with `health`).
 
-Every key Lightning 2.4's `Trainer(...)` or NeMo 2.7.3's `exp_manager` accepts is known here. A key is either
-supported (it does what it does in Lightning/NeMo), accepted only at values that change nothing (for example
-`create_wandb_logger: false`), or refused with a message that says what to do instead. A key neither knows fails
-with the nearest valid key, so a typo never passes silently.
+Each section is one dataclass whose fields are the keys Lightning 2.4 / NeMo 2.7.3 accept there and whose defaults
+are what a key left out means (the only copy of them). `parse_section` merges the user's section onto
+`OmegaConf.structured(Section)`, so OmegaConf refuses unknown keys and values of the wrong type, then calls the
+section's `validate()`, which checks ranges and mutually exclusive keys and brings Lightning's alternative spellings
+to one form (precision 16 -> "16-mixed", max_time "DD:HH:MM:SS" -> seconds). OmegaConf's errors become one
+`ConfigError` naming `<section>.<key>`, the value and the fix (the nearest key for a typo).
 
-Our own few settings (there is no Lightning or NeMo key for them) live in a top-level `nest_trainer:` section:
-`seed`, `max_consecutive_nonfinite` and `health` (the collapse alarm's thresholds, nest_ssl/train/health.py).
+A key is either supported (it does what it does in Lightning/NeMo), accepted only at values that change nothing
+(for example `create_wandb_logger: false`), or refused with a message that says what to do instead.
 """
 
 from __future__ import annotations
 
-import difflib
+import dataclasses
+import datetime
 import re
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Dict, List, Mapping, Optional, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from nest_ssl.config import ConfigError
-from nest_ssl.train.health import HealthSettings, parse_health
+from nest_ssl.config import ConfigError, nearest_key
+from nest_ssl.train.health import HealthSettings
 
 TOP_LEVEL_KEYS = (
     "name",
@@ -33,160 +39,6 @@ TOP_LEVEL_KEYS = (
     "init_strict",
 )
 
-# Lightning 2.4 Trainer arguments and their defaults.
-LIGHTNING_DEFAULTS: dict[str, Any] = {
-    "accelerator": "auto",
-    "strategy": "auto",
-    "devices": "auto",
-    "num_nodes": 1,
-    "precision": None,
-    "logger": None,
-    "callbacks": None,
-    "fast_dev_run": False,
-    "max_epochs": None,
-    "min_epochs": None,
-    "max_steps": -1,
-    "min_steps": None,
-    "max_time": None,
-    "limit_train_batches": None,
-    "limit_val_batches": None,
-    "limit_test_batches": None,
-    "limit_predict_batches": None,
-    "overfit_batches": 0.0,
-    "val_check_interval": None,
-    "check_val_every_n_epoch": 1,
-    "num_sanity_val_steps": None,
-    "log_every_n_steps": None,
-    "enable_checkpointing": None,
-    "enable_progress_bar": None,
-    "enable_model_summary": None,
-    "accumulate_grad_batches": 1,
-    "gradient_clip_val": None,
-    "gradient_clip_algorithm": None,
-    "deterministic": None,
-    "benchmark": None,
-    "inference_mode": True,
-    "use_distributed_sampler": True,
-    "profiler": None,
-    "detect_anomaly": False,
-    "barebones": False,
-    "plugins": None,
-    "sync_batchnorm": False,
-    "reload_dataloaders_every_n_epochs": 0,
-    "default_root_dir": None,
-}
-
-# Lightning keys we accept only at the value(s) that leave training unchanged, with what to do instead.
-TRAINER_FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
-    "callbacks": ((None, []), "custom Lightning callbacks do not exist here; the checkpoint callback is exp_manager's"),
-    "fast_dev_run": ((False, 0), "for a quick check run trainer.max_steps=2 trainer.limit_val_batches=2"),
-    "min_epochs": ((None,), "minimum lengths only matter for early stopping, which nest-ssl does not have"),
-    "min_steps": ((None,), "minimum lengths only matter for early stopping, which nest-ssl does not have"),
-    "limit_test_batches": ((None, 1.0), "nest-ssl's trainer only fits; there is no test loop"),
-    "limit_predict_batches": ((None, 1.0), "nest-ssl's trainer only fits; there is no predict loop"),
-    "overfit_batches": ((0, 0.0), "not supported; limit the data with trainer.limit_train_batches instead"),
-    "profiler": ((None,), "not supported; run under `python -m torch.utils.bottleneck` or py-spy instead"),
-    "barebones": ((False,), "not supported; set enable_progress_bar=false and enable_model_summary=false"),
-    "plugins": ((None, []), "Lightning plugins do not exist here"),
-    "reload_dataloaders_every_n_epochs": ((0,), "the Lhotse dataloaders re-shuffle every epoch without reloading"),
-    "default_root_dir": ((None,), "NeMo's exp_manager decides where runs go: set exp_manager.exp_dir"),
-}
-
-EXP_MANAGER_DEFAULTS: dict[str, Any] = {
-    "explicit_log_dir": None,
-    "exp_dir": None,
-    "name": None,
-    "version": None,
-    "use_datetime_version": True,
-    "resume_if_exists": False,
-    "resume_past_end": False,
-    "resume_ignore_no_checkpoint": False,
-    "resume_from_checkpoint": None,
-    "create_tensorboard_logger": True,
-    "summary_writer_kwargs": None,
-    "create_wandb_logger": False,
-    "wandb_logger_kwargs": None,
-    "create_mlflow_logger": False,
-    "mlflow_logger_kwargs": None,
-    "create_dllogger_logger": False,
-    "dllogger_logger_kwargs": None,
-    "create_clearml_logger": False,
-    "clearml_logger_kwargs": None,
-    "create_neptune_logger": False,
-    "neptune_logger_kwargs": None,
-    "create_checkpoint_callback": True,
-    "checkpoint_callback_params": None,
-    "create_early_stopping_callback": False,
-    "create_ipl_epoch_stopper_callback": False,
-    "early_stopping_callback_params": None,
-    "ipl_epoch_stopper_callback_params": None,
-    "create_preemption_callback": True,
-    "files_to_copy": None,
-    "log_step_timing": True,
-    "log_delta_step_timing": False,
-    "step_timing_kwargs": None,
-    "log_local_rank_0_only": False,
-    "log_global_rank_0_only": False,
-    "disable_validation_on_resume": True,
-    "ema": None,
-    "max_time_per_run": None,
-    "seconds_to_sleep": 5,
-    "create_straggler_detection_callback": False,
-    "straggler_detection_params": None,
-    "create_fault_tolerance_callback": False,
-    "fault_tolerance": None,
-    "log_tflops_per_sec_per_gpu": True,
-}
-
-# exp_manager switches for features nest-ssl does not have: only `false` is accepted. Their `*_kwargs`/params
-# sections are accepted with any value while the switch is off, as in NeMo (they are only read when it is on).
-EXP_MANAGER_OFF_ONLY = {
-    "create_wandb_logger": "wandb_logger_kwargs",
-    "create_mlflow_logger": "mlflow_logger_kwargs",
-    "create_dllogger_logger": "dllogger_logger_kwargs",
-    "create_clearml_logger": "clearml_logger_kwargs",
-    "create_neptune_logger": "neptune_logger_kwargs",
-    "create_early_stopping_callback": "early_stopping_callback_params",
-    "create_ipl_epoch_stopper_callback": "ipl_epoch_stopper_callback_params",
-    "create_straggler_detection_callback": "straggler_detection_params",
-    "create_fault_tolerance_callback": "fault_tolerance",
-}
-
-# NeMo's CallbackParams (the ModelCheckpoint arguments) and their defaults.
-CHECKPOINT_DEFAULTS: dict[str, Any] = {
-    "filepath": None,
-    "dirpath": None,
-    "filename": None,
-    "monitor": "val_loss",
-    "verbose": True,
-    "save_last": True,
-    "save_top_k": 3,
-    "save_weights_only": False,
-    "mode": "min",
-    "auto_insert_metric_name": True,
-    "every_n_epochs": 1,
-    "every_n_train_steps": None,
-    "train_time_interval": None,
-    "prefix": None,
-    "postfix": ".nemo",
-    "save_best_model": False,
-    "always_save_nemo": False,
-    "save_nemo_on_train_end": True,
-    "model_parallel_size": None,
-    "save_on_train_epoch_end": False,
-    "async_save": False,
-    "save_last_n_optim_states": -1,
-    # Lightning ModelCheckpoint arguments NeMo passes through
-    "enable_version_counter": True,
-}
-
-NEST_TRAINER_DEFAULTS: dict[str, Any] = {
-    "seed": 0,  # every random stream (model init, dropout, masking, augmentation, shuffling) derives from it
-    "max_consecutive_nonfinite": 10,  # stop after this many optimizer steps in a row had a non-finite loss
-    "health": None,  # collapse alarm thresholds: nest_ssl.train.health.HEALTH_DEFAULTS for the keys left out
-    "num_threads": None,  # CPU threads of each process (torch.set_num_threads); null: OMP_NUM_THREADS, else torch's
-}
-
 PRECISIONS = {
     "32": "32-true",
     "32-true": "32-true",
@@ -196,120 +48,19 @@ PRECISIONS = {
     "bf16-mixed": "bf16-mixed",
 }
 
-STRATEGIES = {
+STRATEGIES = {  # strategy -> find_unused_parameters
     "auto": False,
     "ddp": False,
     "ddp_find_unused_parameters_false": False,
     "ddp_find_unused_parameters_true": True,
 }
 
-
-@dataclass
-class TrainerSettings:
-    accelerator: str = "auto"  # auto | cpu | gpu
-    strategy: str = "auto"
-    find_unused_parameters: bool = False
-    devices: Any = "auto"  # "auto" | -1 | int | list[int]
-    num_nodes: int = 1
-    precision: str = "32-true"
-    logger: bool | None = None
-    max_epochs: int = -1  # -1: no limit
-    max_steps: int = -1  # -1: no limit
-    limit_train_batches: int | float = 1.0
-    limit_val_batches: int | float = 1.0
-    val_check_interval: int | float = 1.0
-    check_val_every_n_epoch: int | None = 1
-    num_sanity_val_steps: int = 2
-    log_every_n_steps: int = 50
-    enable_checkpointing: bool = True
-    enable_progress_bar: bool = True
-    enable_model_summary: bool = True
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float = 0.0
-    gradient_clip_algorithm: str = "norm"
-    deterministic: bool | str = False
-    benchmark: bool | None = None
-    inference_mode: bool = True
-    use_distributed_sampler: bool = True
-    detect_anomaly: bool = False
-    sync_batchnorm: bool = False
-    max_time: float | None = None  # seconds (Lightning's "DD:HH:MM:SS" or {days, hours, minutes, seconds})
+_TIMEDELTA_KEYS = ("days", "hours", "minutes", "seconds", "milliseconds", "microseconds", "weeks")
+_DURATION = re.compile(r"^(\d+):(\d+):(\d+):(\d+)$")
 
 
-@dataclass
-class CheckpointSettings:
-    dirpath: str | None = None
-    filename: str | None = None
-    monitor: str | None = "val_loss"
-    verbose: bool = True
-    save_top_k: int = 3
-    save_weights_only: bool = False
-    mode: str = "min"
-    auto_insert_metric_name: bool = True
-    every_n_epochs: int | None = 1
-    every_n_train_steps: int | None = None
-    prefix: str | None = None
-    postfix: str = ".nemo"
-    save_best_model: bool = False
-    always_save_nemo: bool = False
-    save_nemo_on_train_end: bool = True
-    save_on_train_epoch_end: bool = False
-    enable_version_counter: bool = True
-
-
-@dataclass
-class ExpManagerSettings:
-    explicit_log_dir: str | None = None
-    exp_dir: str | None = None
-    name: str | None = None
-    version: str | None = None
-    use_datetime_version: bool = True
-    resume_if_exists: bool = False
-    resume_past_end: bool = False
-    resume_ignore_no_checkpoint: bool = False
-    resume_from_checkpoint: str | None = None
-    create_tensorboard_logger: bool = True
-    summary_writer_kwargs: dict = field(default_factory=dict)
-    create_checkpoint_callback: bool = True
-    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
-    create_preemption_callback: bool = True
-    files_to_copy: list = field(default_factory=list)
-    log_step_timing: bool = True
-    log_local_rank_0_only: bool = False
-    log_global_rank_0_only: bool = False
-    disable_validation_on_resume: bool = True
-    max_time_per_run: float | None = None  # seconds
-    seconds_to_sleep: float = 5
-
-
-@dataclass
-class RunSettings:
-    trainer: TrainerSettings
-    exp_manager: ExpManagerSettings
-    seed: int = 0
-    max_consecutive_nonfinite: int = 10
-    name: str = "default"
-    health: HealthSettings = field(default_factory=HealthSettings)
-    num_threads: int | None = None  # None: leave torch's thread count (OMP_NUM_THREADS or its default)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _plain(node: Any) -> Any:
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
-
-
-def _unknown(section: str, key: str, known) -> ConfigError:
-    near = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
-    hint = f"; did you mean '{section}.{near[0]}'?" if near else ""
-    return ConfigError(f"'{section}.{key}' is not a key nest-ssl knows{hint} (see docs/training.md for the list)")
-
-
-def _bad(section: str, key: str, value: Any, what: str) -> ConfigError:
-    return ConfigError(f"{section}.{key}={value!r}: {what}")
+def _bad(where: str, value: Any, what: str) -> ConfigError:
+    return ConfigError(f"{where}={value!r}: {what}")
 
 
 def _is_int(v: Any) -> bool:
@@ -320,190 +71,32 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _bool(section: str, key: str, v: Any, allow_none: bool = False) -> Any:
-    if v is None and allow_none:
-        return None
-    if not isinstance(v, bool):
-        raise _bad(section, key, v, "must be true or false")
-    return v
+def _at_least(where: str, value: int | None, minimum: int, *, null: bool = False) -> None:
+    """Range check of an int field (OmegaConf has checked the type)."""
+    if value is None and null:
+        return
+    if value is None or value < minimum:
+        raise _bad(where, value, f"must be an integer >= {minimum}" + (" or null" if null else ""))
 
 
-def _int(section: str, key: str, v: Any, minimum: int | None = None, allow_none: bool = False) -> Any:
-    if v is None and allow_none:
-        return None
-    if not _is_int(v) or (minimum is not None and v < minimum):
-        rng = f" >= {minimum}" if minimum is not None else ""
-        raise _bad(section, key, v, f"must be an integer{rng}" + (" or null" if allow_none else ""))
-    return v
+def _refuse_fixed(where: str, section: Any, fixed: Mapping[str, tuple[tuple[Any, ...], str]], what: str) -> None:
+    """Keys accepted only at the values that leave training unchanged."""
+    for key, (allowed, hint) in fixed.items():
+        value = getattr(section, key)
+        if value not in allowed:
+            raise _bad(f"{where}.{key}", value, f"{what}: {hint}")
 
 
-def parse_devices(value: Any) -> Any:
-    """Lightning's `devices`: 'auto', -1 (every GPU), a count, a list of device indices or a '0,1' string."""
-    v = value
-    if isinstance(v, str):
-        s = v.strip()
-        if s == "auto":
-            return "auto"
-        if "," in s:
-            parts = [p for p in s.split(",") if p.strip() != ""]
-            try:
-                return [int(p) for p in parts]
-            except ValueError:
-                raise _bad("trainer", "devices", value, "not a list of device indices") from None
-        try:
-            v = int(s)
-        except ValueError:
-            raise _bad("trainer", "devices", value, "use 'auto', -1, a count or a list of device indices") from None
-    if isinstance(v, (list, tuple)):
-        if not v or not all(_is_int(i) and i >= 0 for i in v) or len(set(v)) != len(v):
-            raise _bad("trainer", "devices", value, "a device list must hold distinct indices >= 0")
-        return list(v)
-    if _is_int(v):
-        if v == -1 or v >= 1:
-            return v
-        raise _bad("trainer", "devices", value, "use -1 (every GPU), a count >= 1, or a list of device indices")
-    raise _bad("trainer", "devices", value, "use 'auto', -1, a count or a list of device indices")
+def _default(section: Any, key: str) -> Any:
+    f = next(f for f in dataclasses.fields(section) if f.name == key)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def parse_trainer(node: Any) -> TrainerSettings:
-    raw = _plain(node) or {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError("`trainer` must be a mapping of Lightning Trainer arguments")
-    for key in raw:
-        if key not in LIGHTNING_DEFAULTS:
-            raise _unknown("trainer", key, LIGHTNING_DEFAULTS)
-    for key, (allowed, hint) in TRAINER_FIXED.items():
-        if key in raw and raw[key] not in allowed:
-            raise _bad("trainer", key, raw[key], f"not supported by nest-ssl's trainer: {hint}")
-    r = {**LIGHTNING_DEFAULTS, **raw}
-    s = TrainerSettings()
-    sec = "trainer"
-
-    acc = r["accelerator"]
-    if acc == "cuda":
-        acc = "gpu"
-    if acc not in ("auto", "cpu", "gpu"):
-        raise _bad(sec, "accelerator", acc, "choose auto, cpu or gpu (cuda)")
-    s.accelerator = acc
-
-    strat = r["strategy"]
-    if strat not in STRATEGIES:
-        hint = ""
-        if isinstance(strat, str) and strat.startswith(("fsdp", "deepspeed")):
-            hint = "; sharded training is not supported (the 1B model trains with ddp in bf16-mixed)"
-        elif strat == "ddp_spawn":
-            hint = "; use ddp: without torchrun nest-ssl starts the processes itself"
-        raise _bad(sec, "strategy", strat, f"choose one of {', '.join(STRATEGIES)}{hint}")
-    s.strategy = "auto" if strat == "auto" else "ddp"
-    s.find_unused_parameters = STRATEGIES[strat]
-
-    s.devices = parse_devices(r["devices"])
-    s.num_nodes = _int(sec, "num_nodes", r["num_nodes"], 1)
-
-    prec = r["precision"]
-    if prec is None:
-        prec = "32"
-    key = str(prec)
-    if key not in PRECISIONS:
-        raise _bad(sec, "precision", prec, f"choose one of 32, 16, 16-mixed, bf16, bf16-mixed")
-    s.precision = PRECISIONS[key]
-
-    logger = r["logger"]
-    if logger not in (None, True, False):
-        raise _bad(sec, "logger", logger, "only true/false/null: the logger comes from exp_manager")
-    s.logger = logger
-
-    s.max_steps = _int(sec, "max_steps", r["max_steps"], -1)
-    me = r["max_epochs"]
-    if me is None:
-        me = 1000 if s.max_steps == -1 else -1  # Lightning's rule
-    s.max_epochs = _int(sec, "max_epochs", me, -1)
-
-    for key in ("limit_train_batches", "limit_val_batches"):
-        v = r[key]
-        if v is None:
-            v = 1.0
-        if _is_int(v) and v >= 0:
-            pass
-        elif isinstance(v, float) and v in (0.0, 1.0):
-            pass
-        elif isinstance(v, float) and 0.0 < v < 1.0:
-            raise _bad(sec, key, v, "a fraction needs the number of batches per epoch, which the Lhotse sampler "
-                       "does not know in advance; give a number of batches")
-        else:
-            raise _bad(sec, key, v, "give a number of batches (int) or 1.0 (all)")
-        if key == "limit_train_batches" and v in (0, 0.0):
-            raise _bad(sec, key, v, "training on 0 batches does nothing")
-        setattr(s, key, v)
-
-    vci = r["val_check_interval"]
-    if vci is None:
-        vci = 1.0
-    if _is_int(vci):
-        if vci < 1:
-            raise _bad(sec, "val_check_interval", vci, "an int counts training batches and must be >= 1")
-    elif isinstance(vci, float):
-        if not 0.0 < vci <= 1.0:
-            raise _bad(sec, "val_check_interval", vci, "a float is a fraction of an epoch in (0, 1]")
-    else:
-        raise _bad(sec, "val_check_interval", vci, "an int (training batches) or a fraction of an epoch")
-    s.val_check_interval = vci
-    s.check_val_every_n_epoch = _int(sec, "check_val_every_n_epoch", r["check_val_every_n_epoch"], 1, allow_none=True)
-    nsv = r["num_sanity_val_steps"]
-    s.num_sanity_val_steps = 2 if nsv is None else _int(sec, "num_sanity_val_steps", nsv, -1)
-    les = r["log_every_n_steps"]
-    s.log_every_n_steps = 50 if les is None else _int(sec, "log_every_n_steps", les, 1)
-    for key, default in (("enable_checkpointing", True), ("enable_progress_bar", True), ("enable_model_summary", True)):
-        v = r[key]
-        setattr(s, key, default if v is None else _bool(sec, key, v))
-    s.accumulate_grad_batches = _int(sec, "accumulate_grad_batches", r["accumulate_grad_batches"], 1)
-    gcv = r["gradient_clip_val"]
-    if gcv is None:
-        gcv = 0.0
-    if not _is_number(gcv) or gcv < 0:
-        raise _bad(sec, "gradient_clip_val", gcv, "must be a number >= 0 (0 or null: no clipping)")
-    s.gradient_clip_val = float(gcv)
-    gca = r["gradient_clip_algorithm"]
-    if gca is None:
-        gca = "norm"
-    if gca not in ("norm", "value"):
-        raise _bad(sec, "gradient_clip_algorithm", gca, "choose norm or value")
-    s.gradient_clip_algorithm = gca
-    det = r["deterministic"]
-    if det not in (None, True, False, "warn"):
-        raise _bad(sec, "deterministic", det, "choose true, false or warn")
-    s.deterministic = bool(det) if det != "warn" else "warn"
-    s.benchmark = _bool(sec, "benchmark", r["benchmark"], allow_none=True)
-    s.inference_mode = _bool(sec, "inference_mode", r["inference_mode"])
-    s.use_distributed_sampler = _bool(sec, "use_distributed_sampler", r["use_distributed_sampler"])
-    s.detect_anomaly = _bool(sec, "detect_anomaly", r["detect_anomaly"])
-    s.sync_batchnorm = _bool(sec, "sync_batchnorm", r["sync_batchnorm"])
-    if r["max_time"] is not None:
-        s.max_time = parse_max_time(r["max_time"])
-    return s
-
-
-_TIMEDELTA_KEYS = ("days", "hours", "minutes", "seconds", "milliseconds", "microseconds", "weeks")
-
-
-def parse_max_time(value: Any) -> float:
-    """Lightning's `max_time`: "DD:HH:MM:SS" or a dict of timedelta arguments ({days: 1, hours: 12}), in seconds."""
-    where = "trainer.max_time"
-    if isinstance(value, Mapping):
-        unknown = [k for k in value if k not in _TIMEDELTA_KEYS]
-        if unknown or not all(_is_number(v) and v >= 0 for v in value.values()):
-            raise _bad("trainer", "max_time", value, f"a dict takes non-negative numbers for {', '.join(_TIMEDELTA_KEYS)}")
-        import datetime
-
-        seconds = datetime.timedelta(**{k: float(v) for k, v in value.items()}).total_seconds()
-    else:
-        seconds = parse_duration(value, where)
-    if seconds <= 0:
-        raise _bad("trainer", "max_time", value, "must be a positive duration (DD:HH:MM:SS), or null for no limit")
-    return seconds
-
-
-_DURATION = re.compile(r"^(\d+):(\d+):(\d+):(\d+)$")
+def _nulls_to_defaults(section: Any, keys: tuple[str, ...]) -> None:
+    """Lightning's `key: null` means its default, which is the field's default here."""
+    for key in keys:
+        if getattr(section, key) is None:
+            setattr(section, key, _default(section, key))
 
 
 def parse_duration(text: Any, where: str) -> float:
@@ -517,16 +110,221 @@ def parse_duration(text: Any, where: str) -> float:
     return float(((d * 24 + h) * 60 + mi) * 60 + se)
 
 
-def parse_checkpoint_params(node: Any) -> CheckpointSettings:
-    raw = _plain(node) or {}
-    sec = "exp_manager.checkpoint_callback_params"
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"`{sec}` must be a mapping")
-    for key in raw:
-        if key not in CHECKPOINT_DEFAULTS:
-            raise _unknown(sec, key, CHECKPOINT_DEFAULTS)
-    r = {**CHECKPOINT_DEFAULTS, **raw}
-    fixed = {
+def parse_max_time(value: Any) -> float:
+    """Lightning's `max_time`: "DD:HH:MM:SS" or a dict of timedelta arguments ({days: 1, hours: 12}), in seconds."""
+    where = "trainer.max_time"
+    if isinstance(value, Mapping):
+        unknown = [k for k in value if k not in _TIMEDELTA_KEYS]
+        if unknown or not all(_is_number(v) and v >= 0 for v in value.values()):
+            raise _bad(where, value, f"a dict takes non-negative numbers for {', '.join(_TIMEDELTA_KEYS)}")
+        seconds = datetime.timedelta(**{k: float(v) for k, v in value.items()}).total_seconds()
+    else:
+        seconds = parse_duration(value, where)
+    if seconds <= 0:
+        raise _bad(where, value, "must be a positive duration (DD:HH:MM:SS), or null for no limit")
+    return seconds
+
+
+def parse_devices(value: Any) -> Any:
+    """Lightning's `devices`: 'auto', -1 (every GPU), a count, a list of device indices or a '0,1' string."""
+    where = "trainer.devices"
+    v = value
+    if isinstance(v, str):
+        s = v.strip()
+        if s == "auto":
+            return "auto"
+        if "," in s:
+            try:
+                return [int(p) for p in s.split(",") if p.strip() != ""]
+            except ValueError:
+                raise _bad(where, value, "not a list of device indices") from None
+        try:
+            v = int(s)
+        except ValueError:
+            raise _bad(where, value, "use 'auto', -1, a count or a list of device indices") from None
+    if isinstance(v, (list, tuple)):
+        if not v or not all(_is_int(i) and i >= 0 for i in v) or len(set(v)) != len(v):
+            raise _bad(where, value, "a device list must hold distinct indices >= 0")
+        return list(v)
+    if _is_int(v):
+        if v == -1 or v >= 1:
+            return v
+        raise _bad(where, value, "use -1 (every GPU), a count >= 1, or a list of device indices")
+    raise _bad(where, value, "use 'auto', -1, a count or a list of device indices")
+
+
+def _batch_limit(where: str, value: Any) -> int | float:
+    if _is_int(value) and value >= 0:
+        return value
+    if isinstance(value, float) and value in (0.0, 1.0):
+        return value
+    if isinstance(value, float) and 0.0 < value < 1.0:
+        raise _bad(where, value, "a fraction needs the number of batches per epoch, which the Lhotse sampler does not "
+                   "know in advance; give a number of batches")
+    raise _bad(where, value, "give a number of batches (int) or 1.0 (all)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# trainer
+
+
+@dataclass
+class TrainerSettings:
+    """`trainer`: Lightning 2.4's Trainer arguments. `Any` fields take more than one type (as in Lightning) and are
+    checked by validate(); after it, every field holds the one form the trainer reads (noted per field)."""
+
+    accelerator: str = "auto"  # auto | cpu | gpu (cuda is read as gpu)
+    strategy: str = "auto"  # auto | ddp | ddp_find_unused_parameters_{true,false}
+    devices: Any = "auto"  # -> "auto" | -1 | count | list of indices
+    num_nodes: int = 1
+    precision: Any = "32-true"  # -> 32-true | 16-mixed | bf16-mixed
+    logger: Optional[bool] = None  # exp_manager creates the logger
+    callbacks: Any = None
+    fast_dev_run: Any = False
+    max_epochs: Optional[int] = None  # -> int; -1: no limit (null: 1000 without max_steps, else no limit)
+    min_epochs: Optional[int] = None
+    max_steps: int = -1  # -1: no limit
+    min_steps: Optional[int] = None
+    max_time: Any = None  # -> seconds or None ("DD:HH:MM:SS" or {days, hours, minutes, seconds})
+    limit_train_batches: Any = 1.0  # -> int (batches) or 1.0 (all)
+    limit_val_batches: Any = 1.0
+    limit_test_batches: Any = None
+    limit_predict_batches: Any = None
+    overfit_batches: Any = 0.0
+    val_check_interval: Any = 1.0  # int: training batches; float: fraction of an epoch
+    check_val_every_n_epoch: Optional[int] = 1
+    num_sanity_val_steps: Optional[int] = 2
+    log_every_n_steps: Optional[int] = 50
+    enable_checkpointing: Optional[bool] = True
+    enable_progress_bar: Optional[bool] = True
+    enable_model_summary: Optional[bool] = True
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 0.0  # 0: no clipping
+    gradient_clip_algorithm: Optional[str] = "norm"  # norm | value
+    deterministic: Any = False  # true | false | "warn"
+    benchmark: Optional[bool] = None
+    inference_mode: bool = True
+    use_distributed_sampler: bool = True
+    profiler: Any = None
+    detect_anomaly: bool = False
+    barebones: bool = False
+    plugins: Any = None
+    sync_batchnorm: bool = False
+    reload_dataloaders_every_n_epochs: int = 0
+    default_root_dir: Optional[str] = None
+
+    # Lightning keys accepted only at the value(s) that leave training unchanged, with what to do instead.
+    FIXED: typing.ClassVar[dict[str, tuple[tuple[Any, ...], str]]] = {
+        "callbacks": ((None, []), "custom Lightning callbacks do not exist here; the checkpoint callback is exp_manager's"),
+        "fast_dev_run": ((False, 0), "for a quick check run trainer.max_steps=2 trainer.limit_val_batches=2"),
+        "min_epochs": ((None,), "minimum lengths only matter for early stopping, which nest-ssl does not have"),
+        "min_steps": ((None,), "minimum lengths only matter for early stopping, which nest-ssl does not have"),
+        "limit_test_batches": ((None, 1.0), "nest-ssl's trainer only fits; there is no test loop"),
+        "limit_predict_batches": ((None, 1.0), "nest-ssl's trainer only fits; there is no predict loop"),
+        "overfit_batches": ((0, 0.0), "not supported; limit the data with trainer.limit_train_batches instead"),
+        "profiler": ((None,), "not supported; run under `python -m torch.utils.bottleneck` or py-spy instead"),
+        "barebones": ((False,), "not supported; set enable_progress_bar=false and enable_model_summary=false"),
+        "plugins": ((None, []), "Lightning plugins do not exist here"),
+        "reload_dataloaders_every_n_epochs": ((0,), "the Lhotse dataloaders re-shuffle every epoch without reloading"),
+        "default_root_dir": ((None,), "NeMo's exp_manager decides where runs go: set exp_manager.exp_dir"),
+    }
+    NULL_MEANS_DEFAULT: typing.ClassVar[tuple[str, ...]] = (
+        "precision", "limit_train_batches", "limit_val_batches", "val_check_interval", "num_sanity_val_steps",
+        "log_every_n_steps", "enable_checkpointing", "enable_progress_bar", "enable_model_summary",
+        "gradient_clip_val", "gradient_clip_algorithm", "deterministic",
+    )
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        return STRATEGIES[self.strategy]
+
+    def validate(self, where: str = "trainer") -> None:
+        _refuse_fixed(where, self, self.FIXED, "not supported by nest-ssl's trainer")
+        _nulls_to_defaults(self, self.NULL_MEANS_DEFAULT)
+
+        if self.accelerator == "cuda":
+            self.accelerator = "gpu"
+        if self.accelerator not in ("auto", "cpu", "gpu"):
+            raise _bad(f"{where}.accelerator", self.accelerator, "choose auto, cpu or gpu (cuda)")
+        if self.strategy not in STRATEGIES:
+            hint = ""
+            if self.strategy.startswith(("fsdp", "deepspeed")):
+                hint = "; sharded training is not supported (the 1B model trains with ddp in bf16-mixed)"
+            elif self.strategy == "ddp_spawn":
+                hint = "; use ddp: without torchrun nest-ssl starts the processes itself"
+            raise _bad(f"{where}.strategy", self.strategy, f"choose one of {', '.join(STRATEGIES)}{hint}")
+        self.devices = parse_devices(self.devices)
+        _at_least(f"{where}.num_nodes", self.num_nodes, 1)
+        if str(self.precision) not in PRECISIONS:
+            raise _bad(f"{where}.precision", self.precision, "choose one of 32, 16, 16-mixed, bf16, bf16-mixed")
+        self.precision = PRECISIONS[str(self.precision)]
+
+        _at_least(f"{where}.max_steps", self.max_steps, -1)
+        if self.max_epochs is None:
+            self.max_epochs = 1000 if self.max_steps == -1 else -1  # Lightning's rule
+        _at_least(f"{where}.max_epochs", self.max_epochs, -1)
+        if self.max_time is not None:
+            self.max_time = parse_max_time(self.max_time)
+
+        self.limit_train_batches = _batch_limit(f"{where}.limit_train_batches", self.limit_train_batches)
+        if self.limit_train_batches in (0, 0.0):
+            raise _bad(f"{where}.limit_train_batches", self.limit_train_batches, "training on 0 batches does nothing")
+        self.limit_val_batches = _batch_limit(f"{where}.limit_val_batches", self.limit_val_batches)
+
+        vci = self.val_check_interval
+        if _is_int(vci):
+            if vci < 1:
+                raise _bad(f"{where}.val_check_interval", vci, "an int counts training batches and must be >= 1")
+        elif isinstance(vci, float):
+            if not 0.0 < vci <= 1.0:
+                raise _bad(f"{where}.val_check_interval", vci, "a float is a fraction of an epoch in (0, 1]")
+        else:
+            raise _bad(f"{where}.val_check_interval", vci, "an int (training batches) or a fraction of an epoch")
+        _at_least(f"{where}.check_val_every_n_epoch", self.check_val_every_n_epoch, 1, null=True)
+        _at_least(f"{where}.num_sanity_val_steps", self.num_sanity_val_steps, -1)
+        _at_least(f"{where}.log_every_n_steps", self.log_every_n_steps, 1)
+        _at_least(f"{where}.accumulate_grad_batches", self.accumulate_grad_batches, 1)
+        if not self.gradient_clip_val >= 0:  # also NaN
+            raise _bad(f"{where}.gradient_clip_val", self.gradient_clip_val, "must be a number >= 0 (0 or null: no clipping)")
+        if self.gradient_clip_algorithm not in ("norm", "value"):
+            raise _bad(f"{where}.gradient_clip_algorithm", self.gradient_clip_algorithm, "choose norm or value")
+        if self.deterministic not in (True, False, "warn"):
+            raise _bad(f"{where}.deterministic", self.deterministic, "choose true, false or warn")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# exp_manager
+
+
+@dataclass
+class CheckpointSettings:
+    """`exp_manager.checkpoint_callback_params`: NeMo's CallbackParams (Lightning's ModelCheckpoint arguments)."""
+
+    filepath: Optional[str] = None
+    dirpath: Optional[str] = None
+    filename: Optional[str] = None
+    monitor: Optional[str] = "val_loss"
+    verbose: bool = True
+    save_last: Optional[bool] = True
+    save_top_k: int = 3
+    save_weights_only: bool = False
+    mode: str = "min"
+    auto_insert_metric_name: bool = True
+    every_n_epochs: Optional[int] = 1
+    every_n_train_steps: Optional[int] = None
+    train_time_interval: Any = None
+    prefix: Optional[str] = None
+    postfix: str = ".nemo"
+    save_best_model: bool = False
+    always_save_nemo: bool = False
+    save_nemo_on_train_end: bool = True
+    model_parallel_size: Optional[int] = None
+    save_on_train_epoch_end: bool = False
+    async_save: bool = False
+    save_last_n_optim_states: int = -1
+    enable_version_counter: bool = True  # a Lightning ModelCheckpoint argument NeMo passes through
+
+    FIXED: typing.ClassVar[dict[str, tuple[tuple[Any, ...], str]]] = {
         "filepath": ((None,), "deprecated in NeMo; use dirpath and filename"),
         "train_time_interval": ((None,), "use every_n_train_steps"),
         "model_parallel_size": ((None, 1), "model parallelism is not supported"),
@@ -534,107 +332,217 @@ def parse_checkpoint_params(node: Any) -> CheckpointSettings:
         "save_last_n_optim_states": ((-1,), "every checkpoint keeps its optimizer state"),
         "save_last": ((True,), "the last checkpoint is what a restarted run resumes from; it is always written"),
     }
-    for key, (allowed, hint) in fixed.items():
-        if r[key] not in allowed:
-            raise _bad(sec, key, r[key], f"not supported: {hint}")
-    c = CheckpointSettings()
-    c.dirpath = r["dirpath"]
-    c.filename = r["filename"]
-    mon = r["monitor"]
-    if mon is not None and not isinstance(mon, str):
-        raise _bad(sec, "monitor", mon, "name a logged metric (val_loss, train_loss) or null")
-    c.monitor = mon
-    c.verbose = _bool(sec, "verbose", r["verbose"])
-    c.save_top_k = _int(sec, "save_top_k", r["save_top_k"], -1)
-    c.save_weights_only = _bool(sec, "save_weights_only", r["save_weights_only"])
-    if r["mode"] not in ("min", "max"):
-        raise _bad(sec, "mode", r["mode"], "choose min or max")
-    c.mode = r["mode"]
-    c.auto_insert_metric_name = _bool(sec, "auto_insert_metric_name", r["auto_insert_metric_name"])
-    c.every_n_epochs = _int(sec, "every_n_epochs", r["every_n_epochs"], 0, allow_none=True)
-    c.every_n_train_steps = _int(sec, "every_n_train_steps", r["every_n_train_steps"], 0, allow_none=True)
-    c.prefix = r["prefix"]
-    c.postfix = str(r["postfix"])
-    for key in ("save_best_model", "always_save_nemo", "save_nemo_on_train_end", "save_on_train_epoch_end",
-                "enable_version_counter"):
-        setattr(c, key, _bool(sec, key, r[key]))
-    return c
+
+    def validate(self, where: str = "exp_manager.checkpoint_callback_params") -> None:
+        _refuse_fixed(where, self, self.FIXED, "not supported")
+        _at_least(f"{where}.save_top_k", self.save_top_k, -1)
+        if self.mode not in ("min", "max"):
+            raise _bad(f"{where}.mode", self.mode, "choose min or max")
+        _at_least(f"{where}.every_n_epochs", self.every_n_epochs, 0, null=True)
+        _at_least(f"{where}.every_n_train_steps", self.every_n_train_steps, 0, null=True)
+
+
+@dataclass
+class ExpManagerSettings:
+    """`exp_manager`: NeMo 2.7.3's ExpManagerConfig. Switches for features nest-ssl does not have are accepted only
+    off; their `*_kwargs` / params sections take any value then, as in NeMo (they are only read when it is on)."""
+
+    explicit_log_dir: Optional[str] = None
+    exp_dir: Optional[str] = None  # None: ./nemo_experiments
+    name: Optional[str] = None
+    version: Optional[str] = None
+    use_datetime_version: bool = True
+    resume_if_exists: bool = False
+    resume_past_end: bool = False
+    resume_ignore_no_checkpoint: bool = False
+    resume_from_checkpoint: Optional[str] = None
+    create_tensorboard_logger: bool = True
+    summary_writer_kwargs: Optional[Dict[str, Any]] = field(default_factory=dict)
+    create_wandb_logger: Optional[bool] = False
+    wandb_logger_kwargs: Any = None
+    create_mlflow_logger: Optional[bool] = False
+    mlflow_logger_kwargs: Any = None
+    create_dllogger_logger: Optional[bool] = False
+    dllogger_logger_kwargs: Any = None
+    create_clearml_logger: Optional[bool] = False
+    clearml_logger_kwargs: Any = None
+    create_neptune_logger: Optional[bool] = False
+    neptune_logger_kwargs: Any = None
+    create_checkpoint_callback: bool = True
+    checkpoint_callback_params: Optional[CheckpointSettings] = field(default_factory=CheckpointSettings)
+    create_early_stopping_callback: Optional[bool] = False
+    create_ipl_epoch_stopper_callback: Optional[bool] = False
+    early_stopping_callback_params: Any = None
+    ipl_epoch_stopper_callback_params: Any = None
+    create_preemption_callback: bool = True
+    files_to_copy: Optional[List[str]] = field(default_factory=list)
+    log_step_timing: bool = True
+    log_delta_step_timing: Optional[bool] = False
+    step_timing_kwargs: Any = None
+    log_local_rank_0_only: bool = False
+    log_global_rank_0_only: bool = False
+    disable_validation_on_resume: bool = True
+    ema: Any = None
+    max_time_per_run: Any = None  # -> seconds or None ("DD:HH:MM:SS")
+    seconds_to_sleep: float = 5.0
+    create_straggler_detection_callback: Optional[bool] = False
+    straggler_detection_params: Any = None
+    create_fault_tolerance_callback: Optional[bool] = False
+    fault_tolerance: Any = None
+    # NeMo logs TFLOPs by default; nest-ssl measures throughput in audio seconds per second instead, so only an
+    # explicit `true` is refused.
+    log_tflops_per_sec_per_gpu: Optional[bool] = None
+
+    OFF_ONLY: typing.ClassVar[tuple[str, ...]] = (
+        "create_wandb_logger", "create_mlflow_logger", "create_dllogger_logger", "create_clearml_logger",
+        "create_neptune_logger", "create_early_stopping_callback", "create_ipl_epoch_stopper_callback",
+        "create_straggler_detection_callback", "create_fault_tolerance_callback",
+    )
+
+    @property
+    def checkpoint(self) -> CheckpointSettings:
+        """The checkpoint callback's settings (checkpoint_callback_params, always set after validate())."""
+        return self.checkpoint_callback_params
+
+    def validate(self, where: str = "exp_manager") -> None:
+        for switch in self.OFF_ONLY:
+            if getattr(self, switch):
+                raise _bad(f"{where}.{switch}", getattr(self, switch),
+                           "not available in nest-ssl (TensorBoard is the logger; no callbacks)")
+        if self.ema not in (None, {}) and (not isinstance(self.ema, Mapping) or self.ema.get("enable", False)):
+            raise _bad(f"{where}.ema", self.ema, "EMA of the weights is not supported")
+        if self.log_delta_step_timing:
+            raise _bad(f"{where}.log_delta_step_timing", True, "not supported; step time is logged as step_time")
+        if self.step_timing_kwargs not in (None, {}):
+            raise _bad(f"{where}.step_timing_kwargs", self.step_timing_kwargs, "not supported")
+        if self.log_tflops_per_sec_per_gpu:
+            raise _bad(f"{where}.log_tflops_per_sec_per_gpu", True, "TFLOPs are not measured; throughput is logged "
+                       "in audio seconds per second (throughput) instead")
+        _nulls_to_defaults(self, ("summary_writer_kwargs", "files_to_copy", "checkpoint_callback_params"))
+        self.checkpoint_callback_params.validate(f"{where}.checkpoint_callback_params")
+        if self.max_time_per_run is not None:
+            self.max_time_per_run = parse_duration(self.max_time_per_run, f"{where}.max_time_per_run")
+        if not self.seconds_to_sleep >= 0:
+            raise _bad(f"{where}.seconds_to_sleep", self.seconds_to_sleep, "must be a number of seconds >= 0")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# nest_trainer: our own settings (there is no Lightning or NeMo key for them)
+
+
+@dataclass
+class NestTrainerSettings:
+    seed: int = 0  # every random stream (model init, dropout, masking, augmentation, shuffling) derives from it
+    max_consecutive_nonfinite: int = 10  # stop after this many optimizer steps in a row had a non-finite loss
+    health: Optional[HealthSettings] = field(default_factory=HealthSettings)  # the collapse alarm's thresholds
+    num_threads: Optional[int] = None  # CPU threads of each process (torch.set_num_threads); null: torch's choice
+
+    def validate(self, where: str = "nest_trainer") -> None:
+        _at_least(f"{where}.seed", self.seed, 0)
+        _at_least(f"{where}.max_consecutive_nonfinite", self.max_consecutive_nonfinite, 1)
+        _at_least(f"{where}.num_threads", self.num_threads, 1, null=True)
+        _nulls_to_defaults(self, ("health",))
+        self.health.validate(f"{where}.health")
+
+
+@dataclass
+class RunSettings:
+    """The checked trainer-side sections of a run config: what run() and the Trainer read."""
+
+    trainer: TrainerSettings
+    exp_manager: ExpManagerSettings
+    nest_trainer: NestTrainerSettings
+    name: str = "default"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+Section = TypeVar("Section")
+
+
+def _describe_type(hint: Any) -> str:
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    if optional:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    origin = typing.get_origin(hint) or hint
+    kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+             dict: "a mapping"}
+    kind = kinds.get(origin)
+    if kind is None and dataclasses.is_dataclass(origin):
+        kind = f"a mapping of {', '.join(f.name for f in dataclasses.fields(origin))}"
+    kind = kind or "another value"
+    if optional:
+        kind = "true, false or null" if origin is bool else f"{kind} or null"
+    return kind
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def _translate(err: OmegaConfBaseException, schema: type, where: str) -> ConfigError:
+    """OmegaConf's merge error -> our one-line ConfigError naming `<where>.<key>`."""
+    full = f"{where}.{err.full_key}" if err.full_key else where
+    owner = err.object_type if dataclasses.is_dataclass(err.object_type) else schema
+    if isinstance(err, ConfigKeyError) and err.key is not None:
+        near = nearest_key(OmegaConf.structured(owner), str(err.key))
+        parent = full.rpartition(".")[0]
+        hint = f"; did you mean '{parent}.{near}'?" if near else ""
+        return ConfigError(f"'{full}' is not a key nest-ssl knows{hint} (see docs/training.md for the list)")
+    hints = typing.get_type_hints(owner)
+    if err.key is not None and str(err.key) in hints:
+        return ConfigError(f"{full}={_plain(err.value)!r}: must be {_describe_type(hints[str(err.key)])}")
+    return ConfigError(f"{full}: {err.msg.splitlines()[0]}")
+
+
+def _check_mappings(schema: type, user: Any, where: str) -> None:
+    """A nested section given as a scalar or list: OmegaConf's merge error would not name the key."""
+    if user is None:
+        return
+    if not isinstance(user, Mapping):
+        raise ConfigError(f"`{where}` must be a mapping (key: value), got {user!r}")
+    hints = typing.get_type_hints(schema)
+    for key, value in user.items():
+        hint = hints.get(str(key))
+        if typing.get_origin(hint) is typing.Union:
+            hint = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        if dataclasses.is_dataclass(hint):
+            _check_mappings(hint, value, f"{where}.{key}")
+
+
+def parse_section(schema: type[Section], node: Any, where: str) -> Section:
+    """The user's section (a mapping, or None for all defaults) as a checked `schema` object: unknown keys and
+    values of the wrong type are refused by OmegaConf, ranges and combinations by `schema.validate()`."""
+    user = _plain(node)
+    _check_mappings(schema, user, where)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(dict(user or {})))
+        section = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise _translate(err, schema, where) from None
+    section.validate(where)
+    return section
+
+
+def parse_trainer(node: Any) -> TrainerSettings:
+    return parse_section(TrainerSettings, node, "trainer")
 
 
 def parse_exp_manager(node: Any) -> ExpManagerSettings:
-    raw = _plain(node) or {}
-    sec = "exp_manager"
-    if not isinstance(raw, Mapping):
-        raise ConfigError("`exp_manager` must be a mapping of NeMo exp_manager keys")
-    for key in raw:
-        if key not in EXP_MANAGER_DEFAULTS:
-            raise _unknown(sec, key, EXP_MANAGER_DEFAULTS)
-    r = {**EXP_MANAGER_DEFAULTS, **raw}
-    for switch in EXP_MANAGER_OFF_ONLY:
-        if r[switch] not in (False, None):
-            raise _bad(sec, switch, r[switch], "not available in nest-ssl (TensorBoard is the logger; no callbacks)")
-    ema = r["ema"]
-    if ema not in (None, {}) and (not isinstance(ema, Mapping) or ema.get("enable", False)):
-        raise _bad(sec, "ema", ema, "EMA of the weights is not supported")
-    if r["log_delta_step_timing"] not in (False, None):
-        raise _bad(sec, "log_delta_step_timing", r["log_delta_step_timing"], "not supported; step time is logged as step_time")
-    if r["step_timing_kwargs"] not in (None, {}):
-        raise _bad(sec, "step_timing_kwargs", r["step_timing_kwargs"], "not supported")
-    # NeMo's default is true, but only an explicit request is refused: the default is NeMo's, not the user's.
-    if raw.get("log_tflops_per_sec_per_gpu") not in (None, False):
-        raise _bad(sec, "log_tflops_per_sec_per_gpu", True, "TFLOPs are not measured; throughput is logged in "
-                   "audio seconds per second (throughput) instead")
-    e = ExpManagerSettings()
-    for key in ("explicit_log_dir", "exp_dir", "name", "version", "resume_from_checkpoint"):
-        v = r[key]
-        if v is not None and not isinstance(v, (str, int)):
-            raise _bad(sec, key, v, "must be a string or null")
-        setattr(e, key, None if v is None else str(v))
-    for key in ("use_datetime_version", "resume_if_exists", "resume_past_end", "resume_ignore_no_checkpoint",
-                "create_tensorboard_logger", "create_checkpoint_callback", "create_preemption_callback",
-                "log_step_timing", "log_local_rank_0_only", "log_global_rank_0_only",
-                "disable_validation_on_resume"):
-        setattr(e, key, _bool(sec, key, r[key]))
-    swk = r["summary_writer_kwargs"]
-    if swk is not None and not isinstance(swk, Mapping):
-        raise _bad(sec, "summary_writer_kwargs", swk, "must be a mapping of SummaryWriter arguments")
-    e.summary_writer_kwargs = dict(swk or {})
-    ftc = r["files_to_copy"]
-    if ftc is not None and not isinstance(ftc, (list, tuple)):
-        raise _bad(sec, "files_to_copy", ftc, "must be a list of paths")
-    e.files_to_copy = list(ftc or [])
-    e.checkpoint = parse_checkpoint_params(r["checkpoint_callback_params"])
-    if r["max_time_per_run"] is not None:
-        e.max_time_per_run = parse_duration(r["max_time_per_run"], "exp_manager.max_time_per_run")
-    sts = r["seconds_to_sleep"]
-    if not _is_number(sts) or sts < 0:
-        raise _bad(sec, "seconds_to_sleep", sts, "must be a number of seconds >= 0")
-    e.seconds_to_sleep = float(sts)
-    return e
+    return parse_section(ExpManagerSettings, node, "exp_manager")
 
 
-def parse_nest_trainer(node: Any) -> dict:
-    raw = _plain(node) or {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError("`nest_trainer` must be a mapping")
-    for key in raw:
-        if key not in NEST_TRAINER_DEFAULTS:
-            raise _unknown("nest_trainer", key, NEST_TRAINER_DEFAULTS)
-    r = {**NEST_TRAINER_DEFAULTS, **raw}
-    _int("nest_trainer", "seed", r["seed"], 0)
-    _int("nest_trainer", "max_consecutive_nonfinite", r["max_consecutive_nonfinite"], 1)
-    r["health"] = parse_health(r["health"])
-    _int("nest_trainer", "num_threads", r["num_threads"], 1, allow_none=True)
-    return r
+def parse_nest_trainer(node: Any) -> NestTrainerSettings:
+    return parse_section(NestTrainerSettings, node, "nest_trainer")
 
 
-def parse_run_config(cfg: DictConfig | Mapping) -> RunSettings:
-    """Checks the whole run config (top-level keys, trainer, exp_manager, nest_trainer) before anything starts."""
-    keys = list(cfg.keys())
-    for key in keys:
+def _check_top_level(cfg: DictConfig | Mapping) -> None:
+    for key in cfg.keys():
         if key not in TOP_LEVEL_KEYS:
-            near = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
+            near = nearest_key(OmegaConf.create({k: None for k in TOP_LEVEL_KEYS}), str(key))
+            hint = f"; did you mean '{near}'?" if near else ""
             raise ConfigError(f"top-level key '{key}' is not one nest-ssl knows{hint} (known: {', '.join(TOP_LEVEL_KEYS)})")
     if cfg.get("model") is None:
         raise ConfigError("the config has no `model` section")
@@ -643,10 +551,15 @@ def parse_run_config(cfg: DictConfig | Mapping) -> RunSettings:
             "init_from_pretrained_model downloads from NGC/Hugging Face, which nest-ssl does not do: download the "
             ".nemo file and use init_from_nemo_model=PATH (or `nest-ssl import-nemo IN.nemo OUT.ckpt`)"
         )
+
+
+def parse_run_config(cfg: DictConfig | Mapping) -> RunSettings:
+    """Checks the run config's top-level keys and trainer-side sections (trainer, exp_manager, nest_trainer) before
+    anything starts, and settles what one section decides for another (as NeMo's exp_manager does)."""
+    _check_top_level(cfg)
     trainer = parse_trainer(cfg.get("trainer"))
     exp = parse_exp_manager(cfg.get("exp_manager"))
     nest = parse_nest_trainer(cfg.get("nest_trainer"))
-    name = cfg.get("name") or "default"
 
     # NeMo's exp_manager refuses a Lightning logger / checkpoint callback next to its own ones.
     if trainer.logger is True and exp.create_tensorboard_logger:
@@ -662,8 +575,8 @@ def parse_run_config(cfg: DictConfig | Mapping) -> RunSettings:
     if trainer.enable_checkpointing and not exp.create_checkpoint_callback:
         # Lightning's own default ModelCheckpoint: the newest checkpoint after every epoch, no monitor.
         exp.create_checkpoint_callback = True
-        exp.checkpoint = CheckpointSettings(monitor=None, save_top_k=1, filename="{epoch}-{step}",
-                                            save_nemo_on_train_end=False)
+        exp.checkpoint_callback_params = CheckpointSettings(monitor=None, save_top_k=1, filename="{epoch}-{step}",
+                                                            save_nemo_on_train_end=False)
     if trainer.logger is True and not exp.create_tensorboard_logger:
         exp.create_tensorboard_logger = True  # Lightning's default logger is TensorBoard
     if trainer.max_time is not None:
@@ -671,12 +584,5 @@ def parse_run_config(cfg: DictConfig | Mapping) -> RunSettings:
         # implements the latter, so the earlier of the two is the limit.
         limits = [t for t in (exp.max_time_per_run, trainer.max_time) if t is not None]
         exp.max_time_per_run = min(limits)
-    return RunSettings(
-        trainer=trainer,
-        exp_manager=exp,
-        seed=int(nest["seed"]),
-        max_consecutive_nonfinite=int(nest["max_consecutive_nonfinite"]),
-        name=str(exp.name or name),
-        health=nest["health"],
-        num_threads=nest["num_threads"],
-    )
+    return RunSettings(trainer=trainer, exp_manager=exp, nest_trainer=nest,
+                       name=str(exp.name or cfg.get("name") or "default"))
