@@ -37,7 +37,7 @@ use_shar=false                   # stage 4: globally shuffled Lhotse Shar shards
 shard_size=1000
 num_buckets=30                   # stage 5: bucket duration bins for the DynamicBucketingSampler
 
-config_path=$nest_repo/recipes/nest/conf
+config_path=$nest_repo/nest_ssl/conf
 config_name=nest_fast-conformer
 exp_name=""                      # the run folder is <exp-dir>/<exp-name> (default: the config name)
 ngpus=1                          # GPUs per node (0: train on the CPU, one process)
