@@ -1,7 +1,5 @@
 """`nest-ssl manifest from-nemo IN.json OUT.jsonl.gz`: NeMo manifest -> Lhotse CutSet, streaming."""
 
-import sys
-
 HELP = "convert manifests (from-nemo: NeMo JSON lines -> Lhotse CutSet)"
 
 
@@ -27,12 +25,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from nest_ssl.data.manifests import ManifestError, convert_nemo_manifest
+    """User errors (ManifestError: a bad line, a missing or unreadable file) propagate to the guard: exit 2."""
+    from nest_ssl.data.manifests import convert_nemo_manifest
 
-    try:
-        n = convert_nemo_manifest(args.input, args.output, duration_tolerance=args.duration_tolerance, what="manifest")
-    except ManifestError as err:
-        print(f"nest-ssl manifest from-nemo: error: {err}", file=sys.stderr)
-        return 1
+    n = convert_nemo_manifest(args.input, args.output, duration_tolerance=args.duration_tolerance, what="manifest")
     print(f"wrote {n} cuts to {args.output}")
     return 0
