@@ -52,6 +52,11 @@ if stage_begin 6 "training ($config_name, $nnodes node(s) x $ngpus GPU(s))" opt:
     opt:train_opts="$train_opts" opt:use_shar="$use_shar" in:"$config_path/$config_name.yaml" \
     in:"$train_manifest" in:"$data_dir/cuts/val.jsonl.gz" in:"$data_dir/bucket_bins.txt" \
     ${noise_cuts:+in:"$noise_cuts"} out:"$ckpt_dir"; then
+  if [ "$ngpus" -gt 0 ]; then
+    visible=$(python -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')
+    [ "$visible" -ge "$ngpus" ] || die "Stage 6: --ngpus $ngpus, but this machine has $visible CUDA GPU(s) visible;" \
+      "--ngpus 0 trains on the CPU (one process per node)"
+  fi
   # exp_manager.resume_if_exists (true in the configs): a rerun continues from the last checkpoint. That is right
   # for a killed run, --stage 6 and changed --train-opts (e.g. more steps), but not when the data or the config
   # file changed since the run finished: that run is kept under another name and a new one starts.

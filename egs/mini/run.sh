@@ -68,7 +68,7 @@ eval_opts="--threads 2"   # stage 8: options of nest-ssl evaluate (see nest-ssl 
 
 help_message="Usage: $0 [options]
 Stages: 0 generate a LibriLight-format corpus, a labelled evaluation set and a MUSAN-format noise set
-        1-7 those of ../librilight/run.sh on them (manifests, noise set, windows + validation split, Shar shards
+        1-7 those of egs/librilight on them (manifests, noise set, windows + validation split, Shar shards
         (--use-shar true), bucket bins, training with the tiny config on the CPU, export and summary)
         8 downstream evaluation of the encoder on the labelled set
 Options (default):
