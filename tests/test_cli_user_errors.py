@@ -83,3 +83,23 @@ def test_an_unreadable_manifest_is_reported_as_permission_denied(inputs):
                 f"cuts estimate-bins {inputs}/locked.json"):
         _assert_one_line_exit_2(_run(cmd.split(), inputs, prefix), ["locked.json", "permission denied"])
     assert not (inputs / "out.jsonl.gz").exists()
+
+
+def test_extract_with_a_cut_whose_audio_is_missing(tmp_path):
+    """A real (untrained) tiny checkpoint and a manifest naming an audio file that is not there: lhotse's
+    multi-backend loading error becomes one line naming the manifest, the cut and the file; no output folder."""
+    from omegaconf import OmegaConf
+
+    from nest_ssl.config import load_config
+    from nest_ssl.models import NESTModel
+    from nest_ssl.train.checkpoint import save_checkpoint
+
+    cfg = load_config(config_name="nest_tiny")
+    model = NESTModel.from_config(cfg.model)
+    ckpt = save_checkpoint({"state_dict": model.state_dict(),
+                            "nest_ssl": {"config": {"model": OmegaConf.to_container(cfg.model, resolve=False)}}},
+                           tmp_path / "tiny.ckpt")
+    (tmp_path / "m.json").write_text('{"audio_filepath": "gone.wav", "duration": 1.0}\n')
+    p = _run(["extract", str(ckpt), str(tmp_path / "m.json"), str(tmp_path / "out")], tmp_path)
+    _assert_one_line_exit_2(p, ["m.json", "gone.wav", "does not exist"])
+    assert not (tmp_path / "out").exists()
