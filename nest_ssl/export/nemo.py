@@ -249,13 +249,12 @@ def export_nemo(ckpt_path: str | Path, out_path: str | Path) -> Path:
     """Our checkpoint (or an imported one, or a .nemo, rewritten in the current layout) -> a .nemo archive for NeMo's
     restore_from."""
     src = Path(ckpt_path)
-    if src.suffix == ".nemo":
-        model_cfg, state_dict = read_nemo(src)
-    else:
-        ckpt = load_checkpoint_any(src)
-        model_cfg, state_dict = _model_config_of(ckpt, src), ckpt["state_dict"]
+    ckpt = None if src.suffix == ".nemo" else load_checkpoint_any(src)
+    model_cfg, state_dict = read_nemo(src) if ckpt is None else (None, ckpt["state_dict"])
     state_dict = {k: v for k, v in state_dict.items() if not k.startswith(LEGACY_PREFIXES)}
-    check_nest_weights(src, state_dict)
+    check_nest_weights(src, state_dict)  # a foreign model is named as such before its config is looked for
+    if ckpt is not None:
+        model_cfg = _model_config_of(ckpt, src)
     return write_nemo(out_path, model_cfg, state_dict)
 
 
