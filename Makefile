@@ -31,7 +31,7 @@ parity: install
 	  .venv-nemo/bin/pip install --no-deps -e . && touch .venv-nemo/.installed )
 	.venv-nemo/bin/python -m pytest -q -rs tests/parity
 
-# The benchmarks that need neither NeMo nor a GPU, at small sizes (a few minutes on two cores); each prints its
+# The benchmarks that need neither NeMo nor a GPU, at small sizes (a minute or two on two cores); each prints its
 # figures against a baseline measured in the same run. Full sizes, bench/model_step.py (ours against NeMo, from
 # .venv-nemo) and bench/learning.py (long): README.md.
 BENCH_OUT := bench/out/make-bench
