@@ -31,5 +31,19 @@ parity: install
 	  .venv-nemo/bin/pip install --no-deps -e . && touch .venv-nemo/.installed )
 	.venv-nemo/bin/python -m pytest -q -rs tests/parity
 
+# The benchmarks that need neither NeMo nor a GPU, at small sizes (a minute or two on two cores); each prints its
+# figures against a baseline measured in the same run. Full sizes, bench/model_step.py (ours against NeMo, from
+# .venv-nemo) and bench/learning.py (long): README.md.
+BENCH_OUT := bench/out/make-bench
+bench: install
+	$(PY) bench/sampler.py --num-cuts 20000
+	$(PY) bench/prepare_librilight.py --sizes 40,400 --jobs 1 --repeat 1 --work-dir $(BENCH_OUT)/prepare
+	$(PY) bench/dataloader.py --hours 0.05 --workers 0 --rounds 1 --out $(BENCH_OUT)/dataloader
+	$(PY) bench/train_throughput.py --steps 5 --warmup 1 --rounds 1
+	$(PY) recipes/nest/make_dummy_data.py --out-dir $(BENCH_OUT)/dummy --num-train 48 --num-val 4
+	rm -rf $(BENCH_OUT)/shar
+	$(PY) -m nest_ssl.cli shar export $(BENCH_OUT)/dummy/train_manifest.json $(BENCH_OUT)/shar --shard-size 16
+	$(PY) bench/shar_resume.py $(BENCH_OUT)/shar --depths 10,50 --repeats 1
+
 clean:
 	rm -rf $(VENV) build *.egg-info

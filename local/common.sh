@@ -5,7 +5,10 @@
 # It provides
 #   log MSG...          "YYYY-mm-dd HH:MM:SS (file:line:function) MSG" on stderr (ESPnet/icefall format)
 #   die MSG...          log and exit 1
+#   check_int MIN VAR...    each option VAR is an integer >= MIN, else one message and exit 2 (before anything is
+#   check_float MIN VAR...  written); check_float takes decimals (1, 2.5, .5, 1e-3) >= MIN
 #   recipe_cd VAR...    make the path options in VAR... that the user gave absolute, then cd to the recipe folder
+#   recipe_lock DIR     hold a lock on DIR (DIR/.lock) until the recipe exits; a second run on DIR is refused
 #   stage_in_range N    whether N lies in [--stage, --stop-stage]
 #   stage_begin N DESC [opt:KEY=VALUE]... [in:PATH]... [out:PATH]...
 #   stage_end N         see "Stage guards" below
@@ -20,8 +23,10 @@ _log_at() {
   local d=$(($1 + 2))
   shift
   local file=${BASH_SOURCE[$d]:-?}
+  local func=${FUNCNAME[$d]:-main}
+  [ "$func" = source ] && func=main  # the top level of a sourced stage file (local/stages.sh) is the recipe's main
   printf '%s (%s:%s:%s) %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "${file##*/}" "${BASH_LINENO[$((d - 1))]:-0}" \
-    "${FUNCNAME[$d]:-main}" "$*" >&2
+    "$func" "$*" >&2
 }
 log() { _log_at 0 "$*"; }
 die() {
@@ -47,23 +52,47 @@ if ! command -v nest-ssl >/dev/null 2>&1; then
   nest-ssl() { python -m nest_ssl.cli "$@"; }
 fi
 
+# Numeric options: checked right after parse_options.sh, so that a typo stops the recipe before it writes anything.
+# Exit 2, as for the other mistakes on the command line (parse_options.sh).
+_check_number() {
+  local kind=$1 pattern=$2 min=$3 v value
+  shift 3
+  for v in "$@"; do
+    value=${!v}
+    if ! [[ "$value" =~ $pattern ]] || ! awk -v x="$value" -v m="$min" 'BEGIN { exit !(x + 0 >= m + 0) }'; then
+      printf '%s: option --%s expects %s >= %s, got '"'"'%s'"'"'\n' "$0" "${v//_/-}" "$kind" "$min" "$value" >&2
+      exit 2
+    fi
+  done
+}
+check_int() { _check_number "an integer" '^-?[0-9]+$' "$@"; }
+check_float() { _check_number "a number" '^-?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$' "$@"; }
+
 recipe_cd() {
   # Relative paths on the command line are meant from where the user stood; defaults (data_dir=data, ...)
-  # are meant inside the recipe directory. Fix the former, then move into the latter. A wrapper recipe
-  # (parse_options_passthrough=true) names the path options it hands on too: they are fixed in passthrough_args.
-  local v i o
+  # are meant inside the recipe directory. Fix the former, then move into the latter.
+  local v
   for v in "$@"; do
     if [[ "${parsed_options:- }" == *" $v "* ]] && [ -n "${!v}" ] && [[ "${!v}" != /* ]]; then
       printf -v "$v" '%s' "$PWD/${!v}"
     fi
-    for ((i = 0; i < ${#passthrough_args[@]}; i += 2)); do
-      o=${passthrough_args[i]#--}  # --config-path (or --config_path) sets config_path
-      if [ "${o//-/_}" = "$v" ] && [ -n "${passthrough_args[i + 1]}" ] && [[ "${passthrough_args[i + 1]}" != /* ]]; then
-        passthrough_args[i + 1]=$PWD/${passthrough_args[i + 1]}
-      fi
-    done
   done
   cd "$recipe_dir"
+}
+
+# One recipe run per data folder: two runs writing the same manifests, markers and checkpoints would corrupt each
+# other. flock(1) on DIR/.lock, through a file descriptor that the recipe (and the commands it starts) keep open
+# until they exit, so the lock goes away with the run however it ends. The lock file names its holder.
+recipe_lock() {
+  local dir=$1 holder
+  command -v flock >/dev/null 2>&1 || die "flock not found (util-linux); it keeps two runs off one --data-dir"
+  mkdir -p "$dir"
+  exec 9>>"$dir/.lock"
+  if ! flock -n 9; then
+    holder=$(cat "$dir/.lock" 2>/dev/null || true)
+    die "$dir is in use by another run (${holder:-holder unknown}); wait for it to end or give another --data-dir"
+  fi
+  printf '%s pid %s on %s since %s\n' "$0" "$$" "$(hostname)" "$(date '+%Y-%m-%d %H:%M:%S')" > "$dir/.lock"
 }
 
 # Stage guards
@@ -108,6 +137,7 @@ stage_begin() {
   [ "${stage_marker_readonly:-false}" = true ] && cmd=check
   msg=$(python "$nest_repo/local/stage_marker.py" "$cmd" "${done_dir:?set done_dir before stage_begin}" "$n" \
     "$desc" "${args[@]}") || rc=$?
+  stage_why=${msg#run: }  # why the stage runs, for a stage that acts on it (stage 6: new data, new run)
   case $rc in
     0)
       _log_at 0 "Stage $n: $desc (${msg#run: })"

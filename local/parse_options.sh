@@ -16,17 +16,14 @@
 # Additions:
 #   parsed_options         space-separated names set from the command line (e.g. " stage nj "), so a
 #                          script can tell "--stage 0 given" from "default 0" (see stage_begin in common.sh).
-#   parse_options_passthrough=true (set before sourcing): unknown options are not an error but are
-#                          appended, with their values, to the array passthrough_args. A wrapper
-#                          (egs/mini, egs/nemo_manifest) uses it to hand options on to the recipe it calls,
-#                          which then applies the strict rule itself.
+#   a mistake (an unknown option, a missing value, --name=value, a bad true/false) exits with 2, as a usage error
+#   of nest-ssl does; numbers are checked by the script with check_int/check_float (local/common.sh).
 
 parsed_options="${parsed_options:- }"
-passthrough_args=()
 
 if [ "${1:-}" = "--config" ]; then
-  [ $# -ge 2 ] || { echo "$0: --config needs a file" >&2; exit 1; }
-  [ -f "$2" ] || { echo "$0: no such config file: $2" >&2; exit 1; }
+  [ $# -ge 2 ] || { echo "$0: --config needs a file" >&2; exit 2; }
+  [ -f "$2" ] || { echo "$0: no such config file: $2" >&2; exit 2; }
   # shellcheck disable=SC1090
   . "$2"
   shift 2
@@ -44,30 +41,24 @@ while [ $# -gt 0 ]; do
       ;;
     --*=*)
       echo "$0: options must be given as --name value, got '$1'" >&2
-      exit 1
+      exit 2
       ;;
     --*)
       _po_name="${1#--}"
       _po_name="${_po_name//-/_}"
       if ! [[ "$_po_name" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]]; then
         echo "$0: invalid option $1" >&2
-        exit 1
+        exit 2
       fi
       if [ -z "${!_po_name+set}" ] || [ "$_po_name" = "help_message" ]; then
-        if [ "${parse_options_passthrough:-false}" = true ]; then
-          [ $# -ge 2 ] || { echo "$0: option $1 needs a value" >&2; exit 1; }
-          passthrough_args+=("$1" "$2")
-          shift 2
-          continue
-        fi
         echo "$0: invalid option $1 (run $0 --help for the options)" >&2
-        exit 1
+        exit 2
       fi
-      [ $# -ge 2 ] || { echo "$0: option $1 needs a value" >&2; exit 1; }
+      [ $# -ge 2 ] || { echo "$0: option $1 needs a value" >&2; exit 2; }
       _po_old="${!_po_name}"
       if { [ "$_po_old" = true ] || [ "$_po_old" = false ]; } && [ "$2" != true ] && [ "$2" != false ]; then
         echo "$0: option $1 expects true or false, got '$2'" >&2
-        exit 1
+        exit 2
       fi
       printf -v "$_po_name" '%s' "$2"
       case "$parsed_options" in

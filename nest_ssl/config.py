@@ -1,7 +1,7 @@
 """Configs: NeMo's yaml (ours or NeMo's own, unchanged), NeMo/Hydra-style overrides, and `_target_` instantiation.
 
-A config is a yaml file in a config folder (default `recipes/nest/conf`). It may start with a Hydra-style
-`defaults:` list naming other configs of the same folder that it extends (`_self_` marks where its own keys go;
+A config is a yaml file in a config folder (default `nest_ssl/conf`, shipped in the package). It may start with a
+Hydra-style `defaults:` list naming other configs of the same folder that it extends (`_self_` marks where its own keys go;
 last by default), which is how the size variants stay a few lines long.
 
 Overrides follow Hydra's command-line grammar, which NeMo users type every day:
@@ -25,7 +25,7 @@ from omegaconf._utils import get_yaml_loader
 
 from nest_ssl.errors import UserError
 
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "recipes" / "nest" / "conf"
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent / "conf"  # shipped in the package (setup.py package_data)
 DEFAULT_CONFIG_NAME = "nest_fast-conformer"
 
 # Our class for each class NeMo's NEST yaml names. NeMo's configs use short public paths

@@ -22,10 +22,10 @@ def _cli(*args, cwd=None):
 
 
 def _user_error(proc, *needles):
-    """A user error: non-zero exit, one error line on stderr (warnings may precede it), no traceback."""
-    assert proc.returncode != 0
+    """A user error: exit 2, one error line on stderr (warnings may precede it), no traceback."""
+    assert proc.returncode == 2, proc.stderr
     lines = [l for l in proc.stderr.splitlines() if "error:" in l]
-    assert len(lines) == 1 and lines[0].startswith("nest-ssl "), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("nest-ssl: error: "), proc.stderr
     assert "Traceback" not in proc.stderr
     for n in needles:
         assert n in lines[0], lines[0]

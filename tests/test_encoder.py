@@ -17,7 +17,7 @@ from nest_ssl.modules.conformer import (
 )
 from nest_ssl.modules.subsampling import ConvSubsampling
 
-# The encoder block of recipes/nest/conf/nest_fast-conformer.yaml (reference section 1), resolved.
+# The encoder block of nest_ssl/conf/nest_fast-conformer.yaml (reference section 1), resolved.
 NEST_LARGE = dict(
     feat_in=80, feat_out=-1, n_layers=17, d_model=512, use_bias=True, subsampling="dw_striding",
     subsampling_factor=8, subsampling_conv_channels=256, causal_downsampling=False, ff_expansion_factor=4,

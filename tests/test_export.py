@@ -108,6 +108,27 @@ def test_import_legacy_nemo_with_decoder_ssl_and_gzip(trained, tmp_path):
     assert all(torch.equal(model.state_dict()[k], ck["state_dict"][k]) for k in ck["state_dict"])
 
 
+def test_export_of_a_nemo_rewrites_it_in_the_current_layout(trained, tmp_path, capsys):
+    """`nest-ssl export IN.nemo --to nemo OUT.nemo` (docs/training.md): a gzipped legacy archive with decoder_ssl.*
+    becomes a plain one without them, with the same config and weights."""
+    _, ckpt_path, cfg = trained
+    ck = load_checkpoint(ckpt_path)
+    sd = {**ck["state_dict"], "decoder_ssl.decoder_layers.0.bias": torch.randn(1024)}
+    plain = write_nemo(tmp_path / "legacy.nemo", cfg.model, sd)
+    gz = tmp_path / "legacy_gz.nemo"
+    with tarfile.open(plain) as src, tarfile.open(gz, "w:gz") as dst:
+        for m in src.getmembers():
+            dst.addfile(m, src.extractfile(m))
+    out = tmp_path / "out.nemo"
+    assert cli(["export", str(gz), "--to", "nemo", str(out)]) == 0
+    assert tarfile.open(out).getnames() and not out.read_bytes().startswith(b"\x1f\x8b")  # not gzipped
+    cfg_in, _ = read_nemo(gz)
+    cfg_out, sd_out = read_nemo(out)
+    assert cfg_out == cfg_in and sd_out.keys() == ck["state_dict"].keys()
+    assert all(torch.equal(sd_out[k], ck["state_dict"][k]) for k in sd_out)
+    capsys.readouterr()
+
+
 def test_encoder_only_export_initialises_a_downstream_encoder(trained, tmp_path, capsys):
     _, ckpt_path, cfg = trained
     out = tmp_path / "enc.ckpt"

@@ -64,17 +64,18 @@ def test_options_follow_kaldi(demo, tmp_path):
     assert "foo_bar=5 flag=true name=y z rest=pos1 pos2" in r.stdout
     assert re.search(r"parsed=\[ foo_bar flag name stop_stage \]", r.stdout)
 
+    # a mistake on the command line: exit 2 (as nest-ssl's usage errors), nothing run
     r = demo("--nope", "1")
-    assert r.returncode == 1 and "invalid option --nope" in r.stderr
+    assert r.returncode == 2 and "invalid option --nope" in r.stderr
 
     r = demo("--flag", "yes")
-    assert r.returncode == 1 and "expects true or false" in r.stderr
+    assert r.returncode == 2 and "expects true or false" in r.stderr
 
     r = demo("--foo-bar=3")
-    assert r.returncode == 1 and "--name value" in r.stderr
+    assert r.returncode == 2 and "--name value" in r.stderr
 
     r = demo("--foo-bar")
-    assert r.returncode == 1 and "needs a value" in r.stderr
+    assert r.returncode == 2 and "needs a value" in r.stderr
 
     r = demo("--help")
     assert r.returncode == 0 and "usage: demo.sh" in r.stderr and "RAN" not in r.stdout
@@ -142,14 +143,65 @@ def test_a_killed_stage_is_not_done_and_a_missing_input_stops_the_run(demo):
     assert "Stage 3: three: input missing.txt does not exist" in r.stderr
 
 
-def test_passthrough_mode_collects_unknown_options(tmp_path):
-    script = tmp_path / "wrap.sh"
-    script.write_text(
-        "set -euo pipefail\nstage=0\nmine=1\nparse_options_passthrough=true\n"
-        f". {REPO}/local/parse_options.sh\n"
-        'echo "mine=$mine parsed=[$parsed_options] rest=[${passthrough_args[*]}]"\n'
-    )
-    r = subprocess.run(["bash", str(script), "--mine", "2", "--theirs", "a b", "--stage", "3"], capture_output=True,
-                       text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    assert "mine=2 parsed=[ mine stage ] rest=[--theirs a b]" in r.stdout
+NUMBERS = r"""#!/usr/bin/env bash
+set -euo pipefail
+. "REPO/local/common.sh"
+stage=0
+nj=2
+max_duration=20.0
+help_message="usage: numbers.sh [--stage N] [--nj N] [--max-duration SEC]"
+. "REPO/local/parse_options.sh"
+check_int 0 stage
+check_int 1 nj
+check_float 0 max_duration
+recipe_lock "$PWD/data"
+echo "stage=$stage nj=$nj max_duration=$max_duration"
+sleep "${HOLD:-0}"
+"""
+
+
+@pytest.fixture
+def numbers(tmp_path):
+    script = tmp_path / "numbers.sh"
+    script.write_text(NUMBERS.replace("REPO", REPO))
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("option,value,expected", [
+    ("--stage", "x", "an integer >= 0"), ("--stage", "-1", "an integer >= 0"), ("--stage", "1.5", "an integer >= 0"),
+    ("--nj", "two", "an integer >= 1"), ("--nj", "0", "an integer >= 1"), ("--nj", "", "an integer >= 1"),
+    ("--max-duration", "abc", "a number >= 0"), ("--max-duration", "-3", "a number >= 0"),
+    ("--max-duration", "1.2.3", "a number >= 0"),
+])
+def test_a_numeric_option_that_is_not_a_number_is_one_message_and_exit_2(numbers, tmp_path, option, value, expected):
+    r = subprocess.run(["bash", str(numbers), option, value], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [f"{numbers}: option {option} expects {expected}, got '{value}'"]
+    assert r.stdout == "" and not (tmp_path / "data").exists()  # stopped before it created anything
+
+
+def test_numbers_in_every_form_are_accepted(numbers, tmp_path):
+    for args, out in ((["--stage", "3", "--nj", "16", "--max-duration", "7"], "stage=3 nj=16 max_duration=7"),
+                      (["--max-duration", ".5"], "max_duration=.5"), (["--max-duration", "2.5e1"], "max_duration=2.5e1")):
+        r = subprocess.run(["bash", str(numbers), *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and out in r.stdout, r.stderr
+
+
+def test_a_second_run_on_the_same_data_folder_is_refused_while_the_first_holds_it(numbers, tmp_path):
+    first = subprocess.Popen(["bash", str(numbers)], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, HOLD="30"), start_new_session=True)
+    try:
+        assert "stage=0" in first.stdout.readline()  # it holds the lock from here on
+        second = subprocess.run(["bash", str(numbers)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and second.stdout == "", second.stderr
+        (line,) = second.stderr.strip().splitlines()
+        assert f"ERROR: {tmp_path / 'data'} is in use by another run ({numbers} pid {first.pid} on" in line, line
+        assert "give another --data-dir" in line
+    finally:
+        os.killpg(first.pid, 9)
+        first.wait()
+        first.stdout.close()
+    # the lock went with the run that held it, however it ended
+    again = subprocess.run(["bash", str(numbers)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr

@@ -129,3 +129,18 @@ def test_broken_files_are_listed_with_their_reason_and_never_stop_the_run(tmp_pa
     notes = [row for row in rows if row["recording_id"].endswith("/vad_past_end")]
     assert [row["status"] for row in notes] == ["kept", "kept"]
     assert "clipped" in notes[0]["reason"] and "dropped" in notes[1]["reason"]
+
+
+def test_download_scripts_explain_themselves_and_refuse_bad_arguments(tmp_path):
+    """local/download_librilight.sh and local/download_musan.sh (called by stage 0 with --download true; the
+    downloads themselves need the network): --help, and argument mistakes with exit 2 before anything is written."""
+    local = os.path.join(REPO, "local")
+    for script, usage in (("download_librilight.sh", "CORPUS_DIR SUBSET..."), ("download_musan.sh", "TARGET_DIR")):
+        r = subprocess.run([os.path.join(local, script), "--help"], capture_output=True, text=True, timeout=60, env=ENV)
+        assert r.returncode == 0 and usage in r.stderr, r.stderr
+        r = subprocess.run([os.path.join(local, script)], capture_output=True, text=True, timeout=60, env=ENV)
+        assert r.returncode == 2 and "need" in r.stderr and usage in r.stderr, r.stderr
+    r = subprocess.run([os.path.join(local, "download_librilight.sh"), tmp_path / "corpus", "small", "tiny"],
+                       capture_output=True, text=True, timeout=60, env=ENV)
+    assert r.returncode == 2 and "unknown subset 'tiny' (choose from small, medium, large)" in r.stderr, r.stderr
+    assert not list(tmp_path.iterdir())

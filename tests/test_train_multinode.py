@@ -84,7 +84,7 @@ def _node_cmd(d: Path, node_rank: int, port: int) -> list:
         "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "+trainer.deterministic=true",
         "model.train_ds.batch_size=4", "++exp_manager.checkpoint_callback_params.every_n_train_steps=2",
     ])
-    return [str(RECIPE), "--stage", "6", "--stop-stage", "6", "--skip-data-prep", "true", "--musan-dir", "",
+    return [str(RECIPE), "--stage", "6", "--stop-stage", "6", "--musan-dir", "",
             "--data-dir", str(d / "data"), "--exp-dir", str(d / "exp"), "--config-name", "nest_tiny",
             "--ngpus", "0", "--nnodes", "2", "--node-rank", str(node_rank), "--master-addr", "127.0.0.1",
             "--master-port", str(port), "--train-opts", opts]

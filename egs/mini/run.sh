@@ -4,19 +4,20 @@
 # Stage 0 generates data/corpus, a small corpus in LibriLight's layout (English speech synthesised offline by
 # espeak-ng, many speakers, with LibriLight's VAD JSON beside each file), data/labelled, a labelled evaluation set
 # (lhotse CutSets with text, speaker and word/phone alignments, from other speakers and other sentences), and
-# data/musan, a noise set in MUSAN's layout. Then the stages of ../librilight/run.sh
-# run on them with the tiny config: manifests, noise windows, training windows and a speaker-held-out
-# validation split, bucket bins, training, export, and the summary with the loss plot.
+# data/musan, a noise set in MUSAN's layout. Then egs/librilight's stages run on them with the tiny config
+# (local/librilight_stages.sh: manifests, noise windows, training windows and a speaker-held-out validation split;
+# local/stages.sh: bucket bins, training, export, and the summary with the loss plot), and stage 8 evaluates.
 #
 #   ./run.sh                                  # everything (`make demo` from the repository root does this)
 #   ./run.sh --stage 6                        # train again: resumes from the last checkpoint
-#   ./run.sh --train-opts "trainer.max_steps=200"   # any option of ../librilight/run.sh works here too
+#   ./run.sh --train-opts "trainer.max_steps=200"   # overrides after the demo's own (below), so they win
 set -euo pipefail
 . "$(dirname "$0")/../../local/common.sh"   # log, die, stage_begin/stage_end, recipe_cd, nest-ssl, $nest_repo
 
 stage=0
 stop_stage=8
 force=false
+nj=2
 data_dir=data
 exp_dir=exp
 # The generated corpus: speakers x books x files of min..max seconds (the defaults give 288 files, ~2 h).
@@ -29,10 +30,35 @@ corpus_seed=0
 eval_speakers=8           # the labelled set: speakers that pretraining never hears ...
 eval_utterances=40        # ... and this many sentences each (that pretraining never has)
 noise_files=6
+# Stages 1-3 (egs/librilight's, on the generated corpus): 10 s windows, two speakers held out for validation.
+noise_parts=noise,music
+noise_window=10
+check_audio=tail
+prepare_chunk_size=64
+min_duration=1.0
+max_duration=10
+max_pause=1.0
 val_speakers=2
+max_val_hours=2.0
+seed=0
+# Stages 4-7: no Shar, 4 buckets, the tiny config on the CPU.
+use_shar=false
+shard_size=1000
+num_buckets=4
+config_path=$nest_repo/nest_ssl/conf
+config_name=nest_tiny
 exp_name=nest_tiny
-# Training: ../librilight/run.sh stage 6 gets these overrides (NeMo's keys; README.md says why these values), then
-# --train-opts, which win (e.g. --train-opts "trainer.max_steps=2000" for the longer setting).
+ngpus=0
+nnodes=1
+node_rank=0
+master_addr=localhost
+master_port=29500
+# Training: stage 6 gets these overrides (NeMo's keys; README.md says why these values), then --train-opts, which
+# win (e.g. --train-opts "trainer.max_steps=2000" for the longer setting). A training run that learns within the
+# demo's budget (docs/learning.md): 160 ms mask blocks instead of NEST's 400 ms, which a 2-layer model on an hour of
+# speech cannot bridge; NEST's augmentation off, which holds a model this small at the floor; gradient clipping;
+# validation every 250 steps counted over the run, since an epoch here is shorter than nest_tiny's
+# val_check_interval.
 mini_train_opts="trainer.max_steps=2000 trainer.val_check_interval=250 trainer.check_val_every_n_epoch=null"
 mini_train_opts+=" model.train_ds.batch_size=8 model.masking.block_size=16 model.masking.mask_prob=0.025"
 mini_train_opts+=" model.train_ds.batch_augmentor.prob=0.0 model.validation_ds.batch_augmentor.prob=0.0"
@@ -41,23 +67,40 @@ train_opts=""
 eval_opts="--threads 2"   # stage 8: options of nest-ssl evaluate (see nest-ssl evaluate --help)
 
 help_message="Usage: $0 [options]
-Generates a LibriLight-format corpus, a labelled evaluation set and a MUSAN-format noise set (stage 0), runs
-../librilight/run.sh (stages 0-7) on them with the tiny config on the CPU, then evaluates the encoder (stage 8).
+Stages: 0 generate a LibriLight-format corpus, a labelled evaluation set and a MUSAN-format noise set
+        1-7 those of egs/librilight on them (manifests, noise set, windows + validation split, Shar shards
+        (--use-shar true), bucket bins, training with the tiny config on the CPU, export and summary)
+        8 downstream evaluation of the encoder on the labelled set
 Options (default):
-  --stage N ($stage)  --stop-stage N ($stop_stage)  --force true|false ($force)
+  --stage N ($stage)  --stop-stage N ($stop_stage)  --force true|false ($force)  --nj N ($nj)
   --data-dir DIR ($data_dir)  --exp-dir DIR ($exp_dir)
   --speakers N ($speakers)  --books N ($books)  --files N ($files) (per book)
   --min-seconds S ($min_seconds)  --max-seconds S ($max_seconds)  --corpus-seed N ($corpus_seed)
   --eval-speakers N ($eval_speakers)  --eval-utterances N ($eval_utterances)  --noise-files N ($noise_files)
-  --val-speakers N ($val_speakers)  --exp-name NAME ($exp_name)
-  --train-opts \"OVERRIDES\" (after: $mini_train_opts)  --eval-opts \"OPTIONS\" ($eval_opts)
-and every option of ../librilight/run.sh (see ../librilight/run.sh --help), which override the settings below."
+  --noise-parts LIST ($noise_parts)  --noise-window SEC ($noise_window)  --check-audio header|tail|full ($check_audio)
+  --prepare-chunk-size N ($prepare_chunk_size)
+  --min-duration SEC ($min_duration)  --max-duration SEC ($max_duration)  --max-pause SEC ($max_pause)
+  --val-speakers N ($val_speakers)  --max-val-hours H ($max_val_hours)  --seed N ($seed)
+  --use-shar true|false ($use_shar)  --shard-size N ($shard_size)  --num-buckets N ($num_buckets)
+  --config-path DIR ($config_path)  --config-name NAME ($config_name)  --exp-name NAME ($exp_name)
+  --ngpus N ($ngpus)  --nnodes N ($nnodes)  --node-rank N ($node_rank)  --master-addr HOST ($master_addr)
+  --master-port PORT ($master_port)
+  --train-opts \"OVERRIDES\" (after: $mini_train_opts)  --eval-opts \"OPTIONS\" ($eval_opts)"
 
-# Our own options are parsed here; the others are handed on to ../librilight/run.sh, which rejects unknown ones.
-parse_options_passthrough=true
 . "$nest_repo/local/parse_options.sh"
-recipe_cd data_dir exp_dir corpus_dir musan_dir config_path   # the last three only when handed on
+check_int 0 stage stop_stage val_speakers seed ngpus node_rank corpus_seed
+check_int 1 nj prepare_chunk_size shard_size speakers books files eval_speakers eval_utterances noise_files
+check_int 1 num_buckets nnodes master_port
+check_float 0 min_seconds max_seconds noise_window min_duration max_duration max_pause max_val_hours
+recipe_cd data_dir exp_dir config_path
+train_opts="$mini_train_opts $train_opts"
+corpus_dir=$data_dir/corpus   # stage 0 writes these; stages 1-2 read them
+musan_dir=$data_dir/musan
+subsets=small
 done_dir=$data_dir/.done
+
+# One run at a time on $data_dir (every stage writes into it).
+recipe_lock "$data_dir"
 
 if stage_begin 0 "generate a LibriLight-format corpus and a MUSAN-format noise set" opt:speakers="$speakers" \
     opt:books="$books" opt:files="$files" opt:min_seconds="$min_seconds" opt:max_seconds="$max_seconds" \
@@ -73,30 +116,14 @@ if stage_begin 0 "generate a LibriLight-format corpus and a MUSAN-format noise s
   stage_end 0
 fi
 
-# The stages of egs/librilight with settings for a CPU and an hour of audio: 10 s windows, two speakers held out for
-# validation, and a training run that learns within the demo's budget (docs/learning.md: 160 ms mask blocks instead
-# of NEST's 400 ms, which a 2-layer model on an hour of speech cannot bridge; NEST's augmentation off, which holds a
-# model this small at the floor; gradient clipping; validation every 250 steps counted over the run, since an epoch
-# here is shorter than nest_tiny's val_check_interval). Options given to this
-# script come last, so they win. --stage is handed on only when it was given, so that it forces a start there too.
-forward=(--stop-stage "$((stop_stage < 7 ? stop_stage : 7))" --force "$force" --data-dir "$data_dir" --exp-dir "$exp_dir"
-  --exp-name "$exp_name")
-if [[ "$parsed_options" == *" stage "* ]]; then
-  forward+=(--stage "$stage")
-fi
-if [ "$stage" -le 7 ]; then
-  "$recipe_dir/../librilight/run.sh" \
-    --corpus-dir "$data_dir/corpus" --musan-dir "$data_dir/musan" --subsets small --nj 2 \
-    --min-duration 1.0 --max-duration 10 --val-speakers "$val_speakers" --num-buckets 4 \
-    --config-name nest_tiny --ngpus 0 --train-opts "$mini_train_opts $train_opts" \
-    "${forward[@]}" "${passthrough_args[@]}"
-fi
+# Stages 1-3: manifests, noise set, training windows and validation split -> $data_dir/cuts, $noise_cuts
+. "$nest_repo/local/librilight_stages.sh"
+# Stages 4-7: bucket bins (Shar with --use-shar true), training, export and summary -> $run_dir
+. "$nest_repo/local/stages.sh"
 
 # Stage 8: how good is the encoder? nest-ssl evaluate (docs/evaluation.md) on the labelled set: frozen phone,
 # speaker and CTC-ASR probes and CTC fine-tuning, the pretrained model against its random-init twins and log-mel
 # features, in one run. The table is printed and written to $run_dir/eval/results.json.
-run_dir=$exp_dir/$exp_name
-done_dir=$run_dir/.done
 if stage_begin 8 "downstream evaluation on the labelled set" opt:eval_opts="$eval_opts" \
     in:"$run_dir/export/model.nemo" in:"$data_dir/labelled" out:"$run_dir/eval"; then
   [ -f "$run_dir/export/model.nemo" ] || die "Stage 8: $run_dir/export/model.nemo is missing; run stages 6-7 first"

@@ -6,7 +6,7 @@
 #   ./run.sh --train-manifest a.json,b.json --val-manifest dev.json --ngpus 8 --use-shar true
 #
 # Stages 0-3 (here) turn the NeMo manifests into training and validation windows and a noise set; stages 4-7
-# (Shar shards, bucket bins, training, export) are those of ../librilight/run.sh, run on the same data/ and exp/.
+# (Shar shards, bucket bins, training, export) are the ones every recipe shares (local/stages.sh).
 set -euo pipefail
 . "$(dirname "$0")/../../local/common.sh"   # log, die, stage_begin/stage_end, recipe_cd, nest-ssl, $nest_repo
 
@@ -24,31 +24,40 @@ data_dir=data
 exp_dir=exp
 min_duration=1.0                 # training windows (seconds): dropped below, split above max
 max_duration=20.0
+nj=8                             # parallel jobs (stage 4)
+seed=0
 
-# The options of ../librilight/run.sh's stages 4-7: handed on to it as given (its --help has their defaults).
-librilight_options=(--use-shar --shard-size --num-buckets --seed --nj --config-path --config-name --exp-name
-  --ngpus --nnodes --node-rank --master-addr --master-port --train-opts)
+# Stages 4-7 (local/stages.sh)
+use_shar=false                   # stage 4: globally shuffled Lhotse Shar shards for training
+shard_size=1000
+num_buckets=30                   # stage 5: bucket duration bins for the DynamicBucketingSampler
+config_path=$nest_repo/nest_ssl/conf
+config_name=nest_fast-conformer
+exp_name=""                      # the run folder is <exp-dir>/<exp-name> (default: the config name)
+ngpus=1                          # GPUs per node (0: train on the CPU, one process)
+nnodes=1
+node_rank=0
+master_addr=localhost
+master_port=29500
+train_opts=""                    # extra config overrides for train.py, e.g. "trainer.max_steps=100000"
 
 help_message="Usage: $0 --train-manifest LIST --val-manifest LIST [--noise-manifest M] [options]
 Stages: 0 check the manifests  1 NeMo -> Lhotse cuts  2 noise set (when --noise-manifest)  3 training windows
-        then those of ../librilight/run.sh: 4 Shar shards (--use-shar true)  5 bucket bins  6 training (torchrun)
-        7 export (.nemo, encoder-only), summary
+        4 Shar shards (--use-shar true)  5 bucket bins  6 training (torchrun)  7 export (.nemo, encoder-only), summary
 Options (default):
   --stage N ($stage)  --stop-stage N ($stop_stage)  --force true|false ($force)
   --train-manifest LIST  --val-manifest LIST  --noise-manifest M  --noise-parts LIST ($noise_parts)
   --noise-window SEC ($noise_window)  --data-dir DIR ($data_dir)  --exp-dir DIR ($exp_dir)
-  --min-duration SEC ($min_duration)  --max-duration SEC ($max_duration)
-and these options of ../librilight/run.sh for stages 4-7 (see ../librilight/run.sh --help for their defaults):
-  ${librilight_options[*]:0:7}
-  ${librilight_options[*]:7}"
+  --min-duration SEC ($min_duration)  --max-duration SEC ($max_duration)  --nj N ($nj)  --seed N ($seed)
+  --use-shar true|false ($use_shar)  --shard-size N ($shard_size)  --num-buckets N ($num_buckets)
+  --config-path DIR ($config_path)  --config-name NAME ($config_name)  --exp-name NAME (config name)
+  --ngpus N ($ngpus)  --nnodes N ($nnodes)  --node-rank N ($node_rank)  --master-addr HOST ($master_addr)
+  --master-port PORT ($master_port)  --train-opts 'key=value ...' ($train_opts)"
 
-# Our own options are parsed here; those of stages 4-7 are collected for ../librilight/run.sh, others are errors.
-parse_options_passthrough=true
 . "$nest_repo/local/parse_options.sh"
-for ((i = 0; i < ${#passthrough_args[@]}; i += 2)); do
-  [[ " ${librilight_options[*]} " == *" ${passthrough_args[i]//_/-} "* ]] ||
-    die "invalid option ${passthrough_args[i]} (run $0 --help for the options)"
-done
+check_int 0 stage stop_stage seed ngpus node_rank
+check_int 1 nj shard_size num_buckets nnodes master_port
+check_float 0 noise_window min_duration max_duration
 # Manifest lists are comma-separated: make each relative entry absolute before moving into the recipe folder.
 abs_list() {
   local out=() p
@@ -79,6 +88,9 @@ if stage_in_range 0; then
   done
   log "train: ${train_list[*]}; validation: ${val_list[*]}; noise: ${noise_manifest:-none (speech-only mixing)}"
 fi
+
+# From here on the recipe writes into $data_dir: one run at a time (node 0 holds the lock; see egs/librilight).
+if [ "$node_rank" -eq 0 ] && [ "$stop_stage" -ge 1 ]; then recipe_lock "$data_dir"; fi
 
 # Stage 1 converts each manifest to a Lhotse CutSet (audio headers checked once, here, instead of at every epoch).
 stage1_io=()
@@ -123,16 +135,7 @@ if stage_begin 3 "training and validation windows" opt:min_duration="$min_durati
   stage_end 3
 fi
 
-if [ "$stop_stage" -lt 4 ]; then
-  log "Done (stages $stage..$stop_stage)."
-  exit 0
-fi
-# Stages 4-7: ../librilight/run.sh with its data stages skipped, on the windows and the noise set made above
-# (--musan-dir is its noise source: the same as ours, or '' for none). --stage is handed on only when it was given
-# and is one of those stages, so that it forces a start there; otherwise stage 4 runs only when not up to date.
-forward=(--skip-data-prep true --data-dir "$data_dir" --exp-dir "$exp_dir" --musan-dir "$noise_manifest"
-  --stop-stage "$stop_stage" --force "$force")
-if [[ "$parsed_options" == *" stage "* ]] && [ "$stage" -ge 4 ]; then
-  forward+=(--stage "$stage")
-fi
-exec "$recipe_dir/../librilight/run.sh" "${forward[@]}" "${passthrough_args[@]}"
+# Stages 4-7: Shar shards, bucket bins, training, export and summary -> $run_dir
+. "$nest_repo/local/stages.sh"
+
+log "Done (stages $stage..$stop_stage)."

@@ -52,22 +52,16 @@ def _windows(args) -> int:
     from nest_ssl.data.manifests import open_source
     from nest_ssl.prepare.windows import make_training_windows
 
+    from nest_ssl.errors import UserError
+
     if not (0 < args.min_duration <= args.max_duration):
-        print(
-            f"nest-ssl cuts windows: error: need 0 < --min-duration <= --max-duration "
-            f"(got {args.min_duration}, {args.max_duration})",
-            file=sys.stderr,
-        )
-        return 1
+        raise UserError(f"cuts windows: need 0 < --min-duration <= --max-duration (got {args.min_duration}, "
+                        f"{args.max_duration})")
     source = open_source(args.input, what="cuts windows input")
     if source.is_shar:
         # Shar cuts carry their audio in the tar files; windows written to a JSONL manifest could not reach it.
-        print(
-            "nest-ssl cuts windows: error: the input is a Shar directory; make windows from the manifest that "
-            "references the audio files, then export the windows with `nest-ssl shar export`",
-            file=sys.stderr,
-        )
-        return 1
+        raise UserError(f"cuts windows: {args.input} is a Shar directory; make windows from the manifest that "
+                        "references the audio files, then export the windows with `nest-ssl shar export`")
     windows = make_training_windows(
         CutSet(source),
         args.min_duration,
@@ -119,11 +113,5 @@ def _estimate_bins(args) -> int:
 
 
 def run(args) -> int:
-    from nest_ssl.data.manifests import ManifestError
-
-    action = {"windows": _windows, "estimate-bins": _estimate_bins}[args.cuts_command]
-    try:
-        return action(args)
-    except ManifestError as err:
-        print(f"nest-ssl cuts {args.cuts_command}: error: {err}", file=sys.stderr)
-        return 1
+    """User errors (ManifestError and the checks above) propagate to the guard: one line, exit 2."""
+    return {"windows": _windows, "estimate-bins": _estimate_bins}[args.cuts_command](args)

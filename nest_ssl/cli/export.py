@@ -6,7 +6,7 @@ HELP = "export a checkpoint to NeMo: --to nemo OUT.nemo (restore_from) or --enco
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", help="our checkpoint (.ckpt), e.g. <run>/checkpoints/*-last.ckpt")
+    parser.add_argument("checkpoint", help="our checkpoint (.ckpt), e.g. <run>/checkpoints/*-last.ckpt, or a .nemo")
     parser.add_argument("--to", choices=["nemo"], default="nemo", help="target toolkit (default: nemo)")
     parser.add_argument("output", help="OUT.nemo; with --encoder-only a .ckpt")
     parser.add_argument("--encoder-only", action="store_true",
@@ -24,7 +24,8 @@ def run(args) -> int:
         raise UserError(f"--encoder-only writes a .ckpt for init_from_ptl_ckpt, not a .nemo archive; name the output "
                         f"*.ckpt instead of {args.output} (a full .nemo serves downstream init via "
                         "init_from_nemo_model with include: [encoder])")
-    check_checkpoint_file(args.checkpoint, "CKPT")
+    if not args.checkpoint.endswith(".nemo"):  # a .nemo is checked as an archive when it is read
+        check_checkpoint_file(args.checkpoint, "CKPT")
     check_output_file(args.output, "OUT")
     out = export_encoder(args.checkpoint, args.output) if args.encoder_only else export_nemo(args.checkpoint, args.output)
     print(out)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 HELP = "write encoder representations (one layer) of every cut as Lhotse features with a CutSet manifest"
 
 
@@ -20,14 +18,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """User errors (ExportError, a bad --layer or storage, a missing file) propagate to the guard: exit 2."""
+    from nest_ssl.cli.guard import as_user_errors
     from nest_ssl.export.extract import extract
-    from nest_ssl.checkpoint import CheckpointError
 
-    try:
+    with as_user_errors(ValueError, FileNotFoundError):
         out = extract(args.checkpoint, args.cuts, args.out_dir, layer=args.layer, storage=args.storage,
                       device=args.device)
-    except (CheckpointError, ValueError, FileNotFoundError) as err:
-        print(f"nest-ssl extract: error: {err}", file=sys.stderr)
-        return 1
     print(out)
     return 0

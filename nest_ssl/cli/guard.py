@@ -12,6 +12,7 @@ and exit with 2. Anything else is a bug and keeps its traceback. `--debug` (anyw
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -84,6 +85,19 @@ def report(err: BaseException, debug: bool) -> int | None:
         traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
     print(PREFIX + msg, file=sys.stderr, flush=True)
     return USER_ERROR_EXIT
+
+
+@contextlib.contextmanager
+def as_user_errors(*types: type[Exception]):
+    """Re-raises an exception of `types` as a UserError with the same message: for library functions that report the
+    user's mistakes as ValueError or FileNotFoundError("message"). An OSError with an errno (from the OS itself) is
+    left to the guard, which words it from the errno."""
+    try:
+        yield
+    except types as err:
+        if isinstance(err, OSError) and err.errno is not None:
+            raise
+        raise UserError(str(err)) from err
 
 
 def run_guarded(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> int:

@@ -28,9 +28,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """User errors (unreadable input, OUT = IN, no line left) propagate to the CLI's guard: one line, exit 2."""
     from nest_ssl.prepare.nemo_manifest import convert_nemo_manifest
 
-    # A user error (unreadable input, OUT = IN, no line left) reaches the CLI's guard: one line, exit 2.
     done = convert_nemo_manifest(args.input, args.output, duration_tolerance=args.duration_tolerance)
     print(f"wrote {done.written} cuts to {args.output}")
     if done.rejected:

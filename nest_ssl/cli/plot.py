@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 HELP = "plot train/val loss and learning rate of a run (EXP_DIR: the run folder or any folder above it)"
 
 
@@ -13,12 +11,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    """User errors (no run folder, no metrics yet) propagate to the guard: one line, exit 2."""
+    from nest_ssl.cli.guard import as_user_errors
     from nest_ssl.train.plot import plot_run
 
-    try:
+    with as_user_errors(ValueError, FileNotFoundError):
         out = plot_run(args.exp_dir, args.output)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"nest-ssl plot: error: {err}", file=sys.stderr)
-        return 1
     print(out)
     return 0

@@ -1,6 +1,5 @@
 """`nest-ssl prepare librilight|noise ...`: corpus preparation (LibriLight manifests, noise windows)."""
 
-import sys
 
 HELP = "prepare corpora (librilight: streaming, resumable LibriLight manifests; noise: a noise set cut into windows)"
 
@@ -62,13 +61,16 @@ def _subsets(value: str):
 
 
 def run(args) -> int:
+    """User errors (a missing corpus or noise folder, bad options) propagate to the guard: one line, exit 2."""
     import logging
+
+    from nest_ssl.cli.guard import as_user_errors
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.prepare_command == "librilight":
         from nest_ssl.prepare.librilight import prepare_librilight
 
-        try:
+        with as_user_errors(FileNotFoundError, ValueError):
             stats = prepare_librilight(
                 args.corpus_dir,
                 args.output_dir,
@@ -78,9 +80,6 @@ def run(args) -> int:
                 check_audio=args.check_audio,
                 overwrite=args.overwrite,
             )
-        except (FileNotFoundError, ValueError) as err:
-            print(f"nest-ssl prepare librilight: error: {err}", file=sys.stderr)
-            return 1
         for s in stats.values():
             state = "already prepared" if s.up_to_date else "prepared"
             print(
@@ -92,7 +91,7 @@ def run(args) -> int:
 
     from nest_ssl.prepare.noise import prepare_noise
 
-    try:
+    with as_user_errors(FileNotFoundError, ValueError):
         s = prepare_noise(
             args.source,
             args.output_dir,
@@ -100,9 +99,6 @@ def run(args) -> int:
             window=args.window,
             min_duration=args.min_duration,
         )
-    except (FileNotFoundError, ValueError) as err:
-        print(f"nest-ssl prepare noise: error: {err}", file=sys.stderr)
-        return 1
     print(
         f"noise ({s.layout}): {s.windows} windows ({s.seconds / 3600:.2f} h) from {s.recordings} of {s.files} files; "
         f"{s.rejected} rejected (rejects_noise.tsv)"

@@ -1,7 +1,5 @@
 """`nest-ssl shar export CUTS OUT_DIR --shard-size N`: globally shuffled Lhotse Shar with FLAC audio."""
 
-import sys
-
 HELP = "write Lhotse Shar shards (export: global on-disk shuffle, FLAC audio)"
 
 
@@ -34,22 +32,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from nest_ssl.data.manifests import ManifestError
+    """User errors (ManifestError: unusable input, a non-empty output folder) propagate to the guard: exit 2."""
     from nest_ssl.prepare.shar import export_shar
 
-    try:
-        written = export_shar(
-            args.cuts,
-            args.out_dir,
-            shard_size=args.shard_size,
-            seed=args.seed,
-            num_jobs=args.num_jobs,
-            shuffle=not args.no_shuffle,
-            audio_format=args.audio_format,
-            max_lines_in_memory=args.max_lines_in_memory,
-        )
-    except ManifestError as err:
-        print(f"nest-ssl shar export: error: {err}", file=sys.stderr)
-        return 1
+    written = export_shar(
+        args.cuts,
+        args.out_dir,
+        shard_size=args.shard_size,
+        seed=args.seed,
+        num_jobs=args.num_jobs,
+        shuffle=not args.no_shuffle,
+        audio_format=args.audio_format,
+        max_lines_in_memory=args.max_lines_in_memory,
+    )
     print(f"wrote {len(written.get('cuts', []))} shards to {args.out_dir}")
     return 0

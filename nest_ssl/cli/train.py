@@ -17,7 +17,7 @@ INTERMIXED = True  # Hydra allows options between the overrides
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config-path", "--config_path", "-cp", dest="config_path", default=None,
-                        help="folder of the yaml configs (default: recipes/nest/conf of nest-ssl)")
+                        help="folder of the yaml configs (default: the configs shipped in the package, nest_ssl/conf)")
     parser.add_argument("--config-name", "--config_name", "-cn", dest="config_name", default="nest_fast-conformer",
                         help="config file name without .yaml (default: nest_fast-conformer)")
     parser.add_argument("--cfg", "-c", dest="cfg", choices=["job", "all", "hydra"], default=None,

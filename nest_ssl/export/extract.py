@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,24 @@ def encode(model, audio: torch.Tensor, layer: int = -1) -> np.ndarray:
     return rep.float().cpu().numpy()
 
 
+def _load_audio(cut, cuts_path) -> np.ndarray:
+    """cut.load_audio(), with an audio file that is missing or cannot be decoded reported as the user's (ExportError
+    naming the manifest, the cut and the file) instead of lhotse's multi-backend traceback."""
+    from lhotse.audio.utils import AudioLoadingError
+
+    from nest_ssl.export.nemo import ExportError
+
+    try:
+        return cut.load_audio()
+    except AudioLoadingError as err:
+        sources = [s.source for s in cut.recording.sources if s.type == "file"] if cut.has_recording else []
+        missing = [s for s in sources if not os.path.exists(s)]
+        why = (f"audio file {missing[0]} does not exist" if missing
+               else f"audio {', '.join(map(str, sources)) or 'of the cut'} cannot be decoded "
+                    f"({str(err).splitlines()[0]})")
+        raise ExportError(f"{cuts_path}: cut {cut.id}: {why}; fix the manifest or the file") from None
+
+
 def extract(
     model_path: str | Path,
     cuts_path: str | Path,
@@ -80,33 +99,39 @@ def extract(
     frame_shift = float(model_cfg["preprocessor"].get("window_stride", 0.01)) * int(
         model_cfg["encoder"].get("subsampling_factor", 8))
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    cuts = open_cutset(str(cuts_path), what="extract cuts", sample_rate=sr)
-    writer = (LilcomChunkyWriter(out_dir / "feats.lca") if storage == "lilcom_chunky"
-              else NumpyFilesWriter(out_dir / "feats"))
-    out_path = out_dir / "cuts.jsonl.gz"
-    n = 0
-    with writer, CutSet.open_writer(out_path) as cut_writer:
-        for cut in cuts:
-            if cut.sampling_rate != sr:
-                cut = cut.resample(sr)
-            audio = torch.from_numpy(np.ascontiguousarray(cut.load_audio()[0]))
-            rep = encode(model, audio, layer)
-            # Cut ids may hold "/" (paths); storage keys must not, and must stay unique.
-            key = writer.write(f"{n:08d}_" + cut.id.replace("/", "_").replace(os.sep, "_"), rep)
-            feats = Features(
-                type=f"nest_layer{layer}",
-                num_frames=rep.shape[0],
-                num_features=rep.shape[1],
-                frame_shift=frame_shift,
-                sampling_rate=sr,
-                start=cut.start,
-                duration=cut.duration,
-                storage_type=writer.name,
-                storage_path=str(writer.storage_path),
-                storage_key=key,
-            )
-            cut_writer.write(fastcopy(cut, features=feats) if hasattr(cut, "features") else cut)
-            n += 1
+    try:
+        cuts = open_cutset(str(cuts_path), what="extract cuts", sample_rate=sr)
+        writer = (LilcomChunkyWriter(out_dir / "feats.lca") if storage == "lilcom_chunky"
+                  else NumpyFilesWriter(out_dir / "feats"))
+        out_path = out_dir / "cuts.jsonl.gz"
+        n = 0
+        with writer, CutSet.open_writer(out_path) as cut_writer:
+            for cut in cuts:
+                if cut.sampling_rate != sr:
+                    cut = cut.resample(sr)
+                audio = torch.from_numpy(np.ascontiguousarray(_load_audio(cut, cuts_path)[0]))
+                rep = encode(model, audio, layer)
+                # Cut ids may hold "/" (paths); storage keys must not, and must stay unique.
+                key = writer.write(f"{n:08d}_" + cut.id.replace("/", "_").replace(os.sep, "_"), rep)
+                feats = Features(
+                    type=f"nest_layer{layer}",
+                    num_frames=rep.shape[0],
+                    num_features=rep.shape[1],
+                    frame_shift=frame_shift,
+                    sampling_rate=sr,
+                    start=cut.start,
+                    duration=cut.duration,
+                    storage_type=writer.name,
+                    storage_path=str(writer.storage_path),
+                    storage_key=key,
+                )
+                cut_writer.write(fastcopy(cut, features=feats) if hasattr(cut, "features") else cut)
+                n += 1
+    except BaseException:
+        if created:  # a run that failed (a bad cut, an interrupt) leaves no half-written folder behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     log.info("extracted layer %d for %d cuts into %s", layer, n, out_path)
     return out_path

@@ -38,11 +38,15 @@ class ExportError(UserError, RuntimeError):
 
 
 def export_nemo(ckpt_path: str | Path, out_path: str | Path) -> Path:
-    """Our checkpoint (or an imported one) -> a .nemo archive for NeMo's restore_from."""
-    ckpt = load_checkpoint_any(ckpt_path)
-    state_dict = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith(LEGACY_PREFIXES)}
-    check_nest_weights(ckpt_path, state_dict)
-    model_cfg = model_config_of(ckpt, ckpt_path)
+    """Our checkpoint (or an imported one, or a .nemo, rewritten in the current layout) -> a .nemo archive for NeMo's
+    restore_from."""
+    src = Path(ckpt_path)
+    ckpt = None if src.suffix == ".nemo" else load_checkpoint_any(src)
+    model_cfg, state_dict = read_nemo(src) if ckpt is None else (None, ckpt["state_dict"])
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith(LEGACY_PREFIXES)}
+    check_nest_weights(src, state_dict)  # a foreign model is named as such before its config is looked for
+    if ckpt is not None:
+        model_cfg = model_config_of(ckpt, src)
     return write_nemo(out_path, model_cfg, state_dict)
 
 

@@ -98,7 +98,7 @@ class NESTModel(nn.Module):
         # `${model.*}` interpolations cannot resolve once the `model:` section stands alone: resolve them first.
         for key in ("preprocessor", "encoder", "quantizer", "masking", "decoder", "loss"):
             if cfg_model.get(key) is None:
-                raise ConfigError(f"model config has no `{key}` section; start from recipes/nest/conf/nest_fast-conformer.yaml")
+                raise ConfigError(f"model config has no `{key}` section; start from nest_ssl/conf/nest_fast-conformer.yaml")
         OmegaConf.resolve(cfg_model)
         return cls(cfg_model)
 

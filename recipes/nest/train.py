@@ -4,8 +4,8 @@
     python train.py [--config-path DIR] [--config-name NAME] [--cfg job] [--debug] key=value ...
     torchrun --nproc-per-node=8 train.py trainer.devices=8 ...          # or let trainer.devices=8 start them
 
-The same as `nest-ssl train ...`; see docs/training.md. Default config: conf/nest_fast-conformer.yaml next to this
-file.
+The same as `nest-ssl train ...`; see docs/training.md. Default config: nest_fast-conformer.yaml of the package's
+configs (nest_ssl/conf).
 """
 
 import argparse
@@ -23,8 +23,6 @@ def _main(argv: list) -> int:
     parser = argparse.ArgumentParser(prog="train.py", description=train_cli.HELP)
     train_cli.add_arguments(parser)
     args = train_cli.parse_args(parser, argv)
-    if args.config_path is None:
-        args.config_path = str(HERE / "conf")
     return train_cli.run(args)
 
 

@@ -1,6 +1,6 @@
 """Encoder parity with NeMo 2.7.3's ConformerEncoder on real speech.
 
-NeMo's encoder is built from the encoder block of recipes/nest/conf/nest_fast-conformer.yaml, its state dict is
+NeMo's encoder is built from the encoder block of nest_ssl/conf/nest_fast-conformer.yaml, its state dict is
 loaded into ours with strict=True, and both run in float32 on CPU on a batch of two LibriSpeech utterances of
 different lengths (features from NeMo's own preprocessor). Tolerances are relative to the output (or gradient)
 scale: max |ours - NeMo| <= 1e-4 * max |NeMo|. The measured differences are printed (run with -s).
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-YAML = REPO / "recipes" / "nest" / "conf" / "nest_fast-conformer.yaml"
+YAML = REPO / "nest_ssl" / "conf" / "nest_fast-conformer.yaml"
 AUDIO = Path("/work/shared/fixtures/real_audio")
 REL_TOL = 1e-4
 
