@@ -92,7 +92,7 @@ def test_extract_with_a_cut_whose_audio_is_missing(tmp_path):
 
     from nest_ssl.config import load_config
     from nest_ssl.models import NESTModel
-    from nest_ssl.train.checkpoint import save_checkpoint
+    from nest_ssl.checkpoint import save_checkpoint
 
     cfg = load_config(config_name="nest_tiny")
     model = NESTModel.from_config(cfg.model)

@@ -151,7 +151,7 @@ def test_missing_subset_is_an_error_not_a_crash(tmp_path):
     (tmp_path / "c" / "small").mkdir(parents=True)
     r = subprocess.run([sys.executable, "-m", "nest_ssl.cli", "prepare", "librilight", str(tmp_path / "c"),
                         str(tmp_path / "o"), "--subsets", "small,medium"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1
+    assert r.returncode == 2  # a user error: one line, exit 2 (the CLI guard)
     assert "medium" in r.stderr and "Traceback" not in r.stderr
 
 

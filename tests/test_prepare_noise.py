@@ -97,7 +97,7 @@ def test_nothing_usable_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     r = subprocess.run([sys.executable, "-m", "nest_ssl.cli", "prepare", "noise", str(tmp_path / "empty"),
                         str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "no usable noise audio" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "no usable noise audio" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("duration,window,n", [(10.0, 10.0, 1), (10.01, 10.0, 2), (25.0, 10.0, 3), (3.0, 10.0, 1)])
