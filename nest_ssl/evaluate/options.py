@@ -16,7 +16,7 @@ PROBE_TASKS = ("phone", "speaker", "asr")
 class EvalOptions:
     tasks: tuple[str, ...] = TASKS
     random_seeds: int = 3  # random_init baselines for the probes (seeds 0..n-1)
-    finetune_seeds: int = 1  # random_init baselines for fine-tuning (the first n of the same seeds)
+    finetune_seeds: int = 3  # random_init baselines for fine-tuning (the first n of the same seeds; 3 gives a spread)
     seed: int = 0  # the probe seed of pretrained and fbank
     epochs: int = 30  # probe epochs (phone, speaker, asr)
     lr: float = 1e-2  # probe learning rate (Adam)
