@@ -139,6 +139,10 @@ TRAIN_MISTAKES = {
     "mask probability out of range": (["model.masking.mask_prob=1.5"], ["model.masking.mask_prob=1.5", "<= 1"]),
     "unknown optimizer": (["model.optim.name=adamx"], ["model.optim", "adamx", "choose one of"]),
     "two warmup keys": (["model.optim.sched.warmup_ratio=0.1"], ["model.optim.sched", "warmup_ratio, not both"]),
+    # the data as a whole
+    "corpus too small for one batch": (["model.train_ds.batch_size=500", "model.train_ds.drop_last=true"],
+                                       ["model.train_ds", "too small for one batch", "batch_size=500",
+                                        "drop_last=true"]),
 }
 
 

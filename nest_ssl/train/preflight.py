@@ -278,6 +278,31 @@ def check_dataset(section: str, ds: Any, *, model_sample_rate: int | None, train
     return cfg
 
 
+def check_first_batch(section: str, cfg: DataLoadingConfig, sample_rate: int) -> None:
+    """A manifest too small for one batch (after the duration filter, with drop_last) is found here, before a model
+    is built or a folder written, instead of as an empty first epoch. Map-style input only: the sampler reads cuts
+    until one batch is full (at most its buffers), which is cheap for manifests; Shar input is read in its workers."""
+    from nest_ssl.data.manifests import open_source
+    from nest_ssl.data.sampler import build_sampler
+
+    source = open_source(cfg.manifest_filepath, what=f"{section}.manifest_filepath", sample_rate=sample_rate)
+    sampler = build_sampler(source, cfg, section=section, seed=0, rank=0, world_size=1, training=True)
+    if sampler.iterable_dataset:
+        return
+    sampler._share_reported = True  # the error below says it; the share-of-data warning is for the real epoch
+    for _ in sampler:
+        return
+    kept = sum(1 for c in source if (cfg.min_duration is None or c.duration >= cfg.min_duration)
+               and (cfg.max_duration is None or c.duration <= cfg.max_duration))
+    size = (f"batch_size={cfg.batch_size}" if cfg.batch_size is not None else "") + \
+        (f"{' and ' if cfg.batch_size is not None else ''}batch_duration={cfg.batch_duration:g} s"
+         if cfg.batch_duration is not None else "")
+    raise ConfigError(
+        f"{section}: the training data is too small for one batch: {kept} cut(s) within min_duration/max_duration, "
+        f"{size}, drop_last={str(cfg.drop_last).lower()}; lower {section}.batch_size (or batch_duration), set "
+        f"{section}.drop_last=false, or add data")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoints and archives named by the config
 
@@ -415,7 +440,8 @@ def preflight(cfg: DictConfig | Mapping, settings: RunSettings) -> None:
     rate = model.get("sample_rate") if _is_int(model.get("sample_rate")) else None
     if "train_ds" not in model or not isinstance(model["train_ds"], Mapping):
         raise ConfigError("model.train_ds is missing; it names the training manifest and batching")
-    check_dataset("model.train_ds", model["train_ds"], model_sample_rate=rate, training=True)
+    train_ds = check_dataset("model.train_ds", model["train_ds"], model_sample_rate=rate, training=True)
+    check_first_batch("model.train_ds", train_ds, rate or 16000)
     val = model.get("validation_ds")
     if isinstance(val, Mapping) and val.get("manifest_filepath"):
         check_dataset("model.validation_ds", val, model_sample_rate=rate, training=False)

@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from nest_ssl.checkpoint import LIGHTNING_VERSION, CheckpointManager, load_checkpoint
+from nest_ssl.errors import UserError
 from nest_ssl.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_for
 from nest_ssl.train.distributed import DistInfo, all_gather_objects, all_ranks_have, all_reduce_sum
 from nest_ssl.train.health import CollapseAlarm, CumulativeCounts, HealthLayout, step_metrics, validation_metrics
@@ -42,6 +43,10 @@ from nest_ssl.train.trainer_config import RunSettings
 log = logging.getLogger("nest_ssl.train")
 
 TRACE_ENV = "NEST_SSL_TRACE_DIR"  # debugging aid: per-rank, per-step sample ids and weight digests
+
+
+class EmptyEpochError(UserError, RuntimeError):
+    """An epoch without a single batch (the data or its filter changed, or a rank got no shard): the user's to fix."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -633,7 +638,7 @@ class Trainer:
                 f" on {'this rank' if fetcher.next is None else 'another rank'} (rank {self.info.rank} of "
                 f"{self.info.world_size}; with force_finite every rank needs at least one Shar shard or manifest "
                 "file per dataloader worker)")
-            raise RuntimeError(
+            raise EmptyEpochError(
                 f"the training data gives no batch in epoch {st.epoch}{where}: check model.train_ds (manifest, "
                 "min_duration/max_duration, batch_size with drop_last)")
         for batch, is_last in fetcher:
