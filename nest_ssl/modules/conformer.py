@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from nest_ssl.modules.attention import RelPositionalEncoding, RelPositionMultiHeadAttention
 from nest_ssl.modules.dropout import Dropout
+from nest_ssl.modules.linear import Linear
 from nest_ssl.modules.pointwise import pointwise_conv
 from nest_ssl.modules.subsampling import ConvSubsampling
 
@@ -85,10 +86,10 @@ class ConformerFeedForward(nn.Module):
         self.d_model = d_model
         self.d_ff = d_ff
         self.use_bias = use_bias
-        self.linear1 = nn.Linear(d_model, d_ff, bias=use_bias)
+        self.linear1 = Linear(d_model, d_ff, bias=use_bias)
         self.activation = activation if activation is not None else nn.SiLU()  # NeMo's Swish is SiLU
         self.dropout = Dropout(p=dropout)
-        self.linear2 = nn.Linear(d_ff, d_model, bias=use_bias)
+        self.linear2 = Linear(d_ff, d_model, bias=use_bias)
 
     def forward(self, x):
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
@@ -403,7 +404,7 @@ class ConformerEncoder(nn.Module):
                 is_causal=causal_downsampling,
             )
         else:
-            self.pre_encode = nn.Linear(feat_in, d_model)
+            self.pre_encode = Linear(feat_in, d_model)
         self.reduction_subsampling = None
         self.reduction_position = None
 
@@ -445,7 +446,7 @@ class ConformerEncoder(nn.Module):
             for _ in range(n_layers)
         )
         if feat_out > 0 and feat_out != d_model:
-            self.out_proj = nn.Linear(d_model, feat_out)
+            self.out_proj = Linear(d_model, feat_out)
             self._feat_out = feat_out
         else:
             self.out_proj = None
