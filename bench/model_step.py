@@ -410,7 +410,7 @@ def main():
         ratio = statistics.median(inter["ratios"])
         print(f"interleaved in one process ({len(inter['ratios'])} step pairs): ours {med['ours']:.3f} s/step, "
               f"NeMo {med['nemo']:.3f} s/step; ratio ours / NeMo {ratio:.3f} (median of per-pair ratios; "
-              f"target <= 0.75: {"met" if ratio <= 0.75 else "NOT met"})")
+              f"target <= 0.75: {'met' if ratio <= 0.75 else 'NOT met'})")
 
     import torch
 
