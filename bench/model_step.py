@@ -8,16 +8,19 @@ The optimizer update is left out of the step, as the issue defines it: it is tor
 CPU, 2 threads, a batch of 2 x 8 s (real LibriSpeech speech from ../shared/fixtures when present, else synthetic),
 median step time after warm-up and the process's peak memory. Each measurement runs in its own process so peaks
 do not mix; ours and NeMo's alternate (`--repeats` rounds) so that the machine's load affects both alike. NeMo runs
-where `.venv-nemo` (make parity) has it; the ratio ours / NeMo is printed (target <= 0.9). On a GPU it also times
+where `.venv-nemo` (make parity) has it; the ratio ours / NeMo is printed (target <= 0.75). On a GPU it also times
 fp32 and bf16 and prints the model FLOPs utilisation.
 
     .venv/bin/python bench/model_step.py --checkpointing-memory [--layers 17] [--batch-size 2] [--seconds 8]
 
 Peak memory of our step with and without activation checkpointing (model.encoder.activation_checkpointing), each
-in its own process: the growth of the resident set over the built model on CPU, max_memory_allocated on a GPU.
-`--layers`, `--batch-size`, `--seconds` shrink the measurement for small machines. On CPU keep utterances long
-(>= 16 s): glibc serves tensors under its mmap threshold from a heap it does not give back, so with tiny tensors
-the resident set shows the heap's high-water mark, not the memory live at a point of the step.
+in its own process. On CPU the figure to read is allocator-level: one more step under torch's profiler with
+profile_memory=True, whose CPU allocator reports the running total of bytes allocated and not yet freed during the
+step; its maximum is the step's peak of live tensors (activations, gradients, temporaries) above what existed
+before it, and its value where the forward ends is what the forward keeps for the backward. The growth of the
+resident set is printed too but can hide the difference: glibc serves blocks under its mmap threshold from a heap
+whose high-water mark it keeps. On a GPU: max_memory_allocated. `--layers`, `--batch-size`, `--seconds` shrink
+the measurement for small machines.
 """
 
 from __future__ import annotations
@@ -133,8 +136,42 @@ def current_rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def profiled_cpu_memory(step, model=None) -> dict[str, float]:
+    """One step under torch's profiler with profile_memory=True: the CPU allocator's running total of bytes
+    allocated during the step (and not yet freed), in MB: its peak, and its value where the forward ends.
+
+    With `model`, its gradient buffers are allocated (zeros) before the step, so that the count leaves them out:
+    the peak of activations and temporaries alone. (The step frees them again at its end: set_to_none.)"""
+    import torch
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    def mark_forward_end():
+        with record_function("model_step.forward_end"):
+            pass
+
+    if model is not None:
+        for p in model.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(mark_forward_end)
+
+    def walk(nodes):
+        for n in nodes:
+            yield n
+            yield from walk(n.children)
+
+    nodes = list(walk(prof.profiler.kineto_results.experimental_event_tree()))
+    allocs = sorted((n for n in nodes if n.tag == _EventType.Allocation), key=lambda n: n.start_time_ns)
+    end = next(n.start_time_ns for n in nodes if n.name == "model_step.forward_end")
+    totals = [n.extra_fields.total_allocated for n in allocs]
+    at_end = [n.extra_fields.total_allocated for n in allocs if n.start_time_ns <= end]
+    return {"peak_alloc_mb": max(totals) / 2**20, "after_forward_alloc_mb": (at_end[-1] if at_end else 0) / 2**20}
+
+
 def measure(impl, threads, steps, warmup, device, precision, layers=None, checkpointing=False, batch_size=2,
-            seconds=8.0):
+            seconds=8.0, profile_memory=False):
     """Child process, one implementation: median seconds per step and the process's peak memory."""
     import torch
 
@@ -169,6 +206,10 @@ def measure(impl, threads, steps, warmup, device, precision, layers=None, checkp
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
         result["step_gpu_mb"] = result["peak_gpu_mb"] - base_gpu
         result["after_forward_gpu_mb"] = live["gpu"]
+    if profile_memory and device == "cpu":
+        result.update(profiled_cpu_memory(step))
+        result.update({f"{k}_no_grads": v for k, v in profiled_cpu_memory(step, model).items()})
+        result["grad_mb"] = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) / 2**20
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
@@ -199,7 +240,7 @@ def measure_interleaved(threads, steps, warmup):
     return {"times": times, "ratios": ratios}
 
 
-def run_child(python, impl, args, device="cpu", precision="fp32", checkpointing=False):
+def run_child(python, impl, args, device="cpu", precision="fp32", checkpointing=False, profile_memory=False):
     cmd = [str(python), __file__, "--child", impl, "--threads", str(args.threads), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--device", device, "--precision", precision,
            "--batch-size", str(args.batch_size), "--seconds", str(args.seconds)]
@@ -207,6 +248,8 @@ def run_child(python, impl, args, device="cpu", precision="fp32", checkpointing=
         cmd += ["--layers", str(args.layers)]
     if checkpointing:
         cmd.append("--checkpointing")
+    if profile_memory:
+        cmd.append("--profile-memory")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONWARNINGS="ignore")
     if args.checkpointing_memory:
         # glibc otherwise serves freed activations' sizes from its heap afterwards and keeps the pages: the
@@ -228,7 +271,8 @@ def checkpointing_memory(args) -> None:
     print(f"activation checkpointing, {layers}-layer NEST, batch {args.batch_size} x {args.seconds:g} s, "
           f"{args.warmup} warm-up + {args.steps} timed steps per process")
     for device, precision in devices:
-        r = {on: run_child(sys.executable, "ours", args, device=device, precision=precision, checkpointing=on)
+        r = {on: run_child(sys.executable, "ours", args, device=device, precision=precision, checkpointing=on,
+                           profile_memory=True)
              for on in (False, True)}
         key, live = ("step_gpu_mb", "after_forward_gpu_mb") if device == "cuda" else ("step_rss_mb", "after_forward_rss_mb")
         what = "max_memory_allocated" if device == "cuda" else "RSS"
@@ -238,6 +282,16 @@ def checkpointing_memory(args) -> None:
               f"with {r[True][live]:.0f} MB ({r[True][live] / max(r[False][live], 1e-9):.2f}x); step time without "
               f"{r[False]['median_s']:.3f} s, with {r[True]['median_s']:.3f} s "
               f"({r[True]['median_s'] / r[False]['median_s']:.2f}x)")
+        if device == "cpu":
+            off, on = r[False]["peak_alloc_mb"], r[True]["peak_alloc_mb"]
+            kept_off, kept_on = r[False]["after_forward_alloc_mb"], r[True]["after_forward_alloc_mb"]
+            print(f"  {device} {precision}: step peak of allocated CPU memory (profiler, allocator-level): without "
+                  f"{off:.0f} MB, with {on:.0f} MB ({on / max(off, 1e-9):.2f}x); allocated at the end of the "
+                  f"forward: without {kept_off:.0f} MB, with {kept_on:.0f} MB ({kept_on / max(kept_off, 1e-9):.2f}x); "
+                  f"the parameter gradients the step allocates are {r[False]['grad_mb']:.0f} MB of it")
+            off, on = r[False]["peak_alloc_mb_no_grads"], r[True]["peak_alloc_mb_no_grads"]
+            print(f"  {device} {precision}: the same with the gradient buffers allocated before the step (activations "
+                  f"and temporaries only): peak without {off:.0f} MB, with {on:.0f} MB ({on / max(off, 1e-9):.2f}x)")
 
 
 def device_report(args) -> None:
@@ -300,6 +354,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--seconds", type=float, default=8.0, help="seconds of audio per utterance")
     p.add_argument("--checkpointing", action="store_true", help="(child) activation checkpointing on")
+    p.add_argument("--profile-memory", action="store_true",
+                   help="(child) one more step under torch's profiler: the CPU allocator's peak")
     p.add_argument("--checkpointing-memory", action="store_true",
                    help="peak memory of our step with and without activation checkpointing, then exit")
     p.add_argument("--device-report", action="store_true",
@@ -311,7 +367,8 @@ def main():
         return
     if args.child:
         print(json.dumps(measure(args.child, args.threads, args.steps, args.warmup, args.device, args.precision,
-                                 args.layers, args.checkpointing, args.batch_size, args.seconds)))
+                                 args.layers, args.checkpointing, args.batch_size, args.seconds,
+                                 args.profile_memory)))
         return
     if args.checkpointing_memory:
         checkpointing_memory(args)
@@ -353,7 +410,7 @@ def main():
         ratio = statistics.median(inter["ratios"])
         print(f"interleaved in one process ({len(inter['ratios'])} step pairs): ours {med['ours']:.3f} s/step, "
               f"NeMo {med['nemo']:.3f} s/step; ratio ours / NeMo {ratio:.3f} (median of per-pair ratios; "
-              f"target <= 0.9: {'met' if ratio <= 0.9 else 'NOT met'})")
+              f"target <= 0.75: {'met' if ratio <= 0.75 else 'NOT met'})")
 
     import torch
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nest_ssl.modules.dropout import Dropout
+from nest_ssl.modules.linear import Linear
 
 __all__ = ["RelPositionalEncoding", "RelPositionMultiHeadAttention", "rel_shift", "INF_VAL"]
 
@@ -154,12 +155,12 @@ class RelPositionMultiHeadAttention(nn.Module):
         self._max_cache_len = max_cache_len
         self.cache_drop_size = None
         # Registration order = NeMo's (state-dict order and the order the default initialisers draw numbers).
-        self.linear_q = nn.Linear(n_feat, n_feat, bias=use_bias)
-        self.linear_k = nn.Linear(n_feat, n_feat, bias=use_bias)
-        self.linear_v = nn.Linear(n_feat, n_feat, bias=use_bias)
-        self.linear_out = nn.Linear(n_feat, n_feat, bias=use_bias)
+        self.linear_q = Linear(n_feat, n_feat, bias=use_bias)
+        self.linear_k = Linear(n_feat, n_feat, bias=use_bias)
+        self.linear_v = Linear(n_feat, n_feat, bias=use_bias)
+        self.linear_out = Linear(n_feat, n_feat, bias=use_bias)
         self.dropout = Dropout(p=dropout_rate)
-        self.linear_pos = nn.Linear(n_feat, n_feat, bias=False)
+        self.linear_pos = Linear(n_feat, n_feat, bias=False)
         if pos_bias_u is None or pos_bias_v is None:
             self.pos_bias_u = nn.Parameter(torch.zeros(self.h, self.d_k))
             self.pos_bias_v = nn.Parameter(torch.zeros(self.h, self.d_k))

@@ -23,6 +23,8 @@ import math
 import torch
 from torch import nn
 
+from nest_ssl.modules.linear import Linear
+
 __all__ = ["ConvSubsampling", "conv_output_lengths"]
 
 # NeMo's ConvSubsampling accepts these names; only the first two are implemented here.
@@ -128,7 +130,7 @@ class ConvSubsampling(nn.Module):
         # The convs above are built (and draw their default init) before `out`, but `out` is registered first:
         # both as in NeMo, so same-seed init and the state-dict order (pre_encode.out.* before
         # pre_encode.conv.*) match. Init is PyTorch's default; NeMo never calls its uniform reset_parameters().
-        self.out = nn.Linear(conv_channels * freq_out, feat_out)
+        self.out = Linear(conv_channels * freq_out, feat_out)
         self.conv = nn.Sequential(*layers)
         self.conv2d_subsampling = True
 
