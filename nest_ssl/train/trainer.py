@@ -582,12 +582,31 @@ class Trainer:
                 if self._max_epochs_reached():
                     self.stop_reason = "max_epochs"
                     break
-                self._train_epoch()
+                try:
+                    self._train_epoch()
+                except UserError:
+                    self._keep_progress()
+                    raise
             return st
         finally:
             bar.close()
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
+
+    def _keep_progress(self) -> None:
+        """A user error in the middle of a run (e.g. a manifest truncated since the run opened it): checkpoint the
+        optimizer steps done so far, so that the rerun after the fix resumes there instead of at the last periodic
+        checkpoint. Single process and no gradient accumulation only: the checkpoint is a collective (other ranks
+        are not at this point) and a partial accumulation would be lost."""
+        st = self.state
+        if self.info.world_size != 1 or st.global_step == 0 or self.t.accumulate_grad_batches != 1:
+            return
+        try:
+            self.save_checkpoint()
+            log.info("stopped by an error in the data at global step %d: saved the progress (resume after the fix)",
+                     st.global_step)
+        except Exception as err:  # the user's error is what must reach the user
+            log.warning("could not save the progress after the error: %s", err)
 
     def finish(self) -> None:
         """End of training: the last checkpoint and NeMo's .nemo on train end (unless stopped by an error)."""
