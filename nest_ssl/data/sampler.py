@@ -51,8 +51,7 @@ from __future__ import annotations
 import logging
 import random
 import secrets
-from itertools import islice
-from typing import Any, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Iterable, Iterator, Optional, Tuple, Union
 
 from lhotse import CutSet
 from lhotse.cut import Cut
@@ -168,23 +167,7 @@ class SamplerSource(WindowedStream, Dillable):
         if self.iterable:
             # The current window of the stream (start() fixed its seeds at the sampler's iter()).
             return self.iter_window()
-        return self._iterate([self.seed + self.epoch], None)
-
-    def _iterate(
-        self, pass_seeds: Optional[List[int]], base: Optional[int], split: Optional[Tuple[int, int, int, int]] = None
-    ) -> Iterator[Cut]:
-        p = 0
-        while True:
-            if pass_seeds is not None:
-                if p >= len(pass_seeds):
-                    return
-                s = pass_seeds[p]
-            else:
-                s = self._pass_seed(base, p)
-            n = yield from self._one_pass(s, split)
-            if n == 0:
-                return  # nothing to repeat (and _one_pass has already raised if the filter removed everything)
-            p += 1
+        return self._map_style_pass(self.seed + self.epoch)
 
     def _share_parts(self, src: ManifestSource, split: Tuple[int, int, int, int]) -> list:
         """The parts one reader of a one-pass epoch reads: Lhotse's split_by_worker(split_by_node(shards)), over an
@@ -197,26 +180,18 @@ class SamplerSource(WindowedStream, Dillable):
         random.Random(self._split_seed()).shuffle(parts)
         return parts[rank::world_size][worker::num_workers]
 
-    def _one_pass(self, pass_seed: int, split: Optional[Tuple[int, int, int, int]] = None):
+    def _map_style_pass(self, pass_seed: int) -> Iterator[Cut]:
+        """One pass in map-style mode: every rank reads all the cuts and the Lhotse sampler keeps its share of the
+        batches. (Iterable mode reads windows of its own share of the parts: nest_ssl.data.stream_state.)"""
         src = self.cuts if isinstance(self.cuts, ManifestSource) else None
-        if split is not None:
-            rank, world_size, worker, num_workers = split
-        if src is not None:
-            if split is not None:
-                src = ManifestSource(self._share_parts(src, split), what=src.what, sample_rate=src.sample_rate)
-            it: Iterator[Cut] = src.iter_parts(pass_seed if self.shuffle_parts else None)
-        else:
-            it = iter(self.cuts)
-            if split is not None:
-                # No parts to split: every reader walks the same (deterministic) stream and keeps its stride.
-                it = islice(islice(it, rank, None, world_size), worker, None, num_workers)
+        it: Iterator[Cut] = (src.iter_parts(pass_seed if self.shuffle_parts else None) if src is not None
+                             else iter(self.cuts))
         if self.shuffle_buffer_size:
             # A seed distinct from the part-order one, so the two shuffles are not correlated.
             it = streaming_shuffle(it, bufsize=self.shuffle_buffer_size, rng=random.Random(pass_seed * 2 + 1))
         counts = FilterCounts()
         yield from self._duration_filter(it, counts)
-        self._check_filtered(counts, split)
-        return counts.n_out
+        self._check_filtered(counts, None)
 
     def _duration_filter(self, it: Iterable[Cut], counts: "FilterCounts") -> Iterator[Cut]:
         lo, hi = self.min_duration, self.max_duration
