@@ -1,8 +1,6 @@
 """open_cutset: real small audio files written here, real lhotse (NeMo conversion: test_prepare_nemo_manifest.py)."""
 
 import gzip
-import json
-import os
 
 import numpy as np
 import pytest
@@ -11,38 +9,8 @@ from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, Supervis
 
 from nest_ssl.data.manifests import ManifestError, open_cutset
 
-SR = 16000
-
-
-def _wav(path, seconds, sr=SR, seed=0):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    x = (np.random.default_rng(seed).standard_normal(int(round(seconds * sr))) * 0.1).astype(np.float32)
-    sf.write(path, x, sr)
-    return path
-
-
-def _write_lines(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
-    return str(path)
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    d = tmp_path / "corpus"
-    _wav(str(d / "audio" / "a.wav"), 2.0, seed=1)
-    _wav(str(d / "audio" / "b.wav"), 3.0, seed=2)
-    _wav(str(d / "audio" / "c.wav"), 1.5, sr=8000, seed=3)
-    manifest = _write_lines(
-        d / "train.json",
-        [
-            {"audio_filepath": "audio/a.wav", "duration": 2.0, "text": "hello", "speaker": 7},
-            {"audio_filepath": "audio/b.wav", "duration": 1.0, "offset": 1.5},
-            {"audio_filepath": str(d / "audio" / "c.wav")},  # absolute, no duration: header probe
-        ],
-    )
-    return d, manifest
+from nemo_corpus import corpus  # noqa: F401 (corpus is a fixture)
+from nemo_corpus import write_lines as _write_lines
 
 
 def test_nemo_manifest_streams_as_cuts_with_custom_fields_and_resolved_paths(corpus):

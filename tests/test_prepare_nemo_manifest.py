@@ -1,51 +1,20 @@
 """NeMo manifest -> Lhotse CutSet (nest_ssl.prepare.nemo_manifest and `nest-ssl manifest from-nemo`): real audio
 files, real lhotse, the command as a subprocess."""
 
-import json
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import soundfile as sf
 from lhotse import CutSet
 
 from nest_ssl.data.manifests import ManifestError, open_cutset
 from nest_ssl.prepare.nemo_manifest import REJECTS_HEADER, convert_nemo_manifest, rejects_path_for
 
-SR = 16000
-
-
-def _wav(path, seconds, sr=SR, seed=0):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    x = (np.random.default_rng(seed).standard_normal(int(round(seconds * sr))) * 0.1).astype(np.float32)
-    sf.write(path, x, sr)
-    return path
-
-
-def _write_lines(path, rows):
-    with open(path, "w") as f:
-        for r in rows:
-            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
-    return str(path)
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    d = tmp_path / "corpus"
-    _wav(str(d / "audio" / "a.wav"), 2.0, seed=1)
-    _wav(str(d / "audio" / "b.wav"), 3.0, seed=2)
-    _wav(str(d / "audio" / "c.wav"), 1.5, sr=8000, seed=3)
-    manifest = _write_lines(
-        d / "train.json",
-        [
-            {"audio_filepath": "audio/a.wav", "duration": 2.0, "text": "hello", "speaker": 7},
-            {"audio_filepath": "audio/b.wav", "duration": 1.0, "offset": 1.5},
-            {"audio_filepath": str(d / "audio" / "c.wav")},  # absolute, no duration: header probe
-        ],
-    )
-    return d, manifest
+from nemo_corpus import SR, corpus  # noqa: F401 (corpus is a fixture)
+from nemo_corpus import write_lines as _write_lines
+from nemo_corpus import write_wav as _wav
 
 
 def _cli(*args):
