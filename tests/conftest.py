@@ -19,3 +19,5 @@ def _seed():
 def pytest_configure(config):
     # `pytest -m gpu` runs the checks that need CUDA (bench/gpu_check.sh); elsewhere they skip themselves.
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one); run with -m gpu")
+    # `make test` runs `-m "not slow"` (under 10 minutes on 2 cores); `make test-slow` runs these, and CI runs both.
+    config.addinivalue_line("markers", "slow: longer than ~20 s on 2 cores; run by `make test-slow` and by CI")
