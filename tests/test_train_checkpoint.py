@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from nest_ssl import checkpoint as ck
-from nest_ssl.train.trainer import rewind_sampler_state
 
 
 def make_ckpt(step, size=2000):
@@ -116,11 +115,3 @@ def test_cleanup_temporaries(tmp_path):
     (tmp_path / f"{ck.TMP_PREFIX}x.ckpt.123").write_bytes(b"junk")
     ck.cleanup_temporaries(tmp_path)
     assert not os.listdir(tmp_path)
-
-
-def test_rewind_sampler_state_counts_consumed_batches():
-    state = {"epoch": 2, "diagnostics": {"current_epoch": 2, "stats_per_epoch": {
-        2: {"epoch": 2, "kept_cuts": 40, "discarded_cuts": 0, "kept_batches": 10, "discarded_batches": 1}}}}
-    out = rewind_sampler_state(state, consumed=7)
-    assert out["diagnostics"]["stats_per_epoch"][2]["kept_batches"] == 6  # replay 6 kept + 1 discarded = 7
-    assert state["diagnostics"]["stats_per_epoch"][2]["kept_batches"] == 10  # input untouched

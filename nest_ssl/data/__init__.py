@@ -18,6 +18,7 @@ from nest_ssl.data.augment import MultiSpeakerNoiseAugmentation
 from nest_ssl.data.batch import AudioNoiseBatch
 from nest_ssl.data.config import DataLoadingConfig, parse_data_config
 from nest_ssl.data.dataset import AudioNoiseDataset, ReverbConfig
+from nest_ssl.data.lhotse_adapter import update_dataloading_info
 from nest_ssl.data.noise import EmptyNoiseManifestError, NoiseSet
 from nest_ssl.seeding import hash_seed, seed_all
 
@@ -88,6 +89,7 @@ class ResumableIterable(_LhotseIterableWrapper):
         self._count = 0
         self._window: Optional[int] = None
         self._in_window = 0
+        self._batches = None  # this iteration's sampler iterator (not Lhotse's own `_sampler_iter`)
 
     def __iter__(self):
         import logging
@@ -112,11 +114,11 @@ class ResumableIterable(_LhotseIterableWrapper):
         t0 = time.perf_counter()
         if replay and windowed:
             source.metadata_only = True
-        self._sampler_iter = iter(self.sampler)
+        self._batches = iter(self.sampler)
         try:
             for _ in range(replay):
                 try:
-                    sampled = next(self._sampler_iter)
+                    sampled = next(self._batches)
                 except StopIteration:
                     break
                 self._count += 1
@@ -148,14 +150,14 @@ class ResumableIterable(_LhotseIterableWrapper):
         self._in_window += 1
 
     def __next__(self):
-        sampled = next(self._sampler_iter)
+        sampled = next(self._batches)
         source = getattr(self.sampler, "source", None)
         windowed = source is not None and getattr(source, "iterable", False)
         if windowed and source.pending:
             from nest_ssl.data.shar_stream import attach
 
             attach(sampled, source.pending)  # cuts buffered during a resume's replay: their audio, by cut id
-        self._update_dataloading_info(sampled)
+        update_dataloading_info(self, sampled)
         self._count += 1
         self._note_window(source if windowed else None)
         batch = self.dataset[sampled]

@@ -62,6 +62,7 @@ from lhotse.utils import streaming_shuffle
 
 from nest_ssl.data.bucketing import bins_from_head
 from nest_ssl.data.config import DataLoadingConfig, parse_data_config
+from nest_ssl.data.lhotse_adapter import add_nest_attributes, just_restored, set_iteration_seed
 from nest_ssl.data.manifests import ManifestError, ManifestSource
 from nest_ssl.data.stream_state import FilterCounts, WindowedStream
 from nest_ssl.seeding import mix_seed
@@ -240,12 +241,14 @@ class _NestSamplerMixin:
 
     def __iter__(self):
         # A restored epoch resumes mid-way: its batch counts here would be partial, so it is not reported.
-        self._epoch_counts = None if self._just_restored_state else [0, 0, 0.0]  # batches, cuts, seconds
-        if not self._just_restored_state:
+        restored = just_restored(self)
+        self._epoch_counts = None if restored else [0, 0, 0.0]  # batches, cuts, seconds
+        if not restored:
             self.source.epoch = self.epoch
         if self.source.iterable:
             self.source.start()
-            self.seed = self.source.window.seed(2) if self.source.window is not None else self.seed
+            if self.source.window is not None:
+                set_iteration_seed(self, self.source.window.seed(2))
         return super().__iter__()
 
     def __next__(self):
@@ -257,8 +260,8 @@ class _NestSamplerMixin:
                 break
             except StopIteration:
                 if self.source.iterable and self.source.advance():
-                    self.seed = self.source.window.seed(2)
-                    super().__iter__()
+                    set_iteration_seed(self, self.source.window.seed(2))
+                    super().__iter__()  # Lhotse's restart of the iteration (not just restored: it resets)
                     continue
                 self._report_share()
                 raise
@@ -429,12 +432,12 @@ def build_sampler(
             rank=sampler_rank,
             seed=base_seed,
         )
-    sampler.source = sampler_source
-    sampler.iterable_dataset = iterable
+    worker_init_fn = None
     if iterable:
         from lhotse.dataset.dataloading import make_worker_init_fn
 
-        sampler.worker_init_fn = make_worker_init_fn(rank=rank, world_size=world_size, seed=base_seed)
+        worker_init_fn = make_worker_init_fn(rank=rank, world_size=world_size, seed=base_seed)
+    add_nest_attributes(sampler, source=sampler_source, iterable=iterable, worker_init_fn=worker_init_fn)
     log.info(
         "%s sampler: %s, %s, batch_size=%s batch_duration=%s shuffle=%s drop_last=%s rank=%d/%d",
         what,

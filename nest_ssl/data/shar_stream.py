@@ -16,8 +16,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from lhotse.cut import Cut
 from lhotse.lazy import LazyJsonlIterator, LazyManifestIterator
 from lhotse.serialization import decode_json_line, deserialize_item
-from lhotse.shar.utils import fill_shar_placeholder
 
+from nest_ssl.data.lhotse_adapter import fill_shar_placeholder, mark_shard_origin
 from nest_ssl.data.manifests import ManifestPart
 
 __all__ = ["FieldReader", "attach", "iter_shard"]
@@ -145,8 +145,7 @@ def iter_shard(part: ManifestPart, with_data: Callable[[], bool], on_skipped: Ca
                         setattr(cut, reader.field, value)
             else:
                 on_skipped(cut, handle)
-            cut.shard_origin = part.path
-            cut.shar_epoch = 0  # what LazySharIterator sets for a shard read once
+            mark_shard_origin(cut, part.path)  # what LazySharIterator sets for a shard read once
             yield cut
     finally:
         handle.close_sequential()

@@ -11,38 +11,44 @@ a checkpoint carries the val_loss it was judged by):
 `global_step` counts optimizer steps (a step skipped for a non-finite loss is not one). `val_check_interval` (int)
 counts training batches of the current epoch (of the whole run when check_val_every_n_epoch is null), as in
 Lightning; a float (1.0) validates at the end of every epoch.
+
+The loop's collaborators, each in its own module: checkpoint_state (what a checkpoint holds, and resuming from
+it), loop_state (the counters), stream_positions (iterable input's per-stream positions), signals (SIGTERM and the
+time limit), tracing (NEST_SSL_TRACE_DIR), rejects (rejected_cuts.tsv), health (learning health), step_stats (the
+per-step all-reduce). Lhotse's sampler state is reached through nest_ssl.data.lhotse_adapter only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
-import os
-import signal
 import time
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from nest_ssl.checkpoint import LIGHTNING_VERSION, CheckpointManager, load_checkpoint
+from nest_ssl.checkpoint import CheckpointManager, load_checkpoint
+from nest_ssl.data.lhotse_adapter import map_style_sampler_of
 from nest_ssl.errors import UserError
-from nest_ssl.seeding import capture_rng_state, derive_seed, restore_rng_state, seed_for
-from nest_ssl.train.distributed import DistInfo, all_gather_objects, all_ranks_have, all_reduce_sum
+from nest_ssl.seeding import seed_for
+from nest_ssl.train.checkpoint_state import build_checkpoint, restore_checkpoint
+from nest_ssl.train.distributed import DistInfo, all_ranks_have, all_reduce_sum
 from nest_ssl.train.health import CollapseAlarm, CumulativeCounts, HealthLayout, step_metrics, validation_metrics
 from nest_ssl.train.loggers import MetricsWriter, ProgressBar
+from nest_ssl.train.loop_state import LoopState
+from nest_ssl.train.rejects import RejectedCutsLog
+from nest_ssl.train.signals import StopRequests
 from nest_ssl.train.step_stats import StepStats
+from nest_ssl.train.stream_positions import StreamPositions, end_of_epoch
 from nest_ssl.train.trainer_config import RunSettings
+from nest_ssl.train.tracing import StepTrace
+
+__all__ = ["EmptyEpochError", "LoopState", "NonFiniteLossError", "Trainer"]
 
 log = logging.getLogger("nest_ssl.train")
-
-TRACE_ENV = "NEST_SSL_TRACE_DIR"  # debugging aid: per-rank, per-step sample ids and weight digests
 
 
 class EmptyEpochError(UserError, RuntimeError):
@@ -66,32 +72,6 @@ class _StepModule(nn.Module):
     def forward(self, batch, apply_mask: bool = True):
         out = self.model.training_output(batch, apply_mask=apply_mask)
         return {"loss": out.loss, "out": out}
-
-
-@dataclass
-class LoopState:
-    epoch: int = 0
-    batch_idx: int = 0  # training batches consumed in this epoch
-    total_batch_idx: int = 0  # training batches consumed in the run
-    global_step: int = 0  # optimizer steps
-    epoch_finished: bool = False  # the epoch's last batch has been trained on
-    nonfinite_in_a_row: int = 0
-    skipped_nonfinite: int = 0  # steps skipped because the loss was not finite
-    skipped_empty: int = 0  # steps skipped because no token was masked on any rank
-    rejected_cuts: int = 0  # training cuts this rank's loader dropped (unreadable, NaN/Inf, empty audio)
-    last_saved_step: int = -1
-    last_val_step: int = -1
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LoopState":
-        s = cls()
-        for k, v in d.items():
-            if hasattr(s, k):
-                setattr(s, k, v)
-        return s
 
 
 class _Lookahead:
@@ -124,48 +104,6 @@ class _Lookahead:
             self.next = self._fetch()
             self.has_next = self.join(self.next is not None)
             yield batch, not self.has_next
-
-
-def _sampler_of(loader) -> Any:
-    """The Lhotse sampler behind a DataLoader (nest_ssl.data's `cut_sampler`, or `.sampler` / `.batch_sampler`)."""
-    for attr in ("cut_sampler", "sampler", "batch_sampler"):
-        s = getattr(loader, attr, None)
-        if s is not None and hasattr(s, "state_dict") and hasattr(s, "load_state_dict"):
-            return s
-    return None
-
-
-def rewind_sampler_state(state: dict, consumed: int) -> dict:
-    """The sampler state as of `consumed` batches into its current epoch.
-
-    The DataLoader (and our one-batch lookahead) draws batches from the sampler before training on them, so the
-    sampler's own count is ahead of the training loop. Lhotse's fast-forward replays `kept + discarded` batches of
-    the current epoch; setting that sum to the number of batches actually trained on resumes exactly after them.
-    """
-    state = copy.deepcopy(state)
-    diag = state.get("diagnostics")
-    if not isinstance(diag, dict):
-        return state
-    epoch = diag.get("current_epoch")
-    stats = diag.get("stats_per_epoch", {}).get(epoch)
-    if stats is None:
-        return state
-    stats["kept_batches"] = max(0, consumed - stats.get("discarded_batches", 0))
-    return state
-
-
-def _num_parts(loader) -> int:
-    """Files or Shar shards of the manifest source a nest_ssl.data loader reads (0: not known)."""
-    source = getattr(loader, "source", None)
-    return int(getattr(source, "num_parts", 0) or 0)
-
-
-def _weights_digest(model: nn.Module) -> str:
-    h = 0
-    for name, t in model.state_dict().items():
-        h = zlib.crc32(name.encode(), h)
-        h = zlib.crc32(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()), h)
-    return f"{h:08x}"
 
 
 class Trainer:
@@ -201,20 +139,17 @@ class Trainer:
         self.state = LoopState()
         self.sample_rate = int(cfg.model.get("sample_rate", 16000))
         self.seed = settings.nest_trainer.seed
-        self.sampler = _sampler_of(train_loader)
-        if getattr(self.sampler, "iterable_dataset", False):
-            self.sampler = None  # it runs inside the workers: its state here says nothing about the stream
+        # Map-style input: the Lhotse sampler whose state the checkpoint keeps (None in iterable mode).
+        self.sampler = map_style_sampler_of(train_loader)
         # Iterable (Shar) input: each (rank, worker) stream's position, from the batches actually trained on
         # (nest_ssl.data.ResumableIterable); kept in the checkpoint for an exact resume.
         from nest_ssl.data import ResumableIterable
 
         ds = getattr(train_loader, "dataset", None)
-        self._streams = ds if isinstance(ds, ResumableIterable) else None
-        self._stream_pos: dict[int, int] = {}
-        self._stream_at: dict[int, list[int]] = {}  # worker stream -> [window, batches in it] (bounded resume)
-        self._stream_last: int | None = None
-        self._stream_parts: set[str] = set()
-        self._restored_sampler_state: dict | None = None
+        self.streams = ds if isinstance(ds, ResumableIterable) else None
+        self.stream_positions = StreamPositions()
+        # Map-style input resumed mid-epoch: the sampler state to load when the epoch loop starts.
+        self.restored_sampler_state: dict | None = None
         self.last_metrics: dict[str, float] = {}
         self.stop_reason: str | None = None
 
@@ -245,10 +180,11 @@ class Trainer:
             tensorboard=settings.exp_manager.create_tensorboard_logger,
             summary_writer_kwargs=settings.exp_manager.summary_writer_kwargs,
         )
-        self.trace_dir = os.environ.get(TRACE_ENV)
-        self._preempted = False
+        self.trace = StepTrace(info.rank)
+        self.rejects = RejectedCutsLog(log_dir, info.rank)
+        self.stop_requests = StopRequests(handle_sigterm=settings.exp_manager.create_preemption_callback,
+                                          max_time_per_run=settings.exp_manager.max_time_per_run)
         self._warned_val_interval = False
-        self._start_time = time.time()
         # Throughput counts training time only (fetch, forward, backward, step), not validation or checkpoints.
         self._train_time_since_log = 0.0
         self._audio_since_log = 0.0
@@ -267,127 +203,12 @@ class Trainer:
     # Checkpoint content
 
     def build_checkpoint(self) -> dict:
-        st = self.state
-        consumed_state = None
-        if self.sampler is not None and not st.epoch_finished:
-            consumed_state = rewind_sampler_state(self.sampler.state_dict(), st.batch_idx)
-        rng_all = all_gather_objects(self.info, capture_rng_state())
-        streams = None
-        if self._streams is not None:
-            streams = all_gather_objects(self.info, {
-                "num_workers": max(1, int(self.train_loader.num_workers)), "positions": dict(self._stream_pos),
-                "windows": dict(self._stream_at), "last": self._stream_last, "parts": sorted(self._stream_parts)})
-        cfg_plain = OmegaConf.to_container(self.cfg, resolve=True)
-        ckpt = {
-            "epoch": st.epoch,
-            "global_step": st.global_step,
-            "pytorch-lightning_version": LIGHTNING_VERSION,
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": st.epoch}},
-                                   "epoch_loop.batch_progress": {"current": {"completed": st.batch_idx}},
-                                   "epoch_loop.state_dict": {"_batches_that_stepped": st.global_step}}},
-            "callbacks": {self.ckpt.key: self.ckpt.state_dict()},
-            "optimizer_states": [_to_cpu(self.optimizer.state_dict())],
-            "lr_schedulers": [self.scheduler.state_dict()] if self.scheduler is not None else [],
-            "hparams_name": "cfg",
-            "hyper_parameters": {"cfg": cfg_plain["model"]},
-            "nest_ssl": {
-                "loop": st.to_dict(),
-                "sampler": consumed_state,
-                "streams": streams,  # iterable input: per rank, every worker stream's position in this epoch
-                "rng": rng_all[0],
-                "rng_per_rank": rng_all,
-                "world_size": self.info.world_size,
-                "config": cfg_plain,
-                "last_metrics": dict(self.last_metrics),
-                "health": {"cumulative": self.cum_counts.state_dict(), "alarm": self.alarm.state_dict()},
-            },
-        }
-        if self.scaler is not None:
-            ckpt["MixedPrecision"] = self.scaler.state_dict()
-        return ckpt
+        """The checkpoint dict (nest_ssl.train.checkpoint_state); a collective: all ranks call it."""
+        return build_checkpoint(self)
 
     def restore(self, ckpt: dict, path: Path) -> None:
-        """Continues from a checkpoint: weights, optimizer, scheduler, scaler, counters, sampler position, RNGs."""
-        self.model.load_state_dict(ckpt["state_dict"], strict=True)
-        self.optimizer.load_state_dict(ckpt["optimizer_states"][0])
-        if self.scheduler is not None and ckpt.get("lr_schedulers"):
-            self.scheduler.load_state_dict(ckpt["lr_schedulers"][0])
-        if self.scaler is not None and "MixedPrecision" in ckpt:
-            self.scaler.load_state_dict(ckpt["MixedPrecision"])
-        nest = ckpt["nest_ssl"]
-        self.state = LoopState.from_dict(nest["loop"])
-        self.state.last_saved_step = self.state.global_step
-        cb = ckpt.get("callbacks", {}).get(self.ckpt.key)
-        if cb is None and ckpt.get("callbacks"):
-            cb = next(iter(ckpt["callbacks"].values()))
-        if cb:
-            self.ckpt.load_state_dict(cb)
-        self.last_metrics = dict(nest.get("last_metrics") or {})
-        health = nest.get("health") or {}
-        if "cumulative" in health:
-            self.cum_counts.load_state_dict(health["cumulative"])
-        self.alarm.load_state_dict(health.get("alarm") or {})
-        saved_ws = nest.get("world_size", 1)
-        rng = nest.get("rng_per_rank") or [nest.get("rng")]
-        if saved_ws == self.info.world_size and len(rng) > self.info.rank and rng[self.info.rank]:
-            restore_rng_state(rng[self.info.rank])
-        st = self.state
-        if st.epoch_finished:
-            st.epoch += 1
-            st.batch_idx = 0
-            st.epoch_finished = False
-        elif nest.get("sampler") is not None and self.sampler is not None:
-            if saved_ws != self.info.world_size:
-                log.warning(
-                    "the checkpoint was written by %d processes and this run has %d: the data position within "
-                    "epoch %d cannot be restored; the epoch starts over", saved_ws, self.info.world_size, st.epoch)
-                st.batch_idx = 0
-            else:
-                self._restored_sampler_state = nest["sampler"]
-        elif self._streams is not None:
-            self._restore_streams(nest.get("streams"), saved_ws)
-        log.info("resumed from %s: epoch %d, global step %d, %d batches into the epoch",
-                 path, st.epoch, st.global_step, st.batch_idx)
-
-    def _restore_streams(self, saved: list | None, saved_ws: int) -> None:
-        """Iterable input: every (rank, worker) stream continues after the last batch it gave that was trained on
-        (same world size and workers); on another topology a one-pass epoch (force_finite) splits the shards not
-        read yet among the new readers, an infinite stream starts a new order."""
-        st = self.state
-        source = getattr(self._streams.sampler, "source", None)
-        nw = max(1, int(self.train_loader.num_workers))
-        mine = saved[self.info.rank] if saved and saved_ws == self.info.world_size else None
-        if mine is not None and int(mine["num_workers"]) == nw:
-            pos = {int(k): int(v) for k, v in (mine.get("positions") or {}).items()}
-            last = mine.get("last")
-            offset = 0 if last is None else (int(last) + 1) % nw
-            at = {int(k): [int(v[0]), int(v[1])] for k, v in (mine.get("windows") or {}).items()}
-            self._streams.resume = {"offset": offset, "skip": pos, "at": at}
-            self._stream_pos, self._stream_last, self._stream_at = pos, last, at
-            self._stream_parts = set(mine.get("parts") or [])
-            log.info("iterable training data: resuming each of the %d worker stream(s) of rank %d after the batches "
-                     "trained before the checkpoint (%s); the next batch comes from stream %d", nw, self.info.rank,
-                     ", ".join(f"stream {w}: {n}" for w, n in sorted(pos.items())) or "none yet", offset)
-            return
-        was = (f"{saved_ws} process(es) x {saved[0]['num_workers']} worker(s)" if saved else
-               f"{saved_ws} process(es), without stream positions")
-        now = f"{self.info.world_size} process(es) x {nw} worker(s)"
-        if source is not None and not source.infinite and saved:
-            read = frozenset(p for r in saved for p in (r.get("parts") or []))
-            source.exclude_parts = read
-            self._stream_parts = set(read)
-            log.warning(
-                "the checkpoint was written by %s, this run has %s: the streams cannot continue as they were. "
-                "Epoch %d goes on without the %d shard(s) its trained batches came from (none is read twice; their "
-                "cuts not trained yet are left for the next epoch) and the %d reader(s) split the %d other shard(s)",
-                was, now, st.epoch, len(read), self.info.world_size * nw,
-                max(0, _num_parts(self.train_loader) - len(read)))
-            return
-        if source is not None:
-            source.seed = derive_seed(source.seed, "resume", st.global_step) % (1 << 31)
-            log.warning("the checkpoint was written by %s, this run has %s: the infinite streams start over in a "
-                        "new order (data seed %d) instead of replaying what was trained", was, now, source.seed)
+        """Continues from a checkpoint: weights, optimizer, scheduler, scaler, counters, data position, RNGs."""
+        restore_checkpoint(self, ckpt, path)
 
     # ------------------------------------------------------------------------------------------------------------
     # Helpers
@@ -436,26 +257,11 @@ class Trainer:
         max_norm = self.t.gradient_clip_val if self.t.gradient_clip_val > 0 else float("inf")
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
-    def _trace(self, record: dict) -> None:
-        if not self.trace_dir:
-            return
-        path = Path(self.trace_dir) / f"rank{self.info.rank}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
     def _record_rejects(self, rejected, purpose: str) -> None:
-        """Cuts the loader dropped are listed, with the reason, in the run folder (one file per rank, since each
-        rank reads its own cuts); training goes on without them."""
+        """Training goes on without the cuts the loader dropped; they are counted and listed (rejects.py)."""
         if purpose == "train":
             self.state.rejected_cuts += len(rejected)
-        name = "rejected_cuts.tsv" if self.info.rank == 0 else f"rejected_cuts.rank{self.info.rank}.tsv"
-        path = Path(self.log_dir) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as f:
-            for cut_id, reason in rejected:
-                reason = " ".join(str(reason).split())  # one line per cut, whatever the error text
-                f.write(f"{self.state.global_step}\t{purpose}\t{cut_id}\t{reason}\n")
+        self.rejects.record(rejected, purpose, self.state.global_step)
 
     # ------------------------------------------------------------------------------------------------------------
     # Validation
@@ -546,24 +352,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------
     # Fit
 
-    def _install_signal_handlers(self):
-        if not self.s.exp_manager.create_preemption_callback:
-            return None
-        try:
-            previous = signal.getsignal(signal.SIGTERM)
-
-            def handler(signum, frame):
-                self._preempted = True
-
-            signal.signal(signal.SIGTERM, handler)
-            return previous
-        except ValueError:  # not the main thread
-            return None
-
     def fit(self) -> LoopState:
         st = self.state
         t = self.t
-        previous_handler = self._install_signal_handlers()
+        self.stop_requests.install()
         total = t.max_steps if t.max_steps != -1 else None
         bar = ProgressBar(t.enable_progress_bar and self.info.is_global_zero, total, st.global_step)
         self.bar = bar
@@ -590,8 +382,7 @@ class Trainer:
             return st
         finally:
             bar.close()
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
+            self.stop_requests.uninstall()
 
     def _keep_progress(self) -> None:
         """A user error in the middle of a run (e.g. a manifest truncated since the run opened it): checkpoint the
@@ -630,11 +421,11 @@ class Trainer:
     def _train_epoch(self) -> None:
         st, t = self.state, self.t
         if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
-            if self._restored_sampler_state is not None:
-                self.sampler.load_state_dict(copy.deepcopy(self._restored_sampler_state))
-                self._restored_sampler_state = None
+            if self.restored_sampler_state is not None:
+                self.sampler.load_state_dict(copy.deepcopy(self.restored_sampler_state))
+                self.restored_sampler_state = None
             self.sampler.set_epoch(st.epoch)
-        elif st.batch_idx and self._streams is None:
+        elif st.batch_idx and self.streams is None:
             log.warning("the training dataloader has no resumable sampler: epoch %d starts over", st.epoch)
             st.batch_idx = 0
         acc = t.accumulate_grad_batches
@@ -649,8 +440,8 @@ class Trainer:
         # end the epoch after the last batch every rank has (the step in progress is completed by all).
         fetcher = _Lookahead(self.train_loader, self.seed, self.info.rank, st.total_batch_idx,
                              join=lambda has_batch: all_ranks_have(self.info, has_batch))
-        if self._streams is not None:
-            self._streams.resume = None  # used by this epoch's iter(); later epochs start their streams afresh
+        if self.streams is not None:
+            self.streams.resume = None  # used by this epoch's iter(); later epochs start their streams afresh
         if not fetcher.has_next and st.batch_idx == 0:
             # Without this, an epoch without batches would make max_epochs=-1 loop forever.
             where = "" if self.info.world_size == 1 else (
@@ -668,11 +459,7 @@ class Trainer:
                 self._record_rejects(batch.rejected, "train")
             stream = getattr(batch, "stream", None)
             if stream is not None:  # this batch is trained on: its stream stands after it
-                self._stream_pos[int(stream["worker"])] = int(stream["batches"])
-                if stream.get("window") is not None:
-                    self._stream_at[int(stream["worker"])] = [int(stream["window"]), int(stream["in_window"])]
-                self._stream_last = int(stream["worker"])
-                self._stream_parts.update(stream.get("parts") or ())
+                self.stream_positions.note(stream)
             batch = batch.to(self.device, non_blocking=True)
             step_boundary = (st.batch_idx + 1) % acc == 0 or is_last
             sync_ctx = self.ddp.no_sync() if (self.ddp is not None and not step_boundary) else contextlib.nullcontext()
@@ -687,16 +474,15 @@ class Trainer:
                     loss.backward()
             stats.add_micro_batch(out, float(batch.audio_len.sum()) / self.sample_rate)
             self.health.add(stats.health, out, count="valid")
-            if self.trace_dir:
-                self._trace({"batch": st.total_batch_idx, "rank": self.info.rank, "epoch": st.epoch,
-                             "sample_ids": list(batch.sample_id or []), "loss": float(out.loss.detach())})
+            self.trace.batch(batch=st.total_batch_idx, epoch=st.epoch, sample_ids=batch.sample_id or [],
+                             loss=out.loss)
             micro += 1
             st.batch_idx += 1
             st.total_batch_idx += 1
             st.epoch_finished = is_last
             stepped = False
             if step_boundary:
-                stats.stop_request = 1.0 if self._stop_requested() else 0.0
+                stats.stop_request = 1.0 if self.stop_requests.requested() else 0.0
                 stats.all_reduce(self.info)
                 self.cum_counts.add(self.health.counts(stats.health))  # every rank adds the same sums
                 stepped = self._optimizer_step(stats, micro)
@@ -714,11 +500,11 @@ class Trainer:
                     self.bar.update(st.global_step, stats.mean_loss(), self._step_lr, self._audio_per_s_ema / 3600.0,
                                     acc=self.health.accuracy(stats.health))
                 if stats.stop_request > 0 and not self.stop_reason:
-                    self.stop_reason = "preempted" if self._preempted else "max_time_per_run"
+                    self.stop_reason = "preempted" if self.stop_requests.preempted else "max_time_per_run"
                 stats.zero()
                 micro = 0
-                if self.trace_dir and stepped:
-                    self._trace({"step": st.global_step, "rank": self.info.rank, "weights": _weights_digest(self.model)})
+                if stepped:
+                    self.trace.step(step=st.global_step, model=self.model)
             validated = False
             if self._should_validate(is_last):
                 self._run_validation()
@@ -758,17 +544,7 @@ class Trainer:
         st.epoch += 1
         st.batch_idx = 0
         st.epoch_finished = False
-        self._stream_pos, self._stream_last, self._stream_parts = {}, None, set()
-        self._stream_at = {}
-        source = getattr(getattr(self._streams, "sampler", None), "source", None)
-        if source is not None:
-            source.exclude_parts = None
-
-    def _stop_requested(self) -> bool:
-        if self._preempted:
-            return True
-        limit = self.s.exp_manager.max_time_per_run
-        return limit is not None and time.time() - self._start_time >= limit
+        self.stream_positions = end_of_epoch(self.streams)
 
     def _optimizer_step(self, stats: StepStats, micro: int) -> bool:
         """One optimizer step from the accumulated gradients, unless some rank saw a non-finite loss or no rank
@@ -853,14 +629,3 @@ class Trainer:
         self._train_time_since_log = 0.0
         self._audio_since_log = 0.0
 
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_cpu(v) for v in obj)
-    return obj
