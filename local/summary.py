@@ -7,7 +7,8 @@
       prints hours of audio used (training and validation windows, speakers), steps and epochs, the final
       train_loss and val_loss (from RUN_DIR/metrics.jsonl, which the trainer writes beside TensorBoard's events),
       the learning-health figures (val_loss against the context-free floor, masked accuracy against chance,
-      codebook use, any collapse alarm), and where the exported models and the loss plot are.
+      codebook use, any collapse alarm), the throughput (audio s/s, tokens/s, TFLOP/s, MFU, data wait and padding
+      shares), and where the exported models and the loss plot are.
 
 Standard library only (reads JSON lines; the step is in the checkpoint's name), so it costs no torch import.
 """
@@ -57,7 +58,7 @@ def metrics(run_dir: str):
                 except ValueError:
                     continue  # a torn last line from a killed run
     out = {}
-    for key in ("train_loss", "val_loss", "epoch") + HEALTH_KEYS:
+    for key in ("train_loss", "val_loss", "epoch") + HEALTH_KEYS + THROUGHPUT_KEYS:
         out[key] = {int(r["step"]): float(r[key]) for r in rows if isinstance(r.get(key), (int, float))}
     return out
 
@@ -66,6 +67,36 @@ def metrics(run_dir: str):
 HEALTH_KEYS = ("val_floor", "val_loss_minus_floor", "val_floor_tokens", "val_acc", "val_chance_majority",
                "masked_acc", "chance_majority", "chance_uniform", "cum_target_coverage", "cum_target_perplexity",
                "cum_target_tokens", "collapse_alarm", "alarm_at_floor", "alarm_low_coverage")
+
+
+# The trainer's throughput telemetry (docs/training.md, "Throughput telemetry"), each over its log window.
+THROUGHPUT_KEYS = ("audio_per_s", "tokens_per_s", "tflops_per_device", "mfu", "data_wait_share", "padding_share",
+                   "train_time")
+
+
+def run_throughput(m) -> dict:
+    """Each throughput figure over the whole run: the logged windows' values weighted by their training time (so
+    audio_per_s is all the audio over all the training time); a figure never logged is left out."""
+    weights = m["train_time"]
+    out = {}
+    for key in THROUGHPUT_KEYS[:-1]:
+        steps = [s for s in m[key] if s in weights]
+        total = sum(weights[s] for s in steps)
+        if steps and total > 0:
+            out[key] = sum(m[key][s] * weights[s] for s in steps) / total
+    return out
+
+
+def throughput_lines(m) -> list:
+    t = run_throughput(m)
+    if "audio_per_s" not in t:
+        return []
+    line = f"  throughput:   {t['audio_per_s']:.1f} audio s/s, {t['tokens_per_s']:.0f} tokens/s"
+    if "tflops_per_device" in t:
+        line += f", {t['tflops_per_device']:.3g} model TFLOP/s per device"
+    line += f", MFU {100 * t['mfu']:.1f}%" if "mfu" in t else ", MFU n/a (no dense peak known for the device)"
+    return [line, f"                data wait {100 * t['data_wait_share']:.1f}% of step time, padding "
+                  f"{100 * t['padding_share']:.1f}% of computed samples (training-time weighted over the run)"]
 
 
 def _last(series):
@@ -143,6 +174,7 @@ def summary(run_dir, train_cuts, val_cuts, checkpoint=None) -> str:
     else:
         lines.append("  val_loss:     none logged (no validation ran: check trainer.val_check_interval)")
     lines.extend(health_lines(m, floor_patience(run_dir)))
+    lines.extend(throughput_lines(m))
     if checkpoint:
         lines.append(f"  checkpoint:   {checkpoint}")
     for name in ("model.nemo", "encoder.ckpt"):

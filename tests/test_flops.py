@@ -47,7 +47,7 @@ def test_training_step_count_scales_and_is_repeatable():
     batch = synthetic_batch(2, 16000)
     first = step_flops(model, batch)
     assert first == step_flops(model, batch) > 0  # a fixed seed: the same masks, the same decoder tokens
-    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters()) and model.training
     # The encoder alone is deterministic in shape: twice the batch, twice the FLOPs, but for the projection of the
     # relative positions (2T'-1 of them, shared by the batch) that every layer makes once
     with torch.no_grad():

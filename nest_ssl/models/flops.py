@@ -6,6 +6,7 @@ written by hand, so a change of the model's configuration changes the count. Ele
 preprocessor and the optimizer are not counted (they are not matmul FLOPs; MFU conventionally leaves them out).
 
     count_flops(fn)                                   FLOPs of any callable (forward and whatever backward it runs)
+    count_flops_mode()                                the counter itself, as a context manager
     step_flops(model, batch)                          one training step (forward + backward) on a batch
     flops_per_audio_second(model, seconds=..., ...)   that, per second of audio, for utterances of one length
     dense_peak_tflops(device_name)                    the device's dense bf16/fp16 peak in TFLOP/s, or None
@@ -22,7 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["DENSE_PEAK_TFLOPS", "count_flops", "dense_peak_tflops", "flops_per_audio_second", "step_flops",
+__all__ = ["DENSE_PEAK_TFLOPS", "count_flops", "count_flops_mode", "dense_peak_tflops", "flops_per_audio_second", "step_flops",
            "synthetic_batch"]
 
 # Dense (no 2:4 sparsity) bf16/fp16 tensor-core peaks in TFLOP/s, from the vendors' data sheets. Matched against
@@ -67,9 +68,14 @@ if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
     _EXTRA_FORMULAS[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
 
 
+def count_flops_mode() -> FlopCounterMode:
+    """A FlopCounterMode that also knows the operators above (use as a context manager; get_total_flops())."""
+    return FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs that `fn()` dispatches (forward, and backward if fn calls it), as FlopCounterMode counts them."""
-    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+    counter = count_flops_mode()
     with counter:
         fn()
     return int(counter.get_total_flops())
@@ -92,30 +98,31 @@ def synthetic_batch(batch_size: int, num_samples: int, lengths: Optional[list[in
 
 def step_flops(model: torch.nn.Module, batch: Any, *, autocast_dtype: Optional[torch.dtype] = None,
                seed: int = 0) -> int:
-    """FLOPs of one training step (model.training_output with masking, then backward) on `batch`.
+    """FLOPs of one training step (model.training_output with masking, then the backward) on `batch`.
 
-    The masking is random and the decoder runs on the masked tokens only, so the count depends (a little) on the
-    draw: it is made under a fixed seed, restoring the caller's RNG state. The gradients the backward leaves are
-    removed again (parameters' .grad as before the call is not kept: they are set to None).
+    Without side effects, so that a training run can count between its steps: the model runs in eval mode (no
+    running statistic moves, no SyncBatchNorm collective; dropout and batch norm are not matmul FLOPs, so the count
+    is the training step's), the backward is torch.autograd.grad (no .grad is written and DDP's gradient hooks do
+    not fire), and the masking, which is random and decides how many tokens the decoder sees, is drawn under a
+    fixed seed with the caller's RNG state restored.
     """
     device = next(model.parameters()).device
     was_training = model.training
-    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
     fork = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
 
     def run():
         with ctx:
             out = model.training_output(batch, apply_mask=True)
-        out.loss.backward()
+        torch.autograd.grad(out.loss, params, allow_unused=True)
 
+    model.eval()
     try:
         with fork:
             torch.manual_seed(seed)
             return count_flops(run)
     finally:
-        for p in model.parameters():
-            p.grad = None
         model.train(was_training)
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from nest_ssl.checkpoint import CheckpointManager, load_checkpoint
 from nest_ssl.data.lhotse_adapter import map_style_sampler_of
 from nest_ssl.errors import UserError
+from nest_ssl.models.flops import step_flops, synthetic_batch
 from nest_ssl.seeding import seed_for
 from nest_ssl.train.checkpoint_state import build_checkpoint, restore_checkpoint
 from nest_ssl.train.distributed import DistInfo, all_ranks_have, all_reduce_sum
@@ -43,6 +44,7 @@ from nest_ssl.train.rejects import RejectedCutsLog
 from nest_ssl.train.signals import StopRequests
 from nest_ssl.train.step_stats import StepStats
 from nest_ssl.train.stream_positions import StreamPositions, end_of_epoch
+from nest_ssl.train.telemetry import DataWaitClock, Telemetry
 from nest_ssl.train.trainer_config import RunSettings
 from nest_ssl.train.tracing import StepTrace
 
@@ -82,8 +84,9 @@ class _Lookahead:
     none after it, so every rank trains the same number of micro-batches and leaves the epoch at the same step.
     """
 
-    def __init__(self, loader, seed: int, rank: int, start_index: int, join=None):
+    def __init__(self, loader, seed: int, rank: int, start_index: int, join=None, clock: DataWaitClock | None = None):
         self.it = iter(loader)
+        self.clock = clock or DataWaitClock()
         self.seed, self.rank = seed, rank
         self.index = start_index
         self.join = join or (lambda has_batch: has_batch)
@@ -93,7 +96,7 @@ class _Lookahead:
     def _fetch(self):
         seed_for(self.seed, "data", self.index, self.rank)
         try:
-            return next(self.it)
+            return self.clock.timed_next(self.it)
         except StopIteration:
             return None
 
@@ -189,6 +192,9 @@ class Trainer:
         self._train_time_since_log = 0.0
         self._audio_since_log = 0.0
         self._audio_per_s_ema: float | None = None
+        # audio/tokens per second, FLOPs and MFU, data wait and padding shares (nest_ssl/train/telemetry.py)
+        self.telemetry = Telemetry(self.device, self.sample_rate, self._count_step_flops)
+        self.data_wait = DataWaitClock()
         # Learning health (nest_ssl/train/health.py): accuracy and target-code counts ride the step's all-reduce
         # (after the trainer's own statistics: StepStats.health); the cumulative counts and the alarm's state
         # are kept in the checkpoint.
@@ -217,6 +223,11 @@ class Trainer:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _count_step_flops(self, shape: tuple[int, int], lengths: list[int]) -> int:
+        """FLOPs of one training step at a padded shape, counted outside the step (no side effects; telemetry)."""
+        return step_flops(self.model, synthetic_batch(shape[0], shape[1], lengths, device=self.device),
+                          autocast_dtype=self.autocast_dtype, seed=self.seed)
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -439,7 +450,7 @@ class Trainer:
         # The join: with finite iterable data (force_finite) ranks can run out at different batches; all of them
         # end the epoch after the last batch every rank has (the step in progress is completed by all).
         fetcher = _Lookahead(self.train_loader, self.seed, self.info.rank, st.total_batch_idx,
-                             join=lambda has_batch: all_ranks_have(self.info, has_batch))
+                             join=lambda has_batch: all_ranks_have(self.info, has_batch), clock=self.data_wait)
         if self.streams is not None:
             self.streams.resume = None  # used by this epoch's iter(); later epochs start their streams afresh
         if not fetcher.has_next and st.batch_idx == 0:
@@ -473,6 +484,7 @@ class Trainer:
                 else:
                     loss.backward()
             stats.add_micro_batch(out, float(batch.audio_len.sum()) / self.sample_rate)
+            self.telemetry.micro_batch(batch)
             self.health.add(stats.health, out, count="valid")
             self.trace.batch(batch=st.total_batch_idx, epoch=st.epoch, sample_ids=batch.sample_id or [],
                              loss=out.loss)
@@ -490,6 +502,7 @@ class Trainer:
                     grad_norm = self._last_grad_norm
                 step_time = time.time() - step_t0
                 audio_seconds = float(stats.audio_seconds)
+                self.telemetry.step(step_time, self.data_wait.take(), audio_seconds, float(stats.tokens))
                 self._audio_since_log += audio_seconds
                 self._train_time_since_log += step_time
                 rate = audio_seconds / max(1e-9, step_time)
@@ -615,6 +628,7 @@ class Trainer:
         self.alarm.check_coverage(st.global_step, health.get("target_attainable_coverage"),
                                   health.get("target_coverage"))
         metrics.update(self.alarm.flags())
+        metrics.update(self.telemetry.metrics())
         if torch.cuda.is_available() and self.device.type == "cuda":
             metrics["gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.last_metrics["train_loss"] = loss
