@@ -70,13 +70,13 @@ def test_wrong_values_are_one_clear_message(node, needles):
 
 
 def test_keys_without_effect_are_warned_about_not_dropped(caplog):
-    cfg = parse_data_config({"batch_size": 2, "is_concat": True, "bucket_batch_size": [4, 2], "shuffle_n": 2048})
+    cfg = parse_data_config({"batch_size": 2, "is_concat": True, "bucketing_batch_size": [4, 2], "shuffle_n": 2048})
     with caplog.at_level(logging.WARNING, logger="nest_ssl.data.config"):
         cfg.warn_ignored("train_ds")
     text = [r.getMessage() for r in caplog.records]
     assert len(text) == 2, text  # shuffle_n has its default: nothing to say
     assert any("train_ds.is_concat=True is ignored" in t for t in text)
-    assert any("train_ds.bucket_batch_size=[4, 2] is ignored" in t for t in text)
+    assert any("train_ds.bucketing_batch_size=[4, 2] is ignored" in t for t in text)
 
 
 def test_train_command_names_a_misspelt_data_key_before_anything_is_built(tmp_path):

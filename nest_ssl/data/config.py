@@ -88,8 +88,10 @@ class DataLoadingConfig:
     shuffle_n: int = 2048
     bucketing_strategy: Optional[str] = "synced_randomized"
     bucketing_batch_size: Any = None
-    # -- NeMo keys known but not implemented: a warning when set
+    # -- per-bucket batch sizes (NeMo's / Lhotse's): one cut count per bucket_duration_bins entry, whose last value
+    # is then the longest cut kept; `nest-ssl tune-batch` prints both lines. Replaces batch_size/batch_duration.
     bucket_batch_size: Any = None
+    # -- NeMo keys known but not implemented: a warning when set
     multi_config: Any = None
     input_cfg: Any = None
 
@@ -102,13 +104,18 @@ class DataLoadingConfig:
         """``bucket_duration_bins`` as floats (validate() has checked them)."""
         return None if self.bucket_duration_bins is None else [float(b) for b in _bins_list(self.bucket_duration_bins)]
 
+    def bucket_batch_sizes(self) -> Optional[List[int]]:
+        """``bucket_batch_size`` as ints (validate() has checked them), or None."""
+        return None if self.bucket_batch_size is None else [int(b) for b in _bins_list(self.bucket_batch_size)]
+
     def validate(self, section: str = "train_ds") -> "DataLoadingConfig":
         """Ranges and keys that depend on each other; raises ConfigError naming ``<section>.<key>``."""
         for key, (low, above, what) in _RANGES.items():
             value = getattr(self, key)
             if value is not None and (value <= low if above else value < low):
                 raise ConfigError(f"{section}.{key}={value!r}: must be {_range_text(key)} ({what})")
-        if self.batch_size is None and self.batch_duration is None:
+        _check_bucket_batch_size(section, self)
+        if self.batch_size is None and self.batch_duration is None and self.bucket_batch_size is None:
             raise ConfigError(f"{section}: set {section}.batch_size (cuts per batch) or {section}.batch_duration "
                               "(seconds per batch)")
         lo, hi = self.min_duration, self.max_duration
@@ -171,8 +178,6 @@ _NO_EFFECT = {
     "bucketing_batch_size": "NeMo's non-Lhotse bucketing; use batch_duration with use_bucketing",
     "bucketing_strategy": "NeMo's non-Lhotse bucketing; buckets are Lhotse's (use_bucketing, sync_buckets)",
     "shuffle_n": "NeMo's tarred-data shuffle; the shuffle buffer is shuffle_buffer_size",
-    "bucket_batch_size": "per-bucket batch sizes need a custom constraint, which Lhotse cannot checkpoint; use "
-    "batch_duration (+ quadratic_duration)",
     "multi_config": "one input config per dataset section",
     "input_cfg": "give manifest_filepath (paths, comma-separated or a list)",
 }
@@ -219,6 +224,36 @@ def _check_bins(section: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r}: every bin must be a positive number of seconds")
     if any(b <= a for a, b in zip(bins, bins[1:])):
         raise ConfigError(f"{key}={value!r}: must be strictly increasing; re-run `nest-ssl cuts estimate-bins`")
+
+
+def _check_bucket_batch_size(section: str, cfg: "DataLoadingConfig") -> None:
+    key = f"{section}.bucket_batch_size"
+    value = cfg.bucket_batch_size
+    if value is None:
+        return
+    if not isinstance(value, (str, list, tuple)):
+        raise ConfigError(f"{key}={value!r}: must be a list of batch sizes (cuts), one per bucket, e.g. [64,32,16] "
+                          "(`nest-ssl tune-batch` prints one)")
+    items = _bins_list(value)
+    try:
+        sizes = [int(v) for v in items if not isinstance(v, bool) and float(v) == int(float(v))]
+    except (TypeError, ValueError):
+        sizes = []
+    if not items or len(sizes) != len(items) or not all(b >= 1 for b in sizes):
+        raise ConfigError(f"{key}={value!r}: every entry must be a whole number of cuts >= 1")
+    if not cfg.use_bucketing:
+        raise ConfigError(f"{key} is set but {section}.use_bucketing is false; set {section}.use_bucketing=true "
+                          f"or {key}=null")
+    if cfg.bucket_duration_bins is None:
+        raise ConfigError(f"{key} needs {section}.bucket_duration_bins (one upper duration per batch size); "
+                          "`nest-ssl tune-batch` prints both")
+    n_bins = len(_bins_list(cfg.bucket_duration_bins))
+    if n_bins != len(sizes):
+        raise ConfigError(f"{key} has {len(sizes)} entries but {section}.bucket_duration_bins has {n_bins}: give one "
+                          "batch size per bin (the last bin is the longest cut kept)")
+    if cfg.batch_size is not None or cfg.batch_duration is not None:
+        log.warning("%s: bucket_batch_size is set, so batch_size=%s and batch_duration=%s are not used", section,
+                    cfg.batch_size, cfg.batch_duration)
 
 
 _KEYS = tuple(f.name for f in fields(DataLoadingConfig))

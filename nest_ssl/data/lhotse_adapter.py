@@ -13,6 +13,9 @@ Assumptions (lhotse.dataset.sampling.base.CutSampler and its Dynamic* subclasses
 * `iter(sampler)` reads `sampler.seed` (the batch RNG seed) at that moment, so setting it just before `iter()`
   reseeds one iteration.
 * IterableDatasetWrapper has `_update_dataloading_info(cuts)` (sets each cut's rank/world size for the dataset).
+* DynamicBucketingSampler.state_dict() refuses a sampler with a `constraint` only because it does not save the
+  constraint; with the constraint rebuilt from the same config before load_state_dict(), the state is complete
+  (the constraint keeps no state between batches: each batch starts from a fresh copy).
 * The attribute names in NEST_SAMPLER_ATTRIBUTES / NEST_WRAPPER_ATTRIBUTES are not used by Lhotse itself.
 """
 
@@ -27,6 +30,7 @@ __all__ = [
     "NEST_SAMPLER_ATTRIBUTES",
     "NEST_WRAPPER_ATTRIBUTES",
     "add_nest_attributes",
+    "bucketing_state_dict",
     "fill_shar_placeholder",
     "just_restored",
     "map_style_sampler_of",
@@ -59,6 +63,17 @@ def add_nest_attributes(sampler: Any, *, source: Any, iterable: bool, worker_ini
     sampler.source = source
     sampler.iterable_dataset = iterable
     sampler.worker_init_fn = worker_init_fn
+
+
+def bucketing_state_dict(sampler: Any, state_dict: Callable[[], dict]) -> dict:
+    """`state_dict()` of a DynamicBucketingSampler that may have a constraint (per-bucket batch sizes): Lhotse's
+    assert on the constraint is stepped round by hiding it for the call; the caller rebuilds it on resume."""
+    constraint = sampler.constraint
+    sampler.constraint = None
+    try:
+        return state_dict()
+    finally:
+        sampler.constraint = constraint
 
 
 def sampler_of(loader: Any) -> Any:

@@ -56,13 +56,14 @@ from typing import Any, Iterable, Iterator, Optional, Tuple, Union
 from lhotse import CutSet
 from lhotse.cut import Cut
 from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+from lhotse.dataset.sampling.dynamic_bucketing import FixedBucketBatchSizeConstraint
 from lhotse.dataset.sampling.base import CutSampler
 from lhotse.lazy import Dillable
 from lhotse.utils import streaming_shuffle
 
 from nest_ssl.data.bucketing import bins_from_head
 from nest_ssl.data.config import DataLoadingConfig, parse_data_config
-from nest_ssl.data.lhotse_adapter import add_nest_attributes, just_restored, set_iteration_seed
+from nest_ssl.data.lhotse_adapter import add_nest_attributes, bucketing_state_dict, just_restored, set_iteration_seed
 from nest_ssl.data.manifests import ManifestError, ManifestSource
 from nest_ssl.data.stream_state import FilterCounts, WindowedStream
 from nest_ssl.seeding import mix_seed
@@ -298,7 +299,11 @@ class _NestSamplerMixin:
 
 
 class NestBucketingSampler(_NestSamplerMixin, DynamicBucketingSampler):
-    """DynamicBucketingSampler over a SamplerSource (see build_sampler)."""
+    """DynamicBucketingSampler over a SamplerSource (see build_sampler); its state_dict also works with per-bucket
+    batch sizes (the constraint is rebuilt from the config on resume, see lhotse_adapter.bucketing_state_dict)."""
+
+    def state_dict(self):
+        return bucketing_state_dict(self, super().state_dict)
 
 
 class NestCutSampler(_NestSamplerMixin, DynamicCutSampler):
@@ -365,6 +370,15 @@ def build_sampler(
                 "only, so some get nothing; use more Shar shards (a smaller --shard-size) or manifest files",
                 what, parts.num_parts, world_size, cfg.num_workers,
             )
+    # Per-bucket batch sizes (NeMo's bucket_batch_size): the last bin is the longest cut kept, the others are the
+    # sampler's bucket boundaries, and Lhotse's FixedBucketBatchSizeConstraint sizes each bucket's batches.
+    batch_sizes = cfg.bucket_batch_sizes()
+    keep_up_to = cfg.max_duration
+    if batch_sizes is not None:
+        last_bin = cfg.bins()[-1]
+        if keep_up_to is None or keep_up_to > last_bin:
+            log.info("%s: cuts longer than %g s (the last bucket_duration_bins entry) are left out", what, last_bin)
+            keep_up_to = last_bin
     source_kwargs = dict(
         seed=base_seed,
         # In iterable mode each rank/worker must read the shards in its own order, whatever `shuffle` says,
@@ -374,7 +388,7 @@ def build_sampler(
         # (it only shuffles within its buckets), so the source provides it.
         shuffle_buffer_size=shuffle_buffer if (shuffle and cfg.use_bucketing) else None,
         min_duration=cfg.min_duration,
-        max_duration=cfg.max_duration,
+        max_duration=keep_up_to,
         iterable=iterable,
         infinite=infinite,
         shard_seed=cfg.shard_seed,
@@ -404,10 +418,15 @@ def build_sampler(
                     "manifest with `nest-ssl cuts estimate-bins` and set %s.bucket_duration_bins",
                     what, n_est, what,
                 )
+        constraint = None
+        if batch_sizes is not None:
+            constraint = FixedBucketBatchSizeConstraint(max_seq_len_buckets=list(bins), batch_sizes=batch_sizes)
+            bins = bins[:-1]
         sampler: CutSampler = NestBucketingSampler(
             data,
-            max_duration=cfg.batch_duration,
-            max_cuts=cfg.batch_size,
+            max_duration=None if constraint else cfg.batch_duration,
+            max_cuts=None if constraint else cfg.batch_size,
+            constraint=constraint,
             shuffle=shuffle,
             drop_last=cfg.drop_last,
             duration_bins=bins,
