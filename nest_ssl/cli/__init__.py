@@ -20,6 +20,7 @@ COMMANDS = {
     "extract": "extract",  # nest-ssl extract CKPT CUTS OUT_DIR --layer N
     "plot": "plot",  # nest-ssl plot EXP_DIR
     "evaluate": "evaluate",  # nest-ssl evaluate --model M --train-cuts --dev-cuts --test-cuts --out-dir eval
+    "tune-batch": "tune_batch",  # nest-ssl tune-batch [--config-name NAME] --bins 2.5,5,10 --memory-gb 70
 }
 
 
