@@ -32,6 +32,8 @@ def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.dtype == torch.float32
         and x.numel() > 0
         and not torch.is_autocast_enabled("cpu")
+        # torch.compile traces F.linear (Inductor cannot lower this op; it picks its own CPU matmul kernels)
+        and not torch.compiler.is_compiling()
     )
 
 

@@ -36,6 +36,7 @@ from nest_ssl.errors import UserError
 from nest_ssl.models.flops import step_flops, synthetic_batch
 from nest_ssl.seeding import seed_for
 from nest_ssl.train.checkpoint_state import build_checkpoint, restore_checkpoint
+from nest_ssl.train.compile import compile_encoder, eager, pad_batch, samples_per_encoder_frame
 from nest_ssl.train.distributed import DistInfo, all_ranks_have, all_reduce_sum
 from nest_ssl.train.health import CollapseAlarm, CumulativeCounts, HealthLayout, step_metrics, validation_metrics
 from nest_ssl.train.loggers import MetricsWriter, ProgressBar
@@ -162,6 +163,11 @@ class Trainer:
             raise ValueError("trainer.precision=16-mixed needs a GPU; on CPU use bf16-mixed or 32")
         self.scaler = torch.amp.GradScaler("cuda") if self.t.precision == "16-mixed" else None
 
+        # torch.compile of the encoder, and the padding that bounds its recompilations (nest_ssl/train/compile.py)
+        comp = settings.nest_trainer.compile
+        self.pad_samples = comp.pad_to_multiple * samples_per_encoder_frame(cfg.model)
+        if comp.enabled:
+            compile_encoder(model, comp)
         self.step_module = _StepModule(model)
         if info.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -226,8 +232,9 @@ class Trainer:
 
     def _count_step_flops(self, shape: tuple[int, int], lengths: list[int]) -> int:
         """FLOPs of one training step at a padded shape, counted outside the step (no side effects; telemetry)."""
-        return step_flops(self.model, synthetic_batch(shape[0], shape[1], lengths, device=self.device),
-                          autocast_dtype=self.autocast_dtype, seed=self.seed)
+        with eager(self.model):
+            return step_flops(self.model, synthetic_batch(shape[0], shape[1], lengths, device=self.device),
+                              autocast_dtype=self.autocast_dtype, seed=self.seed)
 
     def _lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -471,7 +478,7 @@ class Trainer:
             stream = getattr(batch, "stream", None)
             if stream is not None:  # this batch is trained on: its stream stands after it
                 self.stream_positions.note(stream)
-            batch = batch.to(self.device, non_blocking=True)
+            batch = pad_batch(batch.to(self.device, non_blocking=True), self.pad_samples)
             step_boundary = (st.batch_idx + 1) % acc == 0 or is_last
             sync_ctx = self.ddp.no_sync() if (self.ddp is not None and not step_boundary) else contextlib.nullcontext()
             with sync_ctx:

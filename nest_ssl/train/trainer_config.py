@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from nest_ssl.config import ConfigError, nearest_key
+from nest_ssl.train.compile import CompileSettings
 from nest_ssl.train.health import HealthSettings
 
 TOP_LEVEL_KEYS = (
@@ -415,9 +416,6 @@ class ExpManagerSettings:
             raise _bad(f"{where}.log_delta_step_timing", True, "not supported; step time is logged as step_time")
         if self.step_timing_kwargs not in (None, {}):
             raise _bad(f"{where}.step_timing_kwargs", self.step_timing_kwargs, "not supported")
-        if self.log_tflops_per_sec_per_gpu:
-            raise _bad(f"{where}.log_tflops_per_sec_per_gpu", True, "TFLOPs are not measured; throughput is logged "
-                       "in audio seconds per second (throughput) instead")
         _nulls_to_defaults(self, ("summary_writer_kwargs", "files_to_copy", "checkpoint_callback_params"))
         self.checkpoint_callback_params.validate(f"{where}.checkpoint_callback_params")
         if self.max_time_per_run is not None:
@@ -436,13 +434,15 @@ class NestTrainerSettings:
     max_consecutive_nonfinite: int = 10  # stop after this many optimizer steps in a row had a non-finite loss
     health: Optional[HealthSettings] = field(default_factory=HealthSettings)  # the collapse alarm's thresholds
     num_threads: Optional[int] = None  # CPU threads of each process (torch.set_num_threads); null: torch's choice
+    compile: Optional[CompileSettings] = field(default_factory=CompileSettings)  # torch.compile (train/compile.py)
 
     def validate(self, where: str = "nest_trainer") -> None:
         _at_least(f"{where}.seed", self.seed, 0)
         _at_least(f"{where}.max_consecutive_nonfinite", self.max_consecutive_nonfinite, 1)
         _at_least(f"{where}.num_threads", self.num_threads, 1, null=True)
-        _nulls_to_defaults(self, ("health",))
+        _nulls_to_defaults(self, ("health", "compile"))
         self.health.validate(f"{where}.health")
+        self.compile.validate(f"{where}.compile")
 
 
 @dataclass
