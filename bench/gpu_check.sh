@@ -5,7 +5,13 @@
 #      dense peak, memory per 100 s of batch audio (bench/model_step.py --device-report);
 #   3. peak memory with and without activation checkpointing (bench/model_step.py --checkpointing-memory);
 #   4. end-to-end training through the real dataloader: audio hours per second and the share of time spent
-#      waiting for data (bench/train_throughput.py).
+#      waiting for data (bench/train_throughput.py);
+#   5. `nest-ssl tune-batch`: the largest batch per duration bucket (GPU: real steps and a search; CPU: the
+#      fitted memory model), printed as the overrides to paste;
+#   6. the step under torch.compile (nest_trainer.compile) against eager, fp32 and bf16 (bench/model_step.py
+#      --device-report --with-compile);
+#   7. a real training run with those batch sizes, compiled, whose telemetry (audio s/s, tokens/s, TFLOP/s, MFU,
+#      data wait and padding shares) metrics.jsonl and the run summary report.
 # Without a GPU the same script runs a CPU-sized version of every part and says so on its first line.
 #
 #   bash bench/gpu_check.sh            # output on stdout; also saved to $OUT/gpu_check.log when $OUT is set
@@ -89,6 +95,59 @@ if [ $GPU = 1 ]; then
 else
   part "training throughput (CPU-sized: tiny config)" 120 \
     $PY bench/train_throughput.py --steps 4 --warmup 1 --rounds 1
+fi
+
+# 5. Batch sizes per bucket within a memory budget.
+TUNED="$LOG_DIR/tune_batch.txt"
+if [ $GPU = 1 ]; then
+  part "tune-batch (17 layers, bf16-mixed, GPU search)" 240 \
+    bash -c "$PY -m nest_ssl.cli tune-batch --bins 5,10,15,20 trainer.precision=bf16-mixed | tee $TUNED"
+else
+  part "tune-batch (CPU-sized: tiny config, fitted memory model)" 150 \
+    bash -c "$PY -m nest_ssl.cli tune-batch --config-name nest_tiny --bins 2,4,8 --memory-gb 0.5 --max-probe-seconds 2 --device cpu | tee $TUNED"
+fi
+
+# 6. torch.compile against eager.
+if [ $GPU = 1 ]; then
+  part "17-layer step, compiled vs eager, fp32 and bf16" 300 \
+    $PY bench/model_step.py --device-report --with-compile --batches 32x16 --warmup 3 --steps 4 --threads 4
+else
+  part "step compiled vs eager (CPU-sized: 2 layers, 1 x 2 s)" 300 \
+    $PY bench/model_step.py --device-report --with-compile --layers 2 --batches 1x2 --warmup 2 --steps 1 --threads 1
+fi
+
+# 7. Telemetry of a real training run (the batch sizes of part 5, compiled on the GPU).
+TEL="$LOG_DIR/telemetry_run"
+rm -rf "$TEL"
+if [ $GPU = 1 ]; then
+  [ -f "$DATA/train_manifest.json" ] || $PY recipes/nest/make_dummy_data.py --out-dir "$DATA" --num-train 320 \
+    --num-val 2 --min-seconds 8 --max-seconds 12 > /dev/null
+  # the dummy data are 8-12 s: the tuned 15 s bucket holds them all
+  TUNE_ARGS=$(tail -1 "$TUNED" 2>/dev/null | grep -o '++model.train_ds.*' || echo "model.train_ds.batch_size=32")
+  part "training run with telemetry (bf16-mixed, compiled, tuned batch sizes)" 300 \
+    $PY -m nest_ssl.cli train model.train_ds.manifest_filepath="$DATA/train_manifest.json" \
+      model.validation_ds.manifest_filepath="$DATA/val_manifest.json" $TUNE_ARGS trainer.precision=bf16-mixed \
+      trainer.max_steps=30 trainer.log_every_n_steps=10 trainer.val_check_interval=1000 trainer.devices=1 model.train_ds.drop_last=false \
+      model.train_ds.num_workers=8 +nest_trainer.compile.enabled=true +nest_trainer.compile.pad_to_multiple=16 \
+      trainer.enable_progress_bar=false exp_manager.exp_dir="$TEL"
+else
+  DUMMY="$LOG_DIR/telemetry_data"
+  [ -f "$DUMMY/train_manifest.json" ] || $PY recipes/nest/make_dummy_data.py --out-dir "$DUMMY" --num-train 16 \
+    --num-val 2 --min-seconds 1 --max-seconds 3 > /dev/null
+  part "training run with telemetry (CPU-sized: tiny config, eager, tuned batch sizes)" 200 \
+    $PY -m nest_ssl.cli train --config-name nest_tiny model.train_ds.manifest_filepath="$DUMMY/train_manifest.json" \
+      model.validation_ds.manifest_filepath="$DUMMY/val_manifest.json" \
+      $(tail -1 "$TUNED" 2>/dev/null | grep -o '++model.train_ds.*') trainer.max_steps=6 trainer.log_every_n_steps=3 model.train_ds.drop_last=false \
+      trainer.val_check_interval=1000 trainer.enable_progress_bar=false exp_manager.exp_dir="$TEL"
+fi
+RUN_DIR=$(dirname "$(find "$TEL" -name metrics.jsonl | head -1)" 2>/dev/null)
+if [ -n "$RUN_DIR" ] && [ -f "$RUN_DIR/metrics.jsonl" ]; then
+  say "telemetry (metrics.jsonl, last log step):"
+  $PY -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if 'audio_per_s' in l][-1]; print({k: r.get(k) for k in ('step','audio_per_s','tokens_per_s','step_tflop','tflops_per_device','mfu','data_wait_share','padding_share')})" "$RUN_DIR/metrics.jsonl"
+  $PY local/summary.py summary "$RUN_DIR" --train-cuts none --val-cuts none | grep -A1 "throughput:"
+else
+  say "!! no metrics.jsonl from the telemetry run"
+  status=1
 fi
 
 say "done ($([ $status = 0 ] && echo 'all parts passed' || echo 'SOME PARTS FAILED: see above'); log $LOG_DIR/gpu_check.log)"

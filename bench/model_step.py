@@ -3,12 +3,14 @@
 
 The optimizer update is left out of the step, as the issue defines it: it is torch's AdamW in both.
 
-    .venv/bin/python bench/model_step.py [--threads 2] [--steps 4] [--warmup 2] [--repeats 5]
+    .venv/bin/python bench/model_step.py [--threads 2] [--steps 4] [--warmup 2] [--repeats 5] [--with-compile]
 
 CPU, 2 threads, a batch of 2 x 8 s (real LibriSpeech speech from ../shared/fixtures when present, else synthetic),
 median step time after warm-up and the process's peak memory. Each measurement runs in its own process so peaks
 do not mix; ours and NeMo's alternate (`--repeats` rounds) so that the machine's load affects both alike. NeMo runs
-where `.venv-nemo` (make parity) has it; the ratio ours / NeMo is printed (target <= 0.75). On a GPU it also times
+where `.venv-nemo` (make parity) has it; the ratio ours / NeMo is printed (target <= 0.75). `--with-compile` adds
+ours under torch.compile (nest_trainer.compile; its warm-up steps compile) and prints compiled / eager and
+compiled / NeMo. On a GPU it also times
 fp32 and bf16 and prints the model FLOPs utilisation.
 
     .venv/bin/python bench/model_step.py --checkpointing-memory [--layers 17] [--batch-size 2] [--seconds 8]
@@ -80,10 +82,15 @@ def build(impl, layers=None, checkpointing=False):
     if checkpointing:
         overrides.append("+model.encoder.activation_checkpointing=true")
     cfg = load_config(overrides=overrides)
-    if impl == "ours":
+    if impl in ("ours", "compiled"):
         from nest_ssl.models import NESTModel
 
-        return NESTModel.from_config(cfg.model)
+        model = NESTModel.from_config(cfg.model)
+        if impl == "compiled":  # the trainer's nest_trainer.compile.enabled=true (warm-up steps compile)
+            from nest_ssl.train.compile import CompileSettings, compile_encoder
+
+            compile_encoder(model, CompileSettings(enabled=True))
+        return model
     from nemo.collections.asr.models import EncDecDenoiseMaskedTokenPredModel
 
     text = OmegaConf.to_yaml(cfg.model)
@@ -105,7 +112,7 @@ def make_step(impl, model, device, precision, batch_size=2, seconds=8.0):
 
     def forward():
         with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
-            if impl == "ours":  # our trainer's step
+            if impl in ("ours", "compiled"):  # our trainer's step
                 return model.training_output(batch, apply_mask=True).loss
             # NeMo's training_step
             log_probs, enc_len, masks, tokens = model(
@@ -309,20 +316,21 @@ def device_report(args) -> None:
           + ("" if on_gpu else " -- NO GPU: a CPU-sized run, not a GPU measurement"))
     if on_gpu and peaks is None:
         print(f"  (no peak FLOP/s known for {name!r}: add it to PEAK_FLOPS for the utilisation figure)")
-    for precision in ("fp32", "bf16"):
+    impls = ["ours", "compiled"] if args.with_compile else ["ours"]
+    for precision, impl in ((p, i) for p in ("fp32", "bf16") for i in impls):
         for n, secs in batches:
             ns = argparse.Namespace(**{**vars(args), "batch_size": int(n), "seconds": secs})
             try:
-                r = run_child(sys.executable, "ours", ns, device=device, precision=precision)
+                r = run_child(sys.executable, impl, ns, device=device, precision=precision)
             except RuntimeError as err:  # e.g. out of memory at the largest batch: report and go on
                 last = str(err).strip().splitlines()[-1] if str(err).strip() else "failed"
-                print(f"  {precision} {int(n)} x {secs:g} s: FAILED ({last[:200]})")
+                print(f"  {precision} {impl} {int(n)} x {secs:g} s: FAILED ({last[:200]})")
                 continue
             rate = r["flops_per_step"] / r["median_s"]
             audio = n * secs
             mem = r.get("peak_gpu_mb", r["peak_rss_mb"]) / 1024
             step_mem = r.get("step_gpu_mb", r["step_rss_mb"]) / 1024  # above the model: what the batch costs
-            line = (f"  {precision} {int(n):3d} x {secs:4g} s: {r['median_s'] * 1000:8.1f} ms/step, "
+            line = (f"  {precision} {impl:8s} {int(n):3d} x {secs:4g} s: {r['median_s'] * 1000:8.1f} ms/step, "
                     f"{r['flops_per_step'] / 1e9:9.1f} GFLOP/step, {rate / 1e12:7.3f} TFLOP/s")
             if peaks:
                 ref = peaks["bf16"] if precision == "bf16" else peaks["fp32"]
@@ -347,7 +355,10 @@ def main():
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--child", choices=["ours", "nemo", "interleaved"])
+    p.add_argument("--child", choices=["ours", "compiled", "nemo", "interleaved"])
+    p.add_argument("--with-compile", action="store_true",
+                   help="also time ours with nest_trainer.compile (torch.compile of the Conformer layers), in its "
+                        "own processes alternating with eager and NeMo")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--layers", type=int, default=None, help="Conformer layers (default: the config's 17)")
@@ -378,6 +389,8 @@ def main():
         return
 
     impls = {"ours": sys.executable}
+    if args.with_compile:
+        impls["compiled"] = sys.executable
     if nemo_available():
         impls["nemo"] = NEMO_PY
     else:
@@ -389,7 +402,7 @@ def main():
         for name, python in impls.items():
             r = run_child(python, name, args)
             results[name].append(r)
-            print(f"  round {round_ + 1} {name:5s}: median {r['median_s']:.3f} s/step, peak RSS {r['peak_rss_mb']:.0f} MB")
+            print(f"  round {round_ + 1} {name:8s}: median {r['median_s']:.3f} s/step, peak RSS {r['peak_rss_mb']:.0f} MB")
     # Medians are the figure; the fastest step is printed too because on a shared machine it is the least
     # disturbed measurement of each implementation.
     summary, best = {}, {}
@@ -397,8 +410,11 @@ def main():
         times = [t for r in rs for t in r["times"]]
         summary[name], best[name] = statistics.median(times), min(times)
         peak = max(r["peak_rss_mb"] for r in rs)
-        print(f"{name:5s}: median {summary[name]:.3f} s/step, fastest {best[name]:.3f} s/step "
+        print(f"{name:8s}: median {summary[name]:.3f} s/step, fastest {best[name]:.3f} s/step "
               f"({len(times)} steps), peak RSS {peak:.0f} MB")
+    if "compiled" in summary:
+        print(f"ratio compiled / eager (ours): pooled medians {summary['compiled'] / summary['ours']:.3f}"
+              + (f"; compiled / NeMo {summary['compiled'] / summary['nemo']:.3f}" if "nemo" in summary else ""))
     if "nemo" in summary:
         per_round = [o["median_s"] / n["median_s"] for o, n in zip(results["ours"], results["nemo"])]
         print(f"separate processes, ratio ours / NeMo: pooled medians {summary['ours'] / summary['nemo']:.3f}, "

@@ -297,11 +297,12 @@ def check_first_batch(section: str, cfg: DataLoadingConfig, sample_rate: int) ->
     size = (f"batch_size={cfg.batch_size}" if cfg.batch_size is not None else "") + \
         (f"{' and ' if cfg.batch_size is not None else ''}batch_duration={cfg.batch_duration:g} s"
          if cfg.batch_duration is not None else "")
+    lower = "batch_size (or batch_duration)"
     if cfg.bucket_batch_size is not None:
-        size = f"bucket_batch_size={cfg.bucket_batch_sizes()}"
+        size, lower = f"bucket_batch_size={cfg.bucket_batch_sizes()}", "bucket_batch_size"
     raise ConfigError(
         f"{section}: the training data is too small for one batch: {kept} cut(s) within min_duration/max_duration, "
-        f"{size}, drop_last={str(cfg.drop_last).lower()}; lower {section}.batch_size (or batch_duration), set "
+        f"{size}, drop_last={str(cfg.drop_last).lower()}; lower {section}.{lower}, set "
         f"{section}.drop_last=false, or add data")
 
 
