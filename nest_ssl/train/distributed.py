@@ -2,7 +2,8 @@
 
 Three ways a run starts:
 - under torchrun (or any launcher that sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT): every process
-  joins the group torchrun describes; this is how multi-node runs start (one torchrun per node);
+  joins the group torchrun describes; this is how multi-node runs start (one torchrun per node, or srun with one
+  task per device, whose SLURM variables nest_ssl.train.slurm turns into torchrun's before the plan is made);
 - `trainer.devices > 1` on one node without a launcher: the first process starts one process per device itself
   (like Lightning's ddp launcher) and waits for them;
 - one device: no process group at all.
@@ -24,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from nest_ssl.config import ConfigError
+from nest_ssl.train.slurm import from_slurm
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +102,24 @@ def plan_launch(trainer) -> LaunchPlan:
     if launcher:
         local_ws = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
         ws = int(os.environ["WORLD_SIZE"])
+        slurm = from_slurm()
         if local_ws != count and not (trainer.devices in ("auto", -1) and acc == "gpu"):
+            if slurm:
+                raise ConfigError(
+                    f"srun started {local_ws} task(s) on this node but trainer.devices={trainer.devices!r} asks for "
+                    f"{count}; start one task per device (srun --ntasks-per-node={count}) or set "
+                    f"trainer.devices={local_ws}"
+                )
             raise ConfigError(
                 f"torchrun started {local_ws} processes on this node but trainer.devices={trainer.devices!r} asks "
                 f"for {count}; make them agree (torchrun --nproc-per-node={count}, or trainer.devices={local_ws})"
             )
         if ws != local_ws * trainer.num_nodes:
+            who = "srun's task count (SLURM_STEP_NUM_TASKS)" if slurm else "torchrun's WORLD_SIZE"
             raise ConfigError(
-                f"torchrun's WORLD_SIZE is {ws}, but trainer.num_nodes={trainer.num_nodes} x {local_ws} processes "
+                f"{who} is {ws}, but trainer.num_nodes={trainer.num_nodes} x {local_ws} processes "
                 f"per node is {local_ws * trainer.num_nodes}; set trainer.num_nodes to the number of nodes"
+                + (" (srun --nodes, the same number of tasks on every node)" if slurm else "")
             )
         count = local_ws
         if acc == "gpu" and len(device_ids) != count:
@@ -116,7 +127,8 @@ def plan_launch(trainer) -> LaunchPlan:
     elif trainer.num_nodes > 1:
         raise ConfigError(
             f"trainer.num_nodes={trainer.num_nodes}: start the run with torchrun on every node "
-            "(torchrun --nnodes=N --nproc-per-node=G --rdzv-endpoint=HOST:PORT recipes/nest/train.py ...)"
+            "(torchrun --nnodes=N --nproc-per-node=G --rdzv-endpoint=HOST:PORT recipes/nest/train.py ...), "
+            "or under SLURM with srun, one task per device (srun --nodes=N --ntasks-per-node=G nest-ssl train ...)"
         )
     world = count * trainer.num_nodes
     return LaunchPlan(

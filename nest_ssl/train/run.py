@@ -38,6 +38,7 @@ from nest_ssl.train.distributed import (
 from nest_ssl.train.loggers import setup_text_logging
 from nest_ssl.train.preflight import preflight
 from nest_ssl.train.run_lock import RunFolderBusyError, RunFolderLock
+from nest_ssl.train.slurm import adopt_slurm_env, from_slurm
 from nest_ssl.train.trainer import NonFiniteLossError, Trainer
 from nest_ssl.train.trainer_config import RunSettings, parse_run_config
 
@@ -222,6 +223,7 @@ def run(cfg: Any, *, command_line: str | None = None) -> RunResult:
     _check_required(cfg)  # a ??? value is named as such, before its section's type check sees it
     settings = parse_run_config(cfg)
     preflight(cfg, settings)  # manifests, values, checkpoints: before any process, model or folder exists
+    adopt_slurm_env()  # an srun task: SLURM's variables as torchrun's (torchrun's own win when present)
     plan = plan_launch(settings.trainer)
     if plan.use_ddp and not plan.under_launcher:
         # Decide the version folder once, here, so that every process writes to the same one.
@@ -376,6 +378,9 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
             _write_run_files(log_dir, cfg, settings, command_line)
         log.info("run folder: %s (%d process(es), %s, precision %s)", log_dir, info.world_size,
                  plan.accelerator, t.precision)
+        if from_slurm():
+            log.info("srun task %d of %d (node %d): rendezvous at %s:%s", info.rank, info.world_size, info.node_rank,
+                     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
         ckpt_dir = Path(e.checkpoint.dirpath) if e.checkpoint.dirpath else log_dir / "checkpoints"
 
         # Rank 0 chooses the checkpoint (it may have to skip corrupt ones); every rank loads the same file.
