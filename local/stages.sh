@@ -5,7 +5,7 @@
 #
 # Needs: $data_dir/cuts/train.jsonl.gz, $data_dir/cuts/val.jsonl.gz and noise_cuts (a noise manifest, or "").
 # Reads: data_dir exp_dir seed nj use_shar shard_size num_buckets config_path config_name exp_name ngpus nnodes
-#        node_rank master_addr master_port train_opts (and stage, stop_stage, force)
+#        node_rank master_addr master_port launcher train_opts (and stage, stop_stage, force)
 # Writes: $data_dir/shar/train (--use-shar true), $data_dir/bucket_bins.txt (markers in $data_dir/.done), and the
 #         run folder $exp_dir/<exp-name> (markers in <run folder>/.done).
 # Sets: run_dir (the run folder), which a recipe's later stages (evaluation) read.
@@ -34,6 +34,10 @@ if stage_begin 5 "bucket duration bins" opt:num_buckets="$num_buckets" in:"$data
   log "$(cat "$data_dir/bucket_bins.txt")"
   stage_end 5
 fi
+
+# The data is prepared: from here on this run only reads it, and other runs may train from it at the same time, each
+# in its own run folder (which the trainer locks). (Preparing it anew meanwhile changes what they read: don't.)
+recipe_unlock
 
 # Stages 6-7 write into the run folder (NeMo's exp_manager layout: <exp_dir>/<name>/checkpoints, TensorBoard
 # events, metrics.jsonl) and keep their markers there, so several runs can share one data directory.
@@ -87,15 +91,28 @@ if stage_begin 6 "training ($config_name, $nnodes node(s) x $ngpus GPU(s))" opt:
     overrides+=("trainer.accelerator=gpu" "trainer.devices=$ngpus")
     nproc=$ngpus
   fi
-  if [ "$nnodes" -eq 1 ]; then
-    launcher=(--standalone --nnodes 1 --nproc_per_node "$nproc")
+  if [ "${launcher:-torchrun}" = srun ]; then
+    # Inside a SLURM job (sbatch, salloc): srun starts one task per device on every node, and each takes its rank,
+    # the world size and the rendezvous (first node, a port from the job id) from SLURM's variables
+    # (nest_ssl/train/slurm.py). No torchrun; stage 6 runs once, in the job script, not once per node.
+    [ -n "${SLURM_JOB_ID:-}" ] || die "Stage 6: --launcher srun runs inside a SLURM job (sbatch or salloc);" \
+      "there is no SLURM_JOB_ID here"
+    [ "$node_rank" -eq 0 ] || die "Stage 6: --launcher srun starts every node's processes from one run.sh;" \
+      "run it once (--node-rank 0), in the job script"
+    # shellcheck disable=SC2086
+    srun --nodes "$nnodes" --ntasks-per-node "$nproc" python "$nest_repo/recipes/nest/train.py" \
+      --config-path "$config_path" --config-name "$config_name" "${overrides[@]}" $train_opts
   else
-    launcher=(--nnodes "$nnodes" --node_rank "$node_rank" --master_addr "$master_addr" --master_port "$master_port"
-      --nproc_per_node "$nproc")
+    if [ "$nnodes" -eq 1 ]; then
+      torchrun_args=(--standalone --nnodes 1 --nproc_per_node "$nproc")
+    else
+      torchrun_args=(--nnodes "$nnodes" --node_rank "$node_rank" --master_addr "$master_addr"
+        --master_port "$master_port" --nproc_per_node "$nproc")
+    fi
+    # shellcheck disable=SC2086
+    python -m torch.distributed.run "${torchrun_args[@]}" "$nest_repo/recipes/nest/train.py" \
+      --config-path "$config_path" --config-name "$config_name" "${overrides[@]}" $train_opts
   fi
-  # shellcheck disable=SC2086
-  python -m torch.distributed.run "${launcher[@]}" "$nest_repo/recipes/nest/train.py" \
-    --config-path "$config_path" --config-name "$config_name" "${overrides[@]}" $train_opts
   stage_end 6
 fi
 stage_marker_readonly=false
