@@ -115,6 +115,14 @@ def test_the_batch_script_is_not_an_srun_task():
     assert not adopt_slurm_env(env) and env == before
 
 
+def test_a_one_task_step_starts_its_own_processes():
+    """`srun -n1 nest-ssl train trainer.devices=8` (or a shell of `srun --pty bash`): one task, which starts the
+    device processes itself, as outside SLURM; nothing is set."""
+    env = _srun_env(0, nodes=1, per_node=1)
+    before = dict(env)
+    assert not adopt_slurm_env(env) and env == before
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Two srun tasks of `nest-ssl train` on one machine
 

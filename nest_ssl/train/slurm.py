@@ -8,9 +8,10 @@ need no torchrun: rank = SLURM_PROCID, world size = the step's task count, local
 node sets its own for its workers, and MASTER_ADDR / MASTER_PORT exported in the job script override the derived
 ones.
 
-Only an srun task is taken for a launched process: the batch script itself (sbatch) also has SLURM_PROCID=0 and
-SLURM_NTASKS=N, but it is one process; SLURM_STEP_NUM_TASKS is what srun adds. A process started in the batch
-script without srun therefore trains as it would outside SLURM.
+Only a task of an srun with more than one task is taken for a launched process: the batch script itself (sbatch)
+also has SLURM_PROCID=0 and SLURM_NTASKS=N, but it is one process (SLURM_STEP_NUM_TASKS is what srun adds), and the
+single task of `srun --pty bash` or `srun -n1 nest-ssl train trainer.devices=8` is one process that starts its
+devices' processes itself. Such processes train as they would outside SLURM.
 """
 
 from __future__ import annotations
@@ -130,10 +131,13 @@ def _int(env: Mapping[str, str], key: str) -> int:
 
 
 def slurm_launch_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The torchrun variables of this srun task, from SLURM's; {} when this process is no srun task."""
+    """The torchrun variables of this srun task, from SLURM's; {} when this process is no srun task, or the only
+    task of its step (it starts its own processes, if any, as on any machine)."""
     if not is_srun_task(env):
         return {}
     world = _int(env, "SLURM_STEP_NUM_TASKS")
+    if world == 1:
+        return {}
     rank = _int(env, "SLURM_PROCID")
     local_rank = _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
     node_rank = _int(env, "SLURM_NODEID") if "SLURM_NODEID" in env else 0
