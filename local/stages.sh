@@ -94,25 +94,22 @@ if stage_begin 6 "training ($config_name, $nnodes node(s) x $ngpus GPU(s))" opt:
   if [ "${launcher:-torchrun}" = srun ]; then
     # Inside a SLURM job (sbatch, salloc): srun starts one task per device on every node, and each takes its rank,
     # the world size and the rendezvous (first node, a port from the job id) from SLURM's variables
-    # (nest_ssl/train/slurm.py). No torchrun; stage 6 runs once, in the job script, not once per node.
+    # (nest_ssl/train/slurm.py). No torchrun; stage 6 runs once, in the job script, not once per node. srun exits
+    # with the highest exit status of its tasks.
     [ -n "${SLURM_JOB_ID:-}" ] || die "Stage 6: --launcher srun runs inside a SLURM job (sbatch or salloc);" \
       "there is no SLURM_JOB_ID here"
     [ "$node_rank" -eq 0 ] || die "Stage 6: --launcher srun starts every node's processes from one run.sh;" \
       "run it once (--node-rank 0), in the job script"
-    # shellcheck disable=SC2086
-    srun --nodes "$nnodes" --ntasks-per-node "$nproc" python "$nest_repo/recipes/nest/train.py" \
-      --config-path "$config_path" --config-name "$config_name" "${overrides[@]}" $train_opts
+    train_cmd=(srun --nodes "$nnodes" --ntasks-per-node "$nproc" python)
+  elif [ "$nnodes" -eq 1 ]; then
+    train_cmd=(python -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node "$nproc")
   else
-    if [ "$nnodes" -eq 1 ]; then
-      torchrun_args=(--standalone --nnodes 1 --nproc_per_node "$nproc")
-    else
-      torchrun_args=(--nnodes "$nnodes" --node_rank "$node_rank" --master_addr "$master_addr"
-        --master_port "$master_port" --nproc_per_node "$nproc")
-    fi
-    # shellcheck disable=SC2086
-    python -m torch.distributed.run "${torchrun_args[@]}" "$nest_repo/recipes/nest/train.py" \
-      --config-path "$config_path" --config-name "$config_name" "${overrides[@]}" $train_opts
+    train_cmd=(python -m torch.distributed.run --nnodes "$nnodes" --node_rank "$node_rank" --master_addr "$master_addr"
+      --master_port "$master_port" --nproc_per_node "$nproc")
   fi
+  # shellcheck disable=SC2086
+  "${train_cmd[@]}" "$nest_repo/recipes/nest/train.py" \
+    --config-path "$config_path" --config-name "$config_name" "${overrides[@]}" $train_opts
   stage_end 6
 fi
 stage_marker_readonly=false
