@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from nest_ssl.config import ConfigError, load_config
-from nest_ssl.train.checkpoint_schedule import schedule_problem
+from nest_ssl.train.checkpoint_schedule import epoch_too_short_to_validate, save_at_short_epoch_end, schedule_problem
 from nest_ssl.train.preflight import preflight
 from nest_ssl.train.trainer_config import parse_run_config
 
@@ -110,6 +110,18 @@ def test_the_epoch_length_is_asked_only_when_it_decides_and_only_up_to_what_deci
         asked = EpochOf(1)
         schedule_problem(s, has_validation=True, epoch_batches=asked)
         assert asked.caps == []
+
+
+def test_the_end_of_a_short_epoch_is_judged_as_the_preflight_would():
+    per_epoch = settings("trainer.max_steps=-1", "trainer.max_epochs=5")  # val_check_interval 20 per epoch
+    assert epoch_too_short_to_validate(per_epoch, 19) and not epoch_too_short_to_validate(per_epoch, 20)
+    assert save_at_short_epoch_end(per_epoch, 3) and not save_at_short_epoch_end(per_epoch, 20)
+    for other in (settings("trainer.max_steps=-1", "trainer.max_epochs=5", f"++{CKPT}.every_n_train_steps=10"),
+                  settings("trainer.max_steps=-1", "trainer.max_epochs=5", "exp_manager.create_checkpoint_callback=false")):
+        assert epoch_too_short_to_validate(other, 3) and not save_at_short_epoch_end(other, 3)
+    for fine in (settings("trainer.max_steps=-1", "trainer.check_val_every_n_epoch=null"),
+                 settings("trainer.max_steps=-1", "trainer.val_check_interval=1.0")):
+        assert not epoch_too_short_to_validate(fine, 3) and not save_at_short_epoch_end(fine, 3)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -128,3 +128,24 @@ def schedule_problem(settings: RunSettings, *, has_validation: bool,
             return None
         why = f"checkpoints are written after validation ({CKPT}.every_n_epochs={every}) and {reason}"
     return f"this run would write no checkpoint before it ends: {why_steps}, {why}; or {FIX_STEPS}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# At the end of an epoch: what the preflight could not know (iterable input)
+
+
+def epoch_too_short_to_validate(settings: RunSettings, batches: int) -> bool:
+    """An epoch of `batches` training batches ended before a per-epoch val_check_interval: no epoch this long ever
+    validates (the trainer warns once)."""
+    t = settings.trainer
+    vci = t.val_check_interval
+    return isinstance(vci, int) and t.check_val_every_n_epoch is not None and batches < vci
+
+
+def save_at_short_epoch_end(settings: RunSettings, batches: int) -> bool:
+    """Whether the trainer writes the last checkpoint at the end of this epoch because nothing else would: the
+    epoch was too short to validate and no every_n_train_steps is set, so without it the run (whose epoch length
+    was not known up front) would have no checkpoint before its end."""
+    e = settings.exp_manager
+    return (e.create_checkpoint_callback and not (e.checkpoint.every_n_train_steps or 0) > 0
+            and epoch_too_short_to_validate(settings, batches))
