@@ -207,3 +207,36 @@ def test_too_small_manifests_are_named_by_file(data, tmp_path):
     with pytest.raises(ConfigError) as err:
         preflight(cfg, parse_run_config(cfg))
     assert f"2 cut(s) in {a} within min_duration/max_duration" in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Iterable input: the epoch length is found when an epoch ends
+
+
+@pytest.mark.slow
+def test_shar_epochs_too_short_to_validate_save_at_their_end(tmp_path):
+    """Shar input (force_finite: one pass per epoch) of 8 cuts in batches of 3: epochs of 3 batches against the tiny
+    config's val_check_interval of 20 per epoch. The preflight cannot count them and lets the run start; the
+    trainer warns once and writes the last checkpoint at the end of each epoch (steps 3 and 6)."""
+    from dummy_data import make_dummy_data
+    from nest_ssl.checkpoint import load_checkpoint
+    from nest_ssl.data.manifests import open_cutset
+    from nest_ssl.prepare.shar import export_shar
+
+    make_dummy_data(tmp_path, num_train=8, num_val=2)
+    open_cutset(str(tmp_path / "data/dummy_ssl/train_manifest.json")).to_file(tmp_path / "train_cuts.jsonl.gz")
+    export_shar(tmp_path / "train_cuts.jsonl.gz", tmp_path / "shar", shard_size=8, seed=0)
+    p = subprocess.run([sys.executable, "-m", "nest_ssl.cli", "train", "--config-name", "nest_tiny",
+                        f"model.train_ds.manifest_filepath={tmp_path / 'shar'}", "++model.train_ds.force_finite=true",
+                        "model.train_ds.batch_size=3", "model.train_ds.drop_last=false",
+                        "model.validation_ds.manifest_filepath=data/dummy_ssl/val_manifest.json",
+                        "trainer.max_steps=-1", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+                        "exp_manager.exp_dir=exp"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    warnings = [line for line in p.stderr.splitlines() if "fewer than trainer.val_check_interval=20" in line]
+    assert len(warnings) == 1 and "the last checkpoint is written at the end of every such epoch" in warnings[0]
+    ckdir = tmp_path / "exp" / "SSL-NEST-FastConformer-Tiny" / "checkpoints"
+    (last,), (prev,) = ckdir.glob("*-last.ckpt"), ckdir.glob("*-last.ckpt.prev")
+    first, second = load_checkpoint(prev), load_checkpoint(last)
+    assert (first["global_step"], first["nest_ssl"]["loop"]["epoch_finished"]) == (3, True)
+    assert second["global_step"] == 6 and first["nest_ssl"]["loop"]["last_val_step"] == -1
