@@ -59,9 +59,9 @@ def _validation_never_reason(settings: RunSettings, epoch_batches: EpochBatches 
     # The first epoch that both validates and checkpoints afterwards.
     first_epoch = math.lcm(per_epoch or 1, every)
     if first_epoch > _max_epochs(settings):
-        return (f"trainer.max_epochs={t.max_epochs} ends the run before epoch {first_epoch}, the first that validates "
-                f"(trainer.check_val_every_n_epoch={per_epoch}) and checkpoints after it ({CKPT}.every_n_epochs="
-                f"{every})")
+        return (f"trainer.max_epochs={t.max_epochs} ends the run before epoch {first_epoch}, the first whose validation "
+                f"is followed by a checkpoint (trainer.check_val_every_n_epoch={per_epoch}, {CKPT}.every_n_epochs="
+                f"{every}); raise trainer.max_epochs")
     if isinstance(vci, float):
         return None  # at the end of that epoch: its length decides whether max_steps comes first (not known here)
     if vci > _run_batches(settings):
