@@ -5,7 +5,8 @@
 #
 # Needs: $data_dir/cuts/train.jsonl.gz, $data_dir/cuts/val.jsonl.gz and noise_cuts (a noise manifest, or "").
 # Reads: data_dir exp_dir seed nj use_shar shard_size num_buckets config_path config_name exp_name ngpus nnodes
-#        node_rank master_addr master_port launcher train_opts (and stage, stop_stage, force)
+#        node_rank master_addr master_port launcher save_every_steps val_every_steps train_opts (and stage,
+#        stop_stage, force)
 # Writes: $data_dir/shar/train (--use-shar true), $data_dir/bucket_bins.txt (markers in $data_dir/.done), and the
 #         run folder $exp_dir/<exp-name> (markers in <run folder>/.done).
 # Sets: run_dir (the run folder), which a recipe's later stages (evaluation) read.
@@ -53,7 +54,8 @@ ckpt_dir=$run_dir/checkpoints
 stage_marker_readonly=false
 [ "$node_rank" -eq 0 ] || stage_marker_readonly=true
 if stage_begin 6 "training ($config_name, $nnodes node(s) x $ngpus GPU(s))" opt:config_name="$config_name" \
-    opt:train_opts="$train_opts" opt:use_shar="$use_shar" in:"$config_path/$config_name.yaml" \
+    opt:save_every_steps="$save_every_steps" opt:val_every_steps="$val_every_steps" opt:train_opts="$train_opts" \
+    opt:use_shar="$use_shar" in:"$config_path/$config_name.yaml" \
     in:"$train_manifest" in:"$data_dir/cuts/val.jsonl.gz" in:"$data_dir/bucket_bins.txt" \
     ${noise_cuts:+in:"$noise_cuts"} out:"$ckpt_dir"; then
   if [ "$ngpus" -gt 0 ]; then
@@ -84,6 +86,16 @@ if stage_begin 6 "training ($config_name, $nnodes node(s) x $ngpus GPU(s))" opt:
     "exp_manager.name=${exp_name:-$config_name}"
     "trainer.num_nodes=$nnodes"
   )
+  # Checkpoints and validation by optimizer step, whatever the epoch length: NEST's val_check_interval counts the
+  # batches of one epoch (check_val_every_n_epoch: 1), and an epoch per GPU shorter than that never validates, so
+  # never checkpoints. The last checkpoint every --save-every-steps steps, whether or not a validation ran (top-k
+  # files ranked by the latest val_loss); validation every --val-every-steps steps counted across epochs.
+  if [ "$save_every_steps" -gt 0 ]; then
+    overrides+=("++exp_manager.checkpoint_callback_params.every_n_train_steps=$save_every_steps")
+  fi
+  if [ "$val_every_steps" -gt 0 ]; then
+    overrides+=("++trainer.val_check_interval=$val_every_steps" "++trainer.check_val_every_n_epoch=null")
+  fi
   if [ "$ngpus" -eq 0 ]; then
     overrides+=("trainer.accelerator=cpu" "trainer.devices=1" "trainer.strategy=auto")
     nproc=1

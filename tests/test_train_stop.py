@@ -30,8 +30,8 @@ def test_time_limit_checkpoint_is_named_by_a_validation_at_its_step(workdir):
     assert sorted(series(read_metrics(run_dir), "val_loss")) == [2]
 
     # Resumed with a time limit already spent: it stops after its first step (3), long before its next scheduled
-    # validation (val_check_interval=100).
-    second = ttr.run(ttr.train_cmd(*common, "trainer.max_steps=50", "trainer.val_check_interval=100",
+    # validation (val_check_interval=50).
+    second = ttr.run(ttr.train_cmd(*common, "trainer.max_steps=50", "trainer.val_check_interval=50",
                                    "+exp_manager.max_time_per_run=0.001"), workdir)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "max_time_per_run" in second.stderr
@@ -55,7 +55,7 @@ def test_time_limit_checkpoint_is_named_by_a_validation_at_its_step(workdir):
     # intact one, whatever its kind.
     data = lasts[0].read_bytes()
     lasts[0].write_bytes(data[: len(data) // 2])
-    third = ttr.run(ttr.train_cmd(*common, "trainer.max_steps=4", "trainer.val_check_interval=100"), workdir)
+    third = ttr.run(ttr.train_cmd(*common, "trainer.max_steps=4", "trainer.val_check_interval=4"), workdir)
     assert third.returncode == 0, third.stderr[-3000:]
     skipped = [line for line in third.stderr.splitlines() if f"{lasts[0].name} was skipped" in line]
     assert skipped and "truncated" in skipped[0], third.stderr[-3000:]

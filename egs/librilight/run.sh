@@ -47,6 +47,8 @@ node_rank=0
 master_addr=localhost
 master_port=29500
 launcher=torchrun                # stage 6: torchrun on each node, or srun (in a SLURM job: a task per device)
+save_every_steps=1000           # stage 6: the last checkpoint every N optimizer steps (0: the config decides)
+val_every_steps=2500            # stage 6: validation every N optimizer steps, across epochs (0: the config decides)
 train_opts=""                    # extra config overrides for train.py, e.g. "trainer.max_steps=100000 model.train_ds.batch_size=16"
 
 # Stages 8-9 (run only when asked: --stop-stage 9): downstream evaluation on Libri-light's limited-resource ASR sets.
@@ -72,14 +74,15 @@ Options (default):
   --use-shar true|false ($use_shar)  --shard-size N ($shard_size)  --num-buckets N ($num_buckets)
   --config-path DIR ($config_path)  --config-name NAME ($config_name)  --exp-name NAME (config name)
   --ngpus N ($ngpus)  --nnodes N ($nnodes)  --node-rank N ($node_rank)  --master-addr HOST ($master_addr)
-  --master-port PORT ($master_port)  --launcher torchrun|srun ($launcher)
+  --master-port PORT ($master_port)  --save-every-steps N ($save_every_steps)  --val-every-steps N ($val_every_steps)
+  --launcher torchrun|srun ($launcher)
   --train-opts 'key=value ...' ($train_opts)
   --eval-librispeech-dir DIR ($eval_librispeech_dir)  --eval-finetuning-dir DIR ($eval_finetuning_dir)
   --eval-subsets LIST ($eval_subsets)  --eval-tasks LIST ($eval_tasks)  --eval-opts '...' ($eval_opts)"
 
 . "$nest_repo/local/parse_options.sh"
 check_choice launcher torchrun srun
-check_int 0 stage stop_stage val_speakers seed ngpus node_rank
+check_int 0 save_every_steps val_every_steps stage stop_stage val_speakers seed ngpus node_rank
 check_int 1 nj prepare_chunk_size shard_size num_buckets nnodes master_port
 check_float 0 noise_window min_duration max_duration max_pause max_val_hours
 IFS=, read -r -a subset_list <<< "$subsets"

@@ -40,6 +40,8 @@ node_rank=0
 master_addr=localhost
 master_port=29500
 launcher=torchrun                # stage 6: torchrun on each node, or srun (in a SLURM job: a task per device)
+save_every_steps=1000           # stage 6: the last checkpoint every N optimizer steps (0: the config decides)
+val_every_steps=2500            # stage 6: validation every N optimizer steps, across epochs (0: the config decides)
 train_opts=""                    # extra config overrides for train.py, e.g. "trainer.max_steps=100000"
 
 help_message="Usage: $0 --train-manifest LIST --val-manifest LIST [--noise-manifest M] [options]
@@ -53,12 +55,12 @@ Options (default):
   --use-shar true|false ($use_shar)  --shard-size N ($shard_size)  --num-buckets N ($num_buckets)
   --config-path DIR ($config_path)  --config-name NAME ($config_name)  --exp-name NAME (config name)
   --ngpus N ($ngpus)  --nnodes N ($nnodes)  --node-rank N ($node_rank)  --master-addr HOST ($master_addr)
-  --master-port PORT ($master_port)  --launcher torchrun|srun ($launcher)
+  --master-port PORT ($master_port)  --save-every-steps N ($save_every_steps)  --val-every-steps N ($val_every_steps)
+  --launcher torchrun|srun ($launcher)
   --train-opts 'key=value ...' ($train_opts)"
 
 . "$nest_repo/local/parse_options.sh"
-check_choice launcher torchrun srun
-check_int 0 stage stop_stage seed ngpus node_rank
+check_int 0 save_every_steps val_every_steps stage stop_stage seed ngpus node_rank
 check_int 1 nj shard_size num_buckets nnodes master_port
 check_float 0 noise_window min_duration max_duration
 # Manifest lists are comma-separated: make each relative entry absolute before moving into the recipe folder.

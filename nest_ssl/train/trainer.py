@@ -15,7 +15,8 @@ Lightning; a float (1.0) validates at the end of every epoch.
 The loop's collaborators, each in its own module: checkpoint_state (what a checkpoint holds, and resuming from
 it), loop_state (the counters), stream_positions (iterable input's per-stream positions), signals (SIGTERM and the
 time limit), tracing (NEST_SSL_TRACE_DIR), rejects (rejected_cuts.tsv), health (learning health), step_stats (the
-per-step all-reduce). Lhotse's sampler state is reached through nest_ssl.data.lhotse_adapter only.
+per-step all-reduce), checkpoint_schedule (an epoch too short to validate: the warning, and the save at its end when
+nothing else would save). Lhotse's sampler state is reached through nest_ssl.data.lhotse_adapter only.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from omegaconf import ListConfig
 from torch import nn
 
 from nest_ssl.checkpoint import CheckpointManager, load_checkpoint
 from nest_ssl.data.lhotse_adapter import map_style_sampler_of
 from nest_ssl.errors import UserError
 from nest_ssl.seeding import seed_for
+from nest_ssl.train.checkpoint_schedule import epoch_too_short_to_validate, save_at_short_epoch_end
 from nest_ssl.train.checkpoint_state import build_checkpoint, restore_checkpoint
 from nest_ssl.train.distributed import DistInfo, all_ranks_have, all_reduce_sum
 from nest_ssl.train.health import CollapseAlarm, CumulativeCounts, HealthLayout, step_metrics, validation_metrics
@@ -448,9 +451,11 @@ class Trainer:
                 f" on {'this rank' if fetcher.next is None else 'another rank'} (rank {self.info.rank} of "
                 f"{self.info.world_size}; with force_finite every rank needs at least one Shar shard or manifest "
                 "file per dataloader worker)")
+            spec = self.cfg.model.train_ds.get("manifest_filepath")
+            spec = ",".join(map(str, spec)) if isinstance(spec, ListConfig) else spec
             raise EmptyEpochError(
-                f"the training data gives no batch in epoch {st.epoch}{where}: check model.train_ds (manifest, "
-                "min_duration/max_duration, batch_size with drop_last)")
+                f"the training data gives no batch in epoch {st.epoch}{where}: check model.train_ds "
+                f"(manifest_filepath={spec}, min_duration/max_duration, batch_size with drop_last)")
         for batch, is_last in fetcher:
             if limit is not None and st.batch_idx + 1 >= limit:
                 is_last = True
@@ -520,6 +525,10 @@ class Trainer:
                 self.save_checkpoint()
             elif is_last and self.ckpt.due_at_epoch_end(st.epoch) and st.global_step > 0:
                 self.save_checkpoint()
+            elif is_last and st.global_step > 0 and save_at_short_epoch_end(self.s, st.batch_idx):
+                # Epochs this short never validate and nothing else saves; the preflight could not know the epoch
+                # length (iterable input), so the end of every such epoch saves instead (checkpoint_schedule.py).
+                self.save_checkpoint()
             if self._max_steps_reached():
                 self.stop_reason = "max_steps"
             if self.stop_reason:
@@ -532,15 +541,17 @@ class Trainer:
             if step_boundary:
                 step_t0 = time.time()  # after validation and checkpoint: they are not training time
         # The epoch is over.
-        vci = t.val_check_interval
-        if (isinstance(vci, int) and t.check_val_every_n_epoch is not None and st.batch_idx < vci
-                and self.val_loader is not None and not self._warned_val_interval):
+        if (epoch_too_short_to_validate(self.s, st.batch_idx) and self.val_loader is not None
+                and not self._warned_val_interval):
             self._warned_val_interval = True
+            saves = ("; meanwhile the last checkpoint is written at the end of every such epoch (no "
+                     "exp_manager.checkpoint_callback_params.every_n_train_steps is set)"
+                     if save_at_short_epoch_end(self.s, st.batch_idx) and self.ckpt.enabled else "")
             log.warning(
-                "epoch %d had %d batches, fewer than trainer.val_check_interval=%d, which counts the batches of one "
-                "epoch while check_val_every_n_epoch is set: validation never runs. Set "
+                "epoch %d had %d batches per process, fewer than trainer.val_check_interval=%d, which counts the "
+                "batches of one epoch while check_val_every_n_epoch is set: validation never runs%s. Set "
                 "trainer.check_val_every_n_epoch=null to count batches across epochs (Lightning raises here when "
-                "it knows the epoch length in advance)", st.epoch, st.batch_idx, vci)
+                "it knows the epoch length in advance)", st.epoch, st.batch_idx, t.val_check_interval, saves)
         st.epoch += 1
         st.batch_idx = 0
         st.epoch_finished = False
