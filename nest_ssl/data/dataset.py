@@ -27,7 +27,8 @@ from lhotse.utils import fastcopy
 
 from nest_ssl.data.augment import MultiSpeakerNoiseAugmentation
 from nest_ssl.data.batch import AudioNoiseBatch
-from nest_ssl.data.noise import NoiseSet, cut_source, describe_read_error, file_sources
+from nest_ssl.data.noise import cut_source, describe_read_error, file_sources
+from nest_ssl.data.noise_bank import open_noise
 from nest_ssl.seeding import hash_seed
 
 log = logging.getLogger("nest_ssl.data")
@@ -208,7 +209,8 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
     """``dataset[cuts] -> AudioNoiseBatch`` for NEST pretraining.
 
     :param sample_rate: the model's rate; every cut is resampled to it.
-    :param noise: a NoiseSet, a ``noise_manifest`` spec (path, comma-separated paths, list, CutSet) or None.
+    :param noise: a NoiseSet or NoiseBank, a ``noise_manifest`` spec (path, comma-separated paths, list, CutSet, a
+        noise bank folder) or None.
     :param batch_augmentor: a MultiSpeakerNoiseAugmentation (or any callable ``batch -> batch``) or None.
         Without one, ``noisy_audio = audio + raw noise`` as in NeMo.
     :param reverb: a ReverbConfig or its dict (``enabled``, ``prob``, ``rir_manifest``, ...); off by default.
@@ -232,10 +234,8 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
         self.sample_rate = int(sample_rate)
         # Config section for messages ("train_ds" / "validation_ds").
         section = section or ("train_ds" if training else "validation_ds")
-        if noise is None or isinstance(noise, NoiseSet):
-            self.noise = noise
-        else:
-            self.noise = NoiseSet.from_manifest(noise, sample_rate=self.sample_rate, what=f"{section}.noise_manifest")
+        # A noise manifest, or a noise bank folder (nest_ssl.data.noise_bank: one memory-mapped PCM file).
+        self.noise = open_noise(noise, sample_rate=self.sample_rate, what=f"{section}.noise_manifest")
         self.batch_augmentor = batch_augmentor
         self.reverb_cfg = ReverbConfig.from_config(reverb)
         self.reverb = (
