@@ -217,6 +217,8 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
     :param seed: base seed of all per-batch randomness.
     :param training: False ignores the epoch, so every evaluation sees the same batches.
     :param section: config section named in error messages (default train_ds / validation_ds).
+    :param augment_on: ``worker`` mixes here; ``device`` returns the clean collated batch (audio, lengths, seed) and
+        leaves the mixing to nest_ssl.data.device_augment in the training process (``noise`` is then not read here).
     """
 
     def __init__(
@@ -229,8 +231,12 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
         seed: int = 0,
         training: bool = True,
         section: Optional[str] = None,
+        augment_on: str = "worker",
     ):
         super().__init__()
+        if augment_on not in ("worker", "device"):
+            raise ValueError(f"augment_on must be 'worker' or 'device', got {augment_on!r}")
+        self.augment_on = augment_on
         self.sample_rate = int(sample_rate)
         # Config section for messages ("train_ds" / "validation_ds").
         section = section or ("train_ds" if training else "validation_ds")
@@ -310,6 +316,8 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
             audio[i, : lens[i]] = torch.from_numpy(a)
             audio[i, lens[i] :] = 0.0
         batch = AudioNoiseBatch(sample_id=ids, audio=audio, audio_len=audio_len, rejected=rejected, seed=seed)
+        if self.augment_on == "device":
+            return batch  # decoded and cut only: DeviceAugment mixes it where it is trained on
 
         def noise_source(i: int, n: int) -> Optional[torch.Tensor]:
             return None if self.noise is None else self.noise.sample(n, noise_rng)
