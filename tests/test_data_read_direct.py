@@ -51,3 +51,28 @@ def test_other_cuts_take_lhotses_reader(tmp_path):
     np.testing.assert_allclose(load_cut_audio(stereo, SR), _lhotse(stereo), atol=1e-7)
     assert load_cut_audio(low, SR).shape == (SR,)
     assert load_cut_audio(longer, SR).shape == (SR + 100,)  # lhotse pads a mismatch under its tolerance
+
+
+def test_batch_rows_skip_rejected_cuts_and_stay_zero_padded(tmp_path):
+    from nest_ssl.data.dataset import AudioNoiseDataset
+
+    rng = np.random.default_rng(2)
+    cuts = []
+    for k, n in enumerate([SR // 2, SR, 3 * SR // 4]):
+        p = tmp_path / f"c{k}.flac"
+        sf.write(p, (0.3 * rng.standard_normal(n)).clip(-1, 0.99).astype(np.float32), SR, subtype="PCM_16")
+        cuts.append(Recording.from_file(str(p)).to_cut())
+    (tmp_path / "c1.flac").write_bytes(b"fLaC but broken")  # the longest one cannot be read
+    lo = tmp_path / "lo.wav"  # an 8 kHz file: resampled by lhotse's reader, not read directly
+    sf.write(lo, (0.3 * rng.standard_normal(4000)).astype(np.float32), 8000, subtype="PCM_16")
+    cuts.append(Recording.from_file(str(lo)).to_cut())
+    batch = AudioNoiseDataset(sample_rate=SR)[CutSet.from_cuts(cuts)]
+    assert batch.sample_id == [cuts[0].id, cuts[2].id, cuts[3].id]
+    assert [r[0] for r in batch.rejected] == [cuts[1].id]
+    assert batch.audio.shape == (3, 3 * SR // 4) and batch.audio.is_contiguous()
+    assert batch.audio_len.tolist() == [SR // 2, 3 * SR // 4, SR // 2]
+    for row, cut in zip(range(2), (cuts[0], cuts[2])):
+        n = int(batch.audio_len[row])
+        np.testing.assert_array_equal(batch.audio[row, :n].numpy(), _lhotse(cut))
+        assert not batch.audio[row, n:].any()
+    np.testing.assert_allclose(batch.audio[2, : SR // 2].numpy(), load_cut_audio(cuts[3], SR))

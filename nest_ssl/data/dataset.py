@@ -82,14 +82,15 @@ def _at_true_rate(cut: Cut) -> Cut:
     return fastcopy(fixed, id=cut.id)
 
 
-def _read_direct(cut: Cut, sample_rate: int) -> Optional[np.ndarray]:
+def _read_direct(cut: Cut, sample_rate: int, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
     """The samples of a plain mono cut read with soundfile alone, or None to take lhotse's reader.
 
     Plain: a MonoCut of a one-source, one-channel recording without transforms, a file or in-memory (Shar) source
     whose header has the declared rate, equal to ``sample_rate``, and holds the cut's whole span. That is what Shar
     and prepared manifests hold, and for it lhotse's reader computes exactly this (seek to the start sample, read
     ``num_samples`` float32 frames) with about as much Python around it as the decoding of a WAV costs. Anything
-    else, and any failure, returns None: lhotse reads it and describes what is wrong.
+    else, and any failure, returns None: lhotse reads it and describes what is wrong. ``out``: decode into it (a
+    float32 array of at least ``num_samples``); the result is then a view of it.
     """
     if type(cut) is not MonoCut:
         return None
@@ -104,6 +105,8 @@ def _read_direct(cut: Cut, sample_rate: int) -> Optional[np.ndarray]:
     else:
         return None
     n = cut.num_samples
+    if out is not None and out.shape[0] < n:
+        return None
     try:
         with soundfile.SoundFile(handle) as snd:
             if snd.samplerate != sample_rate or snd.channels != 1:
@@ -111,7 +114,10 @@ def _read_direct(cut: Cut, sample_rate: int) -> Optional[np.ndarray]:
             start = compute_num_samples(cut.start, sample_rate)
             if start:
                 snd.seek(start)
-            audio = snd.read(frames=n, dtype="float32")
+            if out is None:
+                audio = snd.read(frames=n, dtype="float32")
+            else:
+                audio = snd.read(dtype="float32", out=out[:n])
     except Exception:
         return None
     return audio if audio.shape[0] == n and n > 0 else None
@@ -322,6 +328,59 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
         epoch = self.epoch if self.training else "val"
         return hash_seed("nest-batch", self.seed, epoch, *cut_ids)
 
+    def _read_batch(self, cuts: List[Cut], alloc: Callable, reverb_rng: random.Random
+                    ) -> Tuple[List[str], torch.Tensor, List[int], List[Tuple[str, str]]]:
+        """(ids, audio (B, T) zero-padded, lengths, rejected) of the cuts that can be read.
+
+        The rows are allocated once from the cuts' declared lengths and plain cuts are decoded straight into their
+        row (``_read_direct``): no per-cut array, no second copy. Other cuts (and every cut when reverberating) are
+        read by ``load_cut_audio`` and copied in. A rejected cut leaves no row.
+        """
+        sr = self.sample_rate
+        expected = []
+        for cut in cuts:
+            try:
+                expected.append(max(1, compute_num_samples(cut.duration, sr)))
+            except Exception:  # a cut without a duration: its read says what is wrong
+                expected.append(1)
+        buf = alloc((len(cuts), max(expected, default=1)))
+        ids: List[str] = []
+        lens: List[int] = []
+        rejected: List[Tuple[str, str]] = []
+        for cut, want in zip(cuts, expected):
+            r = len(ids)
+            n = None
+            if self.reverb is None:
+                direct = _read_direct(cut, sr, out=buf[r].numpy()[:want])
+                n = None if direct is None else direct.shape[0]
+            try:
+                if n is not None:
+                    _checked(buf[r, :n].numpy(), cut)
+                else:
+                    audio = load_cut_audio(cut, sr)
+                    if self.reverb is not None:
+                        audio = self.reverb(audio, reverb_rng)
+                    n = audio.shape[0]
+                    if n > buf.shape[1]:  # longer than declared (a resampled or re-described cut): widen
+                        wider = alloc((len(cuts), n))
+                        wider[:r, : buf.shape[1]] = buf[:r]
+                        buf = wider
+                    buf[r, :n] = torch.from_numpy(audio)
+            except CutRejected as why:
+                rejected.append((cut.id, str(why)))
+                log.warning("dropped cut %s from its batch: %s", cut.id, why)
+                continue
+            ids.append(cut.id)
+            lens.append(n)
+        width = max(lens, default=0)
+        for r, n in enumerate(lens):
+            buf[r, n:width] = 0.0
+        if len(ids) == len(cuts) and width == buf.shape[1]:
+            return ids, buf, lens, rejected
+        audio = alloc((len(ids), width))  # rows were rejected or the widest was shorter than declared: compact
+        audio.copy_(buf[: len(ids), :width])
+        return ids, audio, lens, rejected
+
     def __getitem__(self, cuts: CutSet) -> AudioNoiseBatch:
         cuts = list(cuts)
         seed = self.batch_seed([c.id for c in cuts])
@@ -329,39 +388,20 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
         noise_rng = random.Random(hash_seed(seed, "noise"))
         reverb_rng = random.Random(hash_seed(seed, "reverb"))
 
-        ids: List[str] = []
-        audios: List[np.ndarray] = []
-        rejected: List[Tuple[str, str]] = []
-        for cut in cuts:
-            try:
-                audio = load_cut_audio(cut, self.sample_rate)
-            except CutRejected as why:
-                rejected.append((cut.id, str(why)))
-                log.warning("dropped cut %s from its batch: %s", cut.id, why)
-                continue
-            if self.reverb is not None:
-                audio = self.reverb(audio, reverb_rng)
-            ids.append(cut.id)
-            audios.append(audio)
+        # In a DataLoader worker, build what goes back to the main process directly in shared memory (as
+        # torch's default_collate does) and leave noise/noisy_audio to be built there (AudioNoiseBatch.compact).
+        in_worker = torch.utils.data.get_worker_info() is not None
+        alloc = _shared_empty if in_worker else None
+        ids, audio, lens, rejected = self._read_batch(cuts, alloc or torch.empty, reverb_rng)
         self.num_rejected += len(rejected)
-
-        lens = [a.shape[0] for a in audios]
         audio_len = torch.tensor(lens, dtype=torch.long)
-        if not audios:
+        if not ids:
             # Every cut was rejected: an empty batch (len 0) the trainer skips, rather than an exception.
             empty = torch.zeros(0, 0)
             return AudioNoiseBatch(
                 sample_id=[], audio=empty, audio_len=audio_len, noise=empty.clone(), noise_len=audio_len.clone(),
                 noisy_audio=empty.clone(), noisy_audio_len=audio_len.clone(), rejected=rejected, seed=seed,
             )
-        # In a DataLoader worker, build what goes back to the main process directly in shared memory (as
-        # torch's default_collate does) and leave noise/noisy_audio to be built there (AudioNoiseBatch.compact).
-        in_worker = torch.utils.data.get_worker_info() is not None
-        alloc = _shared_empty if in_worker else None
-        audio = (alloc or torch.empty)((len(audios), max(lens)))
-        for i, a in enumerate(audios):
-            audio[i, : lens[i]] = torch.from_numpy(a)
-            audio[i, lens[i] :] = 0.0
         batch = AudioNoiseBatch(sample_id=ids, audio=audio, audio_len=audio_len, rejected=rejected, seed=seed)
         if self.augment_on == "device":
             return batch  # decoded and cut only: DeviceAugment mixes it where it is trained on
