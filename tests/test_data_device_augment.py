@@ -193,3 +193,13 @@ def test_config_errors(corpus):
         build_dataloader({**base, "augment_on": "gpu"}, sample_rate=SR)
     with pytest.raises(ConfigError, match="augment_on=device mixes with NEST's MultiSpeakerNoiseAugmentation"):
         build_dataloader({**base, "augment_on": "device"}, sample_rate=SR)
+
+
+def test_preflight_refuses_device_mixing_without_nests_augmentor(corpus):
+    from nest_ssl.train.preflight import check_dataset
+
+    d, _ = corpus
+    ds = {"manifest_filepath": str(d / "speech.jsonl.gz"), "batch_size": 4, "augment_on": "device"}
+    with pytest.raises(ConfigError, match="model.train_ds.augment_on=device mixes with NEST's"):
+        check_dataset("model.train_ds", ds, model_sample_rate=SR, training=True)
+    check_dataset("model.train_ds", {**ds, "batch_augmentor": AUG}, model_sample_rate=SR, training=True)

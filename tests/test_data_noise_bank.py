@@ -187,3 +187,12 @@ def test_cli_builds_a_bank_and_refuses_bad_input(noise_dir, tmp_path):
     shutil.copy(tmp_path / "b" / INDEX_NAME, tmp_path / INDEX_NAME)
     with pytest.raises(NoiseBankError, match="bytes, its index expects"):
         NoiseBank(tmp_path, sample_rate=SR)  # an index without its data
+
+
+def test_preflight_accepts_a_bank_and_refuses_one_at_another_rate(noise_dir, bank):
+    from nest_ssl.train.preflight import check_dataset
+
+    ds = {"manifest_filepath": str(noise_dir / "noise_cuts.jsonl.gz"), "batch_size": 2, "noise_manifest": str(bank)}
+    assert check_dataset("model.train_ds", ds, model_sample_rate=SR, training=True).noise_manifest == str(bank)
+    with pytest.raises(NoiseBankError, match=r"model.train_ds.noise_manifest: the noise bank .* is at 16000 Hz"):
+        check_dataset("model.train_ds", ds, model_sample_rate=8000, training=True)

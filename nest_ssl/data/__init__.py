@@ -18,8 +18,8 @@ from nest_ssl.data.augment import MultiSpeakerNoiseAugmentation
 from nest_ssl.data.batch import AudioNoiseBatch
 from nest_ssl.data.config import DataLoadingConfig, parse_data_config
 from nest_ssl.data.dataset import AudioNoiseDataset, ReverbConfig
+from nest_ssl.data.device_augment import DeviceAugment, batch_to_device, check_augment_on
 from nest_ssl.data.lhotse_adapter import update_dataloading_info
-from nest_ssl.data.device_augment import DeviceAugment, batch_to_device
 from nest_ssl.data.noise import EmptyNoiseManifestError, NoiseSet
 from nest_ssl.seeding import hash_seed, seed_all
 
@@ -211,12 +211,7 @@ def build_dataset(ds_cfg: Any, *, sample_rate: int = 16000, seed: int = 0, train
             f"${{model.sample_rate}} (audio is resampled to the model's rate)"
         )
     augmentor = build_augmentor(cfg.batch_augmentor)
-    if cfg.augment_on == "device" and not isinstance(augmentor, MultiSpeakerNoiseAugmentation):
-        from nest_ssl.config import ConfigError
-
-        what = "no batch_augmentor" if augmentor is None else f"batch_augmentor {type(augmentor).__name__}"
-        raise ConfigError(f"{section}.augment_on=device mixes with NEST's MultiSpeakerNoiseAugmentation, but the "
-                          f"section has {what}; set {section}.batch_augmentor (NEST's) or {section}.augment_on=worker")
+    check_augment_on(cfg.augment_on, augmentor, section)
     return AudioNoiseDataset(
         sample_rate=sample_rate,
         noise=cfg.noise_manifest,

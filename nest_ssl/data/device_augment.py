@@ -127,6 +127,16 @@ class DeviceAugment:
         )
 
 
+def check_augment_on(augment_on: str, augmentor: Any, section: str) -> None:
+    """``augment_on: device`` needs NEST's augmentor (the transform mixes with its plan); ConfigError otherwise."""
+    if augment_on == "device" and not isinstance(augmentor, MultiSpeakerNoiseAugmentation):
+        from nest_ssl.config import ConfigError
+
+        what = "no batch_augmentor" if augmentor is None else f"batch_augmentor {type(augmentor).__name__}"
+        raise ConfigError(f"{section}.augment_on=device mixes with NEST's MultiSpeakerNoiseAugmentation, but the "
+                          f"section has {what}; set {section}.batch_augmentor (NEST's) or {section}.augment_on=worker")
+
+
 def batch_to_device(loader: Any, batch: AudioNoiseBatch, device: DeviceLike, non_blocking: bool = True) -> AudioNoiseBatch:
     """The trainer's one call per batch: ``batch`` on ``device``, mixed there when the loader's section says
     ``augment_on: device`` (the loader then carries a ``batch_transform``), else just moved."""

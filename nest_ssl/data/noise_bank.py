@@ -33,7 +33,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, Callable, List, Optional, Union
 
 import numpy as np
 import torch
@@ -282,6 +282,16 @@ class NoiseBank:
                 clip = clip.repeat(-(-num_samples // clip.numel()))
             return clip[:num_samples]
         return torch.zeros(num_samples)
+
+
+def check_noise_spec(spec: Any, sample_rate: int, what: str, check_manifests: Callable[[], None]) -> None:
+    """The preflight's check of ``noise_manifest``: a bank is opened (index, data size, rate); manifests are
+    checked by ``check_manifests``."""
+    parts = _split_spec(spec)
+    if any(bank_index_path(p) is not None for p in parts):
+        open_noise(spec, sample_rate=sample_rate, what=what)
+    else:
+        check_manifests()
 
 
 def open_noise(spec: Any, *, sample_rate: int, what: str = "noise_manifest") -> Union[None, NoiseSet, NoiseBank]:

@@ -261,7 +261,10 @@ def check_dataset(section: str, ds: Any, *, model_sample_rate: int | None, train
                           "rate)")
     _check_manifests(cfg.manifest_filepath, f"{section}.manifest_filepath")
     if cfg.noise_manifest not in (None, "", []):
-        _check_manifests(cfg.noise_manifest, f"{section}.noise_manifest")
+        from nest_ssl.data.noise_bank import check_noise_spec
+
+        check_noise_spec(cfg.noise_manifest, model_sample_rate or 16000, f"{section}.noise_manifest",
+                         lambda: _check_manifests(cfg.noise_manifest, f"{section}.noise_manifest"))
 
     from nest_ssl.data import build_augmentor
     from nest_ssl.data.dataset import ReverbConfig
@@ -273,11 +276,14 @@ def check_dataset(section: str, ds: Any, *, model_sample_rate: int | None, train
     if reverb.enabled and reverb.rir_manifest not in (None, ""):
         _check_manifests(reverb.rir_manifest, f"{section}.reverb.rir_manifest")
     try:
-        build_augmentor(cfg.batch_augmentor)
+        augmentor = build_augmentor(cfg.batch_augmentor)
     except ConfigError as err:
         raise ConfigError(f"{section}.batch_augmentor: {err}") from None
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{section}.batch_augmentor: {err}") from None
+    from nest_ssl.data.device_augment import check_augment_on
+
+    check_augment_on(cfg.augment_on, augmentor, section)
     return cfg
 
 
