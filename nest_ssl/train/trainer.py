@@ -33,6 +33,7 @@ from omegaconf import ListConfig
 from torch import nn
 
 from nest_ssl.checkpoint import CheckpointManager, load_checkpoint
+from nest_ssl.data.device_augment import batch_to_device
 from nest_ssl.data.lhotse_adapter import map_style_sampler_of
 from nest_ssl.errors import UserError
 from nest_ssl.seeding import seed_for
@@ -291,7 +292,7 @@ class Trainer:
                 seed_for(self.seed, purpose, i, self.info.rank)
                 if getattr(batch, "rejected", None):
                     self._record_rejects(batch.rejected, purpose)
-                batch = batch.to(self.device, non_blocking=True)
+                batch = batch_to_device(self.val_loader, batch, self.device)
                 with self._autocast():
                     out = self.model.training_output(batch, apply_mask=True)
                 if out.empty_mask or not torch.isfinite(out.loss):
@@ -465,7 +466,7 @@ class Trainer:
             stream = getattr(batch, "stream", None)
             if stream is not None:  # this batch is trained on: its stream stands after it
                 self.stream_positions.note(stream)
-            batch = batch.to(self.device, non_blocking=True)
+            batch = batch_to_device(self.train_loader, batch, self.device)  # + augment_on: device mixing
             step_boundary = (st.batch_idx + 1) % acc == 0 or is_last
             sync_ctx = self.ddp.no_sync() if (self.ddp is not None and not step_boundary) else contextlib.nullcontext()
             with sync_ctx:
