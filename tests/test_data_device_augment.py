@@ -203,3 +203,21 @@ def test_preflight_refuses_device_mixing_without_nests_augmentor(corpus):
     with pytest.raises(ConfigError, match="model.train_ds.augment_on=device mixes with NEST's"):
         check_dataset("model.train_ds", ds, model_sample_rate=SR, training=True)
     check_dataset("model.train_ds", {**ds, "batch_augmentor": AUG}, model_sample_rate=SR, training=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_mixing_equals_cpu_mixing(corpus):
+    """On a GPU (bench/gpu_check.sh): the batch mixed on CUDA (pinned noise clips, asynchronous copies) is the batch
+    mixed on the CPU."""
+    d, cuts = corpus
+    cut_list = list(cuts)
+    _, device, transform = _datasets(d, prob=1.0)
+    for seed in range(6):
+        device.seed = seed
+        clean = device[CutSet.from_cuts(random.Random(seed).sample(cut_list, 8))]
+        cpu = transform(clean, "cpu")
+        gpu = transform(clean, "cuda")
+        assert gpu.noisy_audio.is_cuda and gpu.aug_info == cpu.aug_info
+        torch.testing.assert_close(gpu.noise.cpu(), cpu.noise, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gpu.noisy_audio.cpu(), cpu.noisy_audio, rtol=1e-5, atol=1e-6)
