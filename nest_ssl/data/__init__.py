@@ -252,6 +252,14 @@ def make_dataloader(dataset: torch.utils.data.Dataset, sampler: Any, ds_cfg: Opt
     loader.cut_sampler = sampler
     if getattr(dataset, "augment_on", "worker") == "device":
         loader.batch_transform = DeviceAugment(dataset.batch_augmentor, dataset.noise)
+        if isinstance(dataset.noise, NoiseSet):
+            import logging
+
+            logging.getLogger("nest_ssl.data").warning(
+                "augment_on=device with a noise manifest (%s): the training process decodes a noise clip for every "
+                "noise-mode utterance. Build a noise bank (`nest-ssl noise bank %s BANK_DIR`) and point "
+                "noise_manifest at BANK_DIR to slice them from memory instead.", dataset.noise.source,
+                dataset.noise.source)
     return loader
 
 
