@@ -17,7 +17,9 @@ rounding (tests/test_data_device_augment.py). Deterministic for a seed like the 
 What stays on the host: the plan (a few random draws per utterance) and slicing the noise clips, which costs nothing
 with a noise bank (nest_ssl.data.noise_bank: a slice of a memory map) and a decode per noise-mode utterance with a
 plain noise manifest. What runs on the device: the segment copies (one slice copy per segment), the energies and
-scales of all rows at once, ``noise`` and ``noisy_audio``. Nothing waits for the device (no host sync).
+scales of all rows at once, ``noise`` and ``noisy_audio``. Nothing reads a result back from the device, and the
+small host tensors go through pinned memory (a copy from pageable memory would wait for the stream). The batch's own
+audio is pinned by the DataLoader with ``pin_memory: true``.
 
 ``aug_info`` of a device-mixed batch has the worker path's keys except ``scale`` (reading it back would wait for the
 device).
@@ -78,11 +80,8 @@ class DeviceAugment:
         lens = batch.audio_len.tolist()
         audio = batch.audio.to(device, non_blocking=non_blocking)
         audio_len = batch.audio_len.to(device, non_blocking=non_blocking)
-        # All noise clips in one host->device copy (pinned when the device is a GPU, so it is asynchronous).
-        flat = torch.cat([c.to(audio.dtype) for c in clips]) if clips else audio.new_zeros(0).cpu()
-        if device.type == "cuda" and flat.numel():
-            flat = flat.pin_memory()
-        flat = flat.to(device, non_blocking=non_blocking)
+        # All noise clips in one host->device copy.
+        flat = _to_device(torch.cat([c.to(audio.dtype) for c in clips]) if clips else torch.zeros(0), device)
 
         residual = torch.zeros_like(audio)
         ratio_db = [0.0] * len(lens)
@@ -116,8 +115,8 @@ class DeviceAugment:
         n = audio_len.to(torch.float64).clamp_min(1)
         p_speech = audio.double().square().sum(1) / n
         p_noise = residual.double().square().sum(1) / n
-        target = torch.tensor([10 ** (r / 10) for r in ratio_db], dtype=torch.float64).to(device, non_blocking=True)
-        use = torch.tensor(mixed).to(device, non_blocking=True) & (p_noise > 0)
+        target = _to_device(torch.tensor([10 ** (r / 10) for r in ratio_db], dtype=torch.float64), device)
+        use = _to_device(torch.tensor(mixed), device) & (p_noise > 0)
         scale = torch.where(use, (p_speech / (target * torch.where(use, p_noise, 1.0))).sqrt(), 0.0)
         noise = residual.mul_(scale.to(audio.dtype)[:, None])
         return AudioNoiseBatch(
@@ -125,6 +124,14 @@ class DeviceAugment:
             noisy_audio=audio + noise, noisy_audio_len=audio_len.clone(), rejected=batch.rejected, seed=batch.seed,
             aug_info=info, stream=batch.stream,
         )
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (on the CPU) on ``device``; through pinned memory to a GPU, so that the copy is queued behind the work
+    already on the stream instead of waiting for it (a copy from pageable memory synchronises the stream first)."""
+    if device.type == "cuda" and t.numel():
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def check_augment_on(augment_on: str, augmentor: Any, section: str) -> None:
