@@ -70,7 +70,8 @@ def _export(manifest: str, out: Path, fmt: str) -> None:
     import subprocess
 
     p = subprocess.run([sys.executable, "-m", "nest_ssl.cli", "shar", "export", manifest, str(out), "--audio-format",
-                        fmt, "--shard-size", "50"], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                        fmt, "--shard-size", "50"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
     if p.returncode != 0:
         raise SystemExit(p.stderr)
     print(f"  shar export --audio-format {fmt}: {p.stdout.strip().splitlines()[-1]}")

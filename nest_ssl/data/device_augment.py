@@ -144,7 +144,8 @@ def check_augment_on(augment_on: str, augmentor: Any, section: str) -> None:
                           f"section has {what}; set {section}.batch_augmentor (NEST's) or {section}.augment_on=worker")
 
 
-def batch_to_device(loader: Any, batch: AudioNoiseBatch, device: DeviceLike, non_blocking: bool = True) -> AudioNoiseBatch:
+def batch_to_device(loader: Any, batch: AudioNoiseBatch, device: DeviceLike,
+                    non_blocking: bool = True) -> AudioNoiseBatch:
     """The trainer's one call per batch: ``batch`` on ``device``, mixed there when the loader's section says
     ``augment_on: device`` (the loader then carries a ``batch_transform``), else just moved."""
     transform = getattr(loader, "batch_transform", None)

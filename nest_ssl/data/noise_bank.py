@@ -196,7 +196,8 @@ class NoiseBank:
         except (OSError, json.JSONDecodeError) as err:
             raise NoiseBankError(f"{what}: cannot read {index_path} ({err}); rebuild the bank") from None
         if index.get("format") != FORMAT or index.get("dtype") != "int16":
-            raise NoiseBankError(f"{what}: {index_path} is not a {FORMAT} (int16); rebuild it with `nest-ssl noise bank`")
+            raise NoiseBankError(f"{what}: {index_path} is not a {FORMAT} (int16); rebuild it with "
+                                 "`nest-ssl noise bank`")
         if int(index["sample_rate"]) != int(sample_rate):
             raise NoiseBankError(
                 f"{what}: the noise bank {index_path.parent} is at {index['sample_rate']} Hz, the model at "
