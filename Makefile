@@ -48,6 +48,8 @@ bench: install
 	rm -rf $(BENCH_OUT)/shar
 	$(PY) -m nest_ssl.cli shar export $(BENCH_OUT)/dummy/train_manifest.json $(BENCH_OUT)/shar --shard-size 16
 	$(PY) bench/shar_resume.py $(BENCH_OUT)/shar --depths 10,50 --repeats 1
+	$(PY) bench/feed.py --hours 0.05 --rounds 1 --flop-seconds 4 --out $(BENCH_OUT)/feed
+	$(PY) bench/padding.py --num-cuts 5000
 
 clean:
 	rm -rf $(VENV) build *.egg-info
