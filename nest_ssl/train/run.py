@@ -396,7 +396,8 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
         if err:
             raise ResumeError(err)
         if path and ckpt is None:
-            ckpt = ckpt_io.load_checkpoint(path)
+            # rank 0 has just verified this file's digest; the other ranks map it without reading it all again
+            ckpt = ckpt_io.load_checkpoint(path, verify=False)
 
         trainer = build_trainer(cfg, settings, info, log_dir=log_dir, ckpt_dir=ckpt_dir, init_weights=ckpt is None,
                                 resume_step=ckpt["global_step"] if ckpt is not None else None)
