@@ -79,3 +79,92 @@ def test_a_legacy_format_file_is_read_without_a_mapping(tmp_path):
     got = ck.load_checkpoint(p)
     assert got["global_step"] == 5 and torch.equal(got["state_dict"]["encoder.w"], ckpt["state_dict"]["encoder.w"])
     assert not mapped(p)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Saving with two gloo ranks: only the writer builds the dict, every rank takes part in the gathers
+
+
+def _save_rank(rank: int, port: int, workdir: str, out: str) -> None:
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from nest_ssl.config import apply_overrides, load_config
+    from nest_ssl.train.distributed import DistInfo
+    from nest_ssl.train.run import build_trainer
+    from nest_ssl.train.trainer_config import parse_run_config
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        cfg = apply_overrides(load_config(None, "nest_tiny"), [
+            f"model.train_ds.manifest_filepath={workdir}/data/dummy_ssl/train_manifest.json",
+            f"model.validation_ds.manifest_filepath={workdir}/data/dummy_ssl/val_manifest.json",
+            "trainer.devices=2", "trainer.accelerator=cpu", "trainer.strategy=ddp"])
+        settings = parse_run_config(cfg)
+        info = DistInfo(rank=rank, local_rank=rank, world_size=2, backend="gloo")
+        ckpt_dir = Path(workdir) / "checkpoints"
+        tr = build_trainer(cfg, settings, info, log_dir=Path(workdir) / f"log{rank}", ckpt_dir=ckpt_dir)
+        # Adam's moments exist after a step (the same gradient on both ranks, as DDP would make it)
+        sum(p.float().pow(2).sum() for p in tr.model.parameters() if p.requires_grad).backward()
+        tr.optimizer.step()
+        torch.manual_seed(100 + rank)  # each rank's RNG state differs: the gather must carry both
+        built = tr.build_checkpoint(writer=rank == 0)
+        result = {"built": built is not None}
+        if built is not None:
+            own = tr.model.state_dict()
+            moments = [s["exp_avg"] for s in built["optimizer_states"][0]["state"].values()]
+            result.update(
+                same_weights=all(torch.equal(built["state_dict"][k], v.cpu()) for k, v in own.items()),
+                n_moments=len(moments), moments_nonzero=bool(sum(float(m.abs().sum()) for m in moments) > 0),
+                ranks_rng=len(built["nest_ssl"]["rng_per_rank"]),
+                rng_differs=not torch.equal(built["nest_ssl"]["rng_per_rank"][0]["torch"],
+                                            built["nest_ssl"]["rng_per_rank"][1]["torch"]))
+        tr.state.global_step = 1
+        tr.save_checkpoint()  # the trainer's own path: rank 0 writes, rank 1 only gathers
+        dist.barrier()
+        result["files"] = sorted(p.name for p in ckpt_dir.glob("*.ckpt")) if ckpt_dir.exists() else []
+        Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_only_the_writing_rank_builds_the_checkpoint(tmp_path):
+    import json
+    import socket
+    import sys
+
+    import torch.multiprocessing as mp
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from dummy_data import make_dummy_data
+
+    make_dummy_data(tmp_path, num_train=4, num_val=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_save_rank, args=(port, str(tmp_path), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r1 == {"built": False, "files": r0["files"]}, r1
+    assert r0["built"] and r0["same_weights"] and r0["n_moments"] > 0 and r0["moments_nonzero"], r0
+    assert r0["ranks_rng"] == 2 and r0["rng_differs"], r0
+    (name,) = r0["files"]
+    saved = ck.load_checkpoint(tmp_path / "checkpoints" / name)
+    assert ck.is_resumable(saved) and saved["global_step"] == 1 and len(saved["nest_ssl"]["rng_per_rank"]) == 2
+
+
+def test_a_nemo_archive_is_written_through_a_temporary_file_that_is_removed(tmp_path):
+    """write_nemo streams the weights through a file beside the archive instead of an in-memory copy of them all."""
+    from nest_ssl.checkpoint.nemo import read_nemo, write_nemo
+    from nest_ssl.config import load_config
+
+    cfg = load_config(None, "nest_tiny").model
+    weights = make_ckpt(6)["state_dict"]
+    out = write_nemo(tmp_path / "m.nemo", cfg, weights)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nemo"]
+    _, got = read_nemo(out)
+    assert set(got) == set(weights) and all(torch.equal(got[k], v) for k, v in weights.items())

@@ -206,9 +206,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------
     # Checkpoint content
 
-    def build_checkpoint(self) -> dict:
-        """The checkpoint dict (nest_ssl.train.checkpoint_state); a collective: all ranks call it."""
-        return build_checkpoint(self)
+    def build_checkpoint(self, writer: bool = True) -> dict | None:
+        """The checkpoint dict (nest_ssl.train.checkpoint_state) on the writing rank, None on the others; a
+        collective: all ranks call it."""
+        return build_checkpoint(self, writer)
 
     def restore(self, ckpt: dict, path: Path) -> None:
         """Continues from a checkpoint: weights, optimizer, scheduler, scaler, counters, data position, RNGs."""
@@ -348,8 +349,10 @@ class Trainer:
         st = self.state
         if st.last_saved_step == st.global_step and st.global_step > 0:
             return
-        ckpt = self.build_checkpoint()  # collective (RNG states of every rank): all ranks call it
-        if self.info.is_global_zero and self.ckpt.enabled:
+        writes = self.info.is_global_zero and self.ckpt.enabled
+        # a collective (RNG states of every rank): all ranks call it; only the writer copies the state to the host
+        ckpt = self.build_checkpoint(writer=writes)
+        if writes:
             self.ckpt.save(ckpt, self._checkpoint_metrics(), self.write_nemo_fn)
         st.last_saved_step = st.global_step
 
