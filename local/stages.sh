@@ -119,9 +119,67 @@ if stage_begin 6 "training ($config_name, $nnodes node(s) x $ngpus GPU(s))" opt:
     train_cmd=(python -m torch.distributed.run --nnodes "$nnodes" --node_rank "$node_rank" --master_addr "$master_addr"
       --master_port "$master_port" --nproc_per_node "$nproc")
   fi
-  # shellcheck disable=SC2086
-  "${train_cmd[@]}" "$nest_repo/recipes/nest/train.py" \
-    --config-path "$config_path" --config-name "$config_name" "${overrides[@]}" $train_opts
+  # Preemption: SIGTERM (a scheduler's stop; torchrun passes it on to its workers) and SIGUSR1 (SLURM's
+  # --signal=USR1@T) make the training processes write their last checkpoint first and exit with EXIT_RESUMABLE.
+  # torchrun dies of SIGUSR1 (it handles TERM, INT, HUP and QUIT), so it starts with SIGUSR1 ignored; the training
+  # processes install their own handler. This shell survives both signals and passes them on, for a signal that
+  # reaches only the job's shell (--signal=B:USR1@T): as SIGUSR1 to torchrun's training processes, or to srun, which
+  # forwards signals to its tasks. Then it waits for the launcher to end.
+  exit_resumable=75  # EXIT_RESUMABLE, nest_ssl/train/exit_codes.py
+  train_trapped=false
+  stop_signal=""
+  forward_stop() {
+    stop_signal=$1
+    train_trapped=true
+    local workers
+    if [ "${launcher:-torchrun}" = srun ]; then
+      kill -s "$1" "$launcher_pid" 2>/dev/null || true
+      return 0
+    fi
+    workers=$(cat /proc/"$launcher_pid"/task/*/children 2>/dev/null || true)
+    # shellcheck disable=SC2086
+    [ -z "$workers" ] || kill -USR1 $workers 2>/dev/null || true
+  }
+  if [ "${launcher:-torchrun}" = srun ]; then
+    # shellcheck disable=SC2086
+    (exec "${train_cmd[@]}" "$nest_repo/recipes/nest/train.py" \
+      --config-path "$config_path" --config-name "$config_name" "${overrides[@]}" $train_opts) &
+  else
+    # shellcheck disable=SC2086
+    (trap '' USR1; exec "${train_cmd[@]}" "$nest_repo/recipes/nest/train.py" \
+      --config-path "$config_path" --config-name "$config_name" "${overrides[@]}" $train_opts) &
+  fi
+  launcher_pid=$!
+  trap 'forward_stop TERM' TERM
+  trap 'forward_stop USR1' USR1
+  while :; do
+    train_trapped=false
+    train_rc=0
+    wait "$launcher_pid" || train_rc=$?
+    $train_trapped || break  # the launcher ended (a trapped signal interrupts `wait` with 128+N: wait again)
+  done
+  trap - TERM USR1
+  # torchrun exits 1 whenever a training process exits non-zero (srun passes its tasks' highest status on), so how
+  # the run ended is read from the status file that global rank 0 writes into the run folder
+  # (nest_ssl/train/run_status.py). Only a finished run is marked done; a resumable stop (SIGTERM, SIGUSR1,
+  # exp_manager.max_time_per_run) leaves the marker pending and ends the recipe with EXIT_RESUMABLE, so that the
+  # same command (or a requeued job) continues the run.
+  read -r train_exit train_state train_reason train_step <<< "$(python "$nest_repo/local/summary.py" train-status "$run_dir")"
+  if [ "$train_exit" != none ] && [ "$train_state" = resumable ]; then
+    log "Stage 6: training stopped at step $train_step ($train_reason${stop_signal:+, SIG$stop_signal}) after" \
+      "writing its last checkpoint; run the same command again to continue it (exit status $train_exit)"
+    exit "$train_exit"
+  fi
+  if [ "$train_rc" -eq "$exit_resumable" ]; then
+    log "Stage 6: training stopped to be continued (exit status $train_rc); run the same command again to" \
+      "continue it"
+    exit "$train_rc"
+  fi
+  if [ "$train_rc" -ne 0 ]; then
+    log "ERROR: Stage 6: training failed (exit status $train_rc${stop_signal:+, after SIG$stop_signal}); run the" \
+      "same command again to continue from the last checkpoint"
+    exit "$train_rc"
+  fi
   stage_end 6
 fi
 stage_marker_readonly=false
