@@ -177,13 +177,38 @@ def _spawned_entry(local_rank: int, nprocs: int, port: int, fn: Callable, args: 
 
 
 def spawn(fn: Callable, nprocs: int, args: tuple = ()) -> None:
-    """Runs fn(*args) in nprocs new processes with torchrun's environment; raises if any of them fails."""
+    """Runs fn(*args) in nprocs new processes with torchrun's environment; raises if any of them fails.
+
+    A preemption signal (SIGTERM, SIGUSR1) sent to this process is passed on to the processes, which stop as
+    torchrun's would (nest_ssl.train.signals), while this one waits for them."""
+    import signal
+
     import torch.multiprocessing as mp
+
+    from nest_ssl.train.signals import PREEMPTION_SIGNALS
 
     port = free_port()
     log.info("starting %d processes (no torchrun environment found); rendezvous on 127.0.0.1:%d", nprocs, port)
-    mp.start_processes(_spawned_entry, args=(nprocs, port, fn, args, os.getpid()), nprocs=nprocs, join=True,
-                       start_method="spawn")
+    context = mp.start_processes(_spawned_entry, args=(nprocs, port, fn, args, os.getpid()), nprocs=nprocs,
+                                 join=False, start_method="spawn")
+
+    def forward(signum, frame):
+        for p in context.processes:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+
+    previous = {}
+    try:
+        for sig in PREEMPTION_SIGNALS:
+            previous[sig] = signal.signal(sig, forward)
+    except ValueError:  # not the main thread: the signals are not ours to catch
+        pass
+    try:
+        while not context.join():
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def init_distributed(plan: LaunchPlan) -> DistInfo:
