@@ -41,6 +41,7 @@ def _env(**extra) -> dict:
 def _run(d: Path) -> subprocess.CompletedProcess:
     # max_time_per_run is spent before the first step ends: every run stops after one step, until max_steps.
     opts = ("trainer.max_steps=2 trainer.val_check_interval=1000 trainer.check_val_every_n_epoch=null "
+            "++exp_manager.checkpoint_callback_params.every_n_train_steps=2 "
             "trainer.num_sanity_val_steps=0 trainer.enable_progress_bar=false +trainer.enable_model_summary=false "
             "+exp_manager.max_time_per_run=0.001")
     cmd = [str(RECIPE), "--stage", "5", "--stop-stage", "6", "--musan-dir", "", "--data-dir", str(d / "data"),
@@ -78,6 +79,7 @@ def test_sigusr1_to_run_sh_alone_reaches_training_and_leaves_stage_6_pending(dat
     (d / "data" / "bucket_bins.txt").write_text("model.train_ds.bucket_duration_bins=[1.8,2.2]\n")
     trace = d / "trace"
     opts = ("trainer.max_steps=40 trainer.val_check_interval=1000 trainer.check_val_every_n_epoch=null "
+            "++exp_manager.checkpoint_callback_params.every_n_train_steps=40 "
             "trainer.num_sanity_val_steps=0 trainer.enable_progress_bar=false +trainer.enable_model_summary=false "
             "+nest_trainer.preemption.save_deadline_s=0")
     cmd = [str(RECIPE), "--stage", "6", "--stop-stage", "6", "--musan-dir", "", "--data-dir", str(d / "data"),

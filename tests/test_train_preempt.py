@@ -29,7 +29,8 @@ LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_AD
               "TORCHELASTIC_RUN_ID")
 KILL_MARGIN_S = 30.0  # the launcher's SIGKILL comes this long after the deadline (torchrun: 30 s after its SIGTERM)
 
-# No scheduled validation or checkpoint within the run: the only ones are those of the stop and of the end.
+# No scheduled validation within the run and a checkpoint only at its last step (every_n_train_steps=max_steps, so
+# that the preflight sees one): the only ones before it are those of the stop.
 COMMON = [
     "--config-name", "nest_tiny",
     "model.train_ds.manifest_filepath=data/dummy_ssl/train_manifest.json",
@@ -45,6 +46,10 @@ def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("preempt")
     make_dummy_data(d, num_train=32, num_val=16)
     return d
+
+
+def _save_at(step: int) -> str:
+    return f"++exp_manager.checkpoint_callback_params.every_n_train_steps={step}"
 
 
 def _free_port() -> int:
@@ -123,7 +128,8 @@ def test_two_ranks_save_last_first_on_sigterm_and_the_rerun_continues_exactly(wo
     d = workdir
     max_steps = 8
     # A deadline shorter than any validation: only the last checkpoint fits; validation, top-k and .nemo do not.
-    run = [f"trainer.max_steps={max_steps}", "exp_manager.exp_dir=stopped", "+nest_trainer.preemption.save_deadline_s=0"]
+    run = [f"trainer.max_steps={max_steps}", "exp_manager.exp_dir=stopped", _save_at(max_steps),
+           "+nest_trainer.preemption.save_deadline_s=0"]
     procs = _start_ranks(d, "first", run)
     try:
         # The signal reaches rank 1 first, rank 0 0.1 s later (torchrun and SLURM signal every process).
@@ -162,7 +168,8 @@ def test_two_ranks_save_last_first_on_sigterm_and_the_rerun_continues_exactly(wo
     assert read_status(run_dir)["status"] == "finished"
 
     # An uninterrupted run logs the same loss at every step.
-    rcs = _wait(_start_ranks(d, "whole", [f"trainer.max_steps={max_steps}", "exp_manager.exp_dir=whole"]), 300)
+    rcs = _wait(_start_ranks(d, "whole", [f"trainer.max_steps={max_steps}", "exp_manager.exp_dir=whole",
+                                          _save_at(max_steps)]), 300)
     assert rcs == [0, 0], (d / "whole-rank0.log").read_text()[-3000:]
     resumed = series(read_metrics(run_dir), "train_loss")
     whole = series(read_metrics(d / "whole" / RUN_NAME), "train_loss")
@@ -177,7 +184,7 @@ def test_devices_2_without_torchrun_pass_the_signal_on_to_their_processes(workdi
     d = workdir
     trace = d / "trace-spawned"
     cmd = [sys.executable, str(TRAIN), *COMMON, "trainer.devices=2", "trainer.accelerator=cpu",
-           "trainer.strategy=ddp", "trainer.max_steps=40", "exp_manager.exp_dir=spawned",
+           "trainer.strategy=ddp", "trainer.max_steps=40", "exp_manager.exp_dir=spawned", _save_at(40),
            "+nest_trainer.preemption.save_deadline_s=0"]
     with open(d / "spawned.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=d, env=_env(trace), stdout=log, stderr=subprocess.STDOUT)
@@ -200,7 +207,7 @@ def test_devices_2_without_torchrun_pass_the_signal_on_to_their_processes(workdi
 def test_sigusr1_with_time_left_saves_last_then_validates_ranks_and_exports(workdir):
     d = workdir
     trace = d / "trace-usr1"
-    cmd = [sys.executable, str(TRAIN), *COMMON, "trainer.devices=1", "trainer.max_steps=40",
+    cmd = [sys.executable, str(TRAIN), *COMMON, "trainer.devices=1", "trainer.max_steps=40", _save_at(40),
            "exp_manager.exp_dir=usr1", "+nest_trainer.preemption.save_deadline_s=600"]
     with open(d / "usr1.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=d, env=_env(trace), stdout=log, stderr=subprocess.STDOUT)
