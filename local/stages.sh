@@ -164,7 +164,8 @@ if stage_begin 6 "training ($config_name, $nnodes node(s) x $ngpus GPU(s))" opt:
   # (nest_ssl/train/run_status.py). Only a finished run is marked done; a resumable stop (SIGTERM, SIGUSR1,
   # exp_manager.max_time_per_run) leaves the marker pending and ends the recipe with EXIT_RESUMABLE, so that the
   # same command (or a requeued job) continues the run.
-  read -r train_exit train_state train_reason train_step <<< "$(python "$nest_repo/local/summary.py" train-status "$run_dir")"
+  train_status=$(python "$nest_repo/local/summary.py" train-status "$run_dir")
+  read -r train_exit train_state train_reason train_step <<< "$train_status"
   if [ "$train_exit" != none ] && [ "$train_state" = resumable ]; then
     log "Stage 6: training stopped at step $train_step ($train_reason${stop_signal:+, SIG$stop_signal}) after" \
       "writing its last checkpoint; run the same command again to continue it (exit status $train_exit)"

@@ -340,7 +340,8 @@ class Trainer:
             self._val_health = {}
             return None
         val_loss = float(total[0] / total[1])
-        self._val_health = validation_metrics(self.health, total[3:3 + width], val_loss, self.cum_counts.counts)  # val_acc, val_floor, ...
+        # val_acc, val_floor, ...
+        self._val_health = validation_metrics(self.health, total[3:3 + width], val_loss, self.cum_counts.counts)
         return val_loss
 
     def run_validation(self, stale_if_none: bool = False, **cut) -> bool:
