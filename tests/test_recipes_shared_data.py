@@ -146,7 +146,8 @@ def test_two_experiments_train_from_one_data_folder_at_once(prepared):
                             f"model.train_ds.manifest_filepath={d / 'data/cuts/train.jsonl.gz'}",
                             f"model.validation_ds.manifest_filepath={d / 'data/cuts/val.jsonl.gz'}",
                             "trainer.accelerator=cpu", "trainer.devices=1", f"exp_manager.exp_dir={d / 'exp'}",
-                            "exp_manager.name=a"], cwd=d, env=_env(NEST_SSL_LOCK_MODE="file"), capture_output=True,
+                            "exp_manager.name=a", "trainer.max_steps=4",
+                            "++exp_manager.checkpoint_callback_params.every_n_train_steps=2"], cwd=d, env=_env(NEST_SSL_LOCK_MODE="file"), capture_output=True,
                            text=True, timeout=300)
         assert c.returncode == 2, c.stderr[-3000:]
         (refusal,) = c.stderr.strip().splitlines()[-1:]
