@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip wheel setuptools
 	# torch first and pinned: pip here is capped by /etc/xdg/pip and must not pick another build
@@ -48,6 +48,8 @@ bench: install
 	rm -rf $(BENCH_OUT)/shar
 	$(PY) -m nest_ssl.cli shar export $(BENCH_OUT)/dummy/train_manifest.json $(BENCH_OUT)/shar --shard-size 16
 	$(PY) bench/shar_resume.py $(BENCH_OUT)/shar --depths 10,50 --repeats 1
+	$(PY) bench/feed.py --hours 0.05 --rounds 1 --flop-seconds 4 --out $(BENCH_OUT)/feed
+	$(PY) bench/padding.py --num-cuts 5000
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -59,7 +59,7 @@ fi
 
 # 1. GPU-marked tests (they skip without CUDA; the CPU version runs the bf16 and checkpointing tests instead).
 if [ $GPU = 1 ]; then
-  part "pytest -m gpu" 240 $PY -m pytest -q -rs -m gpu tests/test_gpu.py
+  part "pytest -m gpu" 240 $PY -m pytest -q -rs -m gpu tests/test_gpu.py tests/test_data_device_augment.py
 else
   part "pytest (CPU stand-ins: bf16 autocast, checkpointing)" 240 \
     $PY -m pytest -q -rs tests/test_gpu.py tests/test_precision.py tests/test_checkpointing.py

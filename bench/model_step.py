@@ -217,11 +217,10 @@ def measure(impl, threads, steps, warmup, device, precision, layers=None, checkp
         result.update(profiled_cpu_memory(step))
         result.update({f"{k}_no_grads": v for k, v in profiled_cpu_memory(step, model).items()})
         result["grad_mb"] = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad) / 2**20
-    from torch.utils.flop_counter import FlopCounterMode
+    # torch's FlopCounterMode, with the oneDNN linears (CPU) and depthwise-convolution gradients counted right
+    from nest_ssl.models.flops import count_flops
 
-    with FlopCounterMode(display=False) as counter:
-        step()
-    result["flops_per_step"] = counter.get_total_flops()
+    result["flops_per_step"] = count_flops(step)[0]
     return result
 
 

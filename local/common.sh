@@ -7,8 +7,10 @@
 #   die MSG...          log and exit 1
 #   check_int MIN VAR...    each option VAR is an integer >= MIN, else one message and exit 2 (before anything is
 #   check_float MIN VAR...  written); check_float takes decimals (1, 2.5, .5, 1e-3) >= MIN
+#   check_choice VAR CHOICE...  the option VAR is one of CHOICE..., else one message and exit 2
 #   recipe_cd VAR...    make the path options in VAR... that the user gave absolute, then cd to the recipe folder
-#   recipe_lock DIR     hold a lock on DIR (DIR/.lock) until the recipe exits; a second run on DIR is refused
+#   recipe_lock DIR     hold a lock on DIR (DIR/.lock) for data preparation; a second run preparing DIR is refused
+#   recipe_unlock       drop it (before training: any number of runs train from one prepared DIR)
 #   stage_in_range N    whether N lies in [--stage, --stop-stage]
 #   stage_begin N DESC [opt:KEY=VALUE]... [in:PATH]... [out:PATH]...
 #   stage_end N         see "Stage guards" below
@@ -66,6 +68,14 @@ _check_number() {
   done
 }
 check_int() { _check_number "an integer" '^-?[0-9]+$' "$@"; }
+# check_choice VAR CHOICE...: the option VAR is one of CHOICE..., else one message and exit 2.
+check_choice() {
+  local v=$1 c
+  shift
+  for c in "$@"; do [ "${!v}" = "$c" ] && return 0; done
+  printf '%s: option --%s expects one of: %s; got '"'"'%s'"'"'\n' "$0" "${v//_/-}" "$*" "${!v}" >&2
+  exit 2
+}
 check_float() { _check_number "a number" '^-?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$' "$@"; }
 
 recipe_cd() {
@@ -80,19 +90,65 @@ recipe_cd() {
   cd "$recipe_dir"
 }
 
-# One recipe run per data folder: two runs writing the same manifests, markers and checkpoints would corrupt each
-# other. flock(1) on DIR/.lock, through a file descriptor that the recipe (and the commands it starts) keep open
-# until they exit, so the lock goes away with the run however it ends. The lock file names its holder.
+# Data preparation, one run at a time per data folder: two runs writing the same manifests and markers would corrupt
+# each other. Training does not hold it: any number of runs train from one prepared folder at once, each in its own
+# run folder, which the trainer locks (nest_ssl/train/run_lock.py). A recipe takes the lock for its data stages and
+# drops it (recipe_unlock) before training.
+# flock(1) on DIR/.lock, through file descriptor 9, which the recipe (and the commands it starts) keep open until
+# recipe_unlock or exit, so the lock goes away with the run however it ends; the file names its holder. Where flock(1)
+# is missing or the file system refuses flock (Lustre without -o flock, some NFS), or NEST_SSL_LOCK_MODE=file: the
+# lock is DIR/.lock.excl, created exclusively and naming host, PID and SLURM job (local/lock_file.py), removed by
+# recipe_unlock or at exit; one left by a killed run is taken over once its holder is provably gone.
+# NEST_SSL_LOCK_MODE=flock: flock only, no fallback.
 recipe_lock() {
-  local dir=$1 holder
-  command -v flock >/dev/null 2>&1 || die "flock not found (util-linux); it keeps two runs off one --data-dir"
+  local dir=$1 holder rc out mode=${NEST_SSL_LOCK_MODE:-auto}
+  case $mode in
+    auto | flock | file) ;;
+    *) die "NEST_SSL_LOCK_MODE=$mode: expected auto, flock or file" ;;
+  esac
   mkdir -p "$dir"
-  exec 9>>"$dir/.lock"
-  if ! flock -n 9; then
-    holder=$(cat "$dir/.lock" 2>/dev/null || true)
-    die "$dir is in use by another run (${holder:-holder unknown}); wait for it to end or give another --data-dir"
+  if [ "$mode" != file ] && command -v flock >/dev/null 2>&1; then
+    exec 9>>"$dir/.lock"
+    rc=0
+    flock -n -E 200 9 2>/dev/null || rc=$?
+    if [ $rc -eq 0 ]; then
+      printf '%s pid %s on %s since %s\n' "$0" "$$" "$(hostname)" "$(date '+%Y-%m-%d %H:%M:%S')" > "$dir/.lock"
+      recipe_lock_held=flock
+      return 0
+    fi
+    exec 9>&-
+    if [ $rc -eq 200 ]; then
+      holder=$(cat "$dir/.lock" 2>/dev/null || true)
+      die "$dir is in use by another run (${holder:-holder unknown}); wait for it to end or give another --data-dir"
+    fi
+    [ "$mode" = auto ] || die "flock on $dir/.lock failed (the file system refuses flock?); NEST_SSL_LOCK_MODE=auto" \
+      "falls back to a lock file there"
+    log "flock is refused on $dir: locking it with $dir/.lock.excl instead"
+  elif [ "$mode" = flock ]; then
+    die "flock not found (util-linux), and NEST_SSL_LOCK_MODE=flock; it keeps two runs off one --data-dir"
   fi
-  printf '%s pid %s on %s since %s\n' "$0" "$$" "$(hostname)" "$(date '+%Y-%m-%d %H:%M:%S')" > "$dir/.lock"
+  rc=0
+  out=$(python "$nest_repo/local/lock_file.py" acquire "$dir/.lock.excl" --pid $$) || rc=$?
+  case $rc in
+    0)
+      [ -z "$out" ] || log "$dir: $out"
+      recipe_lock_held=$dir/.lock.excl
+      trap recipe_unlock EXIT
+      ;;
+    3) die "$dir is in use by another run ($out holds $dir/.lock.excl); wait for it to end or give another" \
+      "--data-dir (if that run is gone, remove the file)" ;;
+    *) die "$dir/.lock.excl: ${out:-the lock helper failed (exit $rc)}" ;;
+  esac
+}
+
+# Drops the lock of recipe_lock (nothing when none is held).
+recipe_unlock() {
+  case ${recipe_lock_held:-} in
+    "") ;;
+    flock) exec 9>&- ;;
+    *) python "$nest_repo/local/lock_file.py" release "$recipe_lock_held" --pid $$ ;;
+  esac
+  recipe_lock_held=""
 }
 
 # Stage guards

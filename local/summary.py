@@ -3,6 +3,11 @@
 
   summary.py last-checkpoint RUN_DIR
       prints the newest last checkpoint in RUN_DIR/checkpoints (the one training resumes from)
+  summary.py train-status RUN_DIR
+      prints how the last training run in RUN_DIR ended, from RUN_DIR/train_status.json (which global rank 0
+      writes when a run ends without an error; nest_ssl/train/run_status.py): "EXIT_CODE STATUS STOP_REASON STEP",
+      e.g. "0 finished max_steps 2000" or "75 resumable preempted 812"; "none" when there is no such file (the
+      run crashed or was killed, or another run started since)
   summary.py summary RUN_DIR --train-cuts CUTS --val-cuts CUTS [--checkpoint CKPT]
       prints hours of audio used (training and validation windows, speakers), steps and epochs, the final
       train_loss and val_loss (from RUN_DIR/metrics.jsonl, which the trainer writes beside TensorBoard's events),
@@ -34,6 +39,19 @@ def last_checkpoint(run_dir: str) -> str:
     if not found:
         raise UserError(f"summary.py: no *last.ckpt in {run_dir}/checkpoints; run the training stage first")
     return max(found, key=os.path.getmtime)
+
+
+STATUS_FILE = "train_status.json"  # nest_ssl.train.run_status.STATUS_FILE (imported there, it would cost torch)
+
+
+def train_status(run_dir: str) -> str:
+    try:
+        with open(os.path.join(run_dir, STATUS_FILE), encoding="utf-8") as f:
+            record = json.load(f)
+        return (f"{int(record['exit_code'])} {record['status']} {record.get('stop_reason') or 'none'} "
+                f"{int(record.get('global_step', -1))}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "none"
 
 
 def cuts_stats(path: str):
@@ -191,6 +209,8 @@ def _main(argv) -> int:
     sub = p.add_subparsers(dest="what", required=True)
     lc = sub.add_parser("last-checkpoint")
     lc.add_argument("run_dir")
+    ts = sub.add_parser("train-status")
+    ts.add_argument("run_dir")
     s = sub.add_parser("summary")
     s.add_argument("run_dir")
     s.add_argument("--train-cuts", required=True)
@@ -199,6 +219,8 @@ def _main(argv) -> int:
     a = p.parse_args(argv)
     if a.what == "last-checkpoint":
         print(last_checkpoint(a.run_dir))
+    elif a.what == "train-status":
+        print(train_status(a.run_dir))
     else:
         print(summary(a.run_dir, a.train_cuts, a.val_cuts, a.checkpoint))
     return 0

@@ -25,7 +25,7 @@ from omegaconf._utils import get_yaml_loader
 
 from nest_ssl.errors import UserError
 
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent / "conf"  # shipped in the package (setup.py package_data)
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent / "conf"  # shipped in the package (pyproject.toml package-data)
 DEFAULT_CONFIG_NAME = "nest_fast-conformer"
 
 # Our class for each class NeMo's NEST yaml names. NeMo's configs use short public paths

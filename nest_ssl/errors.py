@@ -17,6 +17,13 @@ class UserError(Exception):
     """A mistake in the input (config, command line, files) that the message tells the user how to fix."""
 
 
+def missing_extra(module: str, extra: str, what: str) -> UserError:
+    """The error for an optional package that is not installed: `what` needs `module`, which the `extra` of the
+    nest-ssl package brings (pyproject.toml's optional-dependencies)."""
+    return UserError(f"{what} needs {module}, which is not installed: pip install 'nest-ssl[{extra}]' "
+                     f"(or pip install {module})")
+
+
 # errno -> what it means for a file the user gave us; the rest fall back to the OS's own wording
 _OS_REASONS = {
     errno.ENOENT: "does not exist",

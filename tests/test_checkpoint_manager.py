@@ -179,3 +179,25 @@ def test_disabled_manager_writes_nothing(tmp_path):
 def test_due_after_step(tmp_path, every_n_train_steps, step, due):
     m = manager(tmp_path, every_n_train_steps=every_n_train_steps)
     assert m.due_after_step(step) is due
+
+
+def test_save_last_writes_the_last_checkpoint_only(tmp_path):
+    """What a preempted run writes first: the last checkpoint, no top-k file, no .nemo, the ranking untouched; the
+    full save that may follow writes the top-k file and the last again, the previous one kept as .prev."""
+    m = manager(tmp_path, monitor="val_loss", mode="min", save_top_k=1, always_save_nemo=True)
+    nemo = NemoWriter()
+    save(m, 2, 1.0, nemo)
+    assert nemo.calls and topk_files(tmp_path) == ["run--val_loss=1.000-step=2.ckpt"]
+    nemo.calls.clear()
+    ck = make_ckpt(3)
+    path = m.save_last(ck, {"epoch": 0, "step": 3, "val_loss": 1.0})  # named by the previous validation
+    assert path == tmp_path / "run--val_loss=1.000-step=3-last.ckpt" and path.exists()
+    assert load_checkpoint(path)["global_step"] == 3 and m.last_model_path == str(path)
+    assert topk_files(tmp_path) == ["run--val_loss=1.000-step=2.ckpt"] and not nemo.calls
+    assert m.best_k_models == {str(tmp_path / "run--val_loss=1.000-step=2.ckpt"): 1.0}
+    assert ck["callbacks"][m.key]["last_model_path"] == str(path)  # the file knows it is the last one
+    save(m, 3, 0.5, nemo)  # the validation fitted before the deadline: the full save of the same step
+    assert topk_files(tmp_path) == ["run--val_loss=0.500-step=3.ckpt"] and len(nemo.calls) == 1
+    assert sorted(p.name for p in tmp_path.glob("*last.ckpt*")) == [
+        "run--val_loss=0.500-step=3-last.ckpt", "run--val_loss=1.000-step=3-last.ckpt" + PREV_SUFFIX]
+    assert manager(tmp_path, enabled=False).save_last(make_ckpt(4), {"step": 4}) is None

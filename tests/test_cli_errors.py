@@ -141,7 +141,7 @@ TRAIN_MISTAKES = {
     "two warmup keys": (["model.optim.sched.warmup_ratio=0.1"], ["model.optim.sched", "warmup_ratio, not both"]),
     # the data as a whole
     "corpus too small for one batch": (["model.train_ds.batch_size=500", "model.train_ds.drop_last=true"],
-                                       ["model.train_ds", "too small for one batch", "batch_size=500",
+                                       ["model.train_ds", "too small for one batch", "train.json", "batch_size=500",
                                         "drop_last=true"]),
 }
 
@@ -164,7 +164,8 @@ def test_second_run_on_the_same_run_folder_is_refused(data, tmp_path):
 
     exp = tmp_path / "exp"
     run = exp / "SSL-NEST-FastConformer-Tiny"  # no version folder with resume_if_exists
-    args = _train_args(data, exp, "trainer.max_steps=100000", "trainer.val_check_interval=100000")
+    args = _train_args(data, exp, "trainer.max_steps=100000", "trainer.val_check_interval=100000",
+                       "trainer.check_val_every_n_epoch=null")
     first = subprocess.Popen([sys.executable, "-m", "nest_ssl.cli", *map(str, args)], cwd=tmp_path, env=ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

@@ -38,7 +38,8 @@ def trained(tmp_path_factory):
     cfg = load_config(config_name="nest_tiny", overrides=[
         f"model.train_ds.manifest_filepath={d}/data/train_manifest.json",
         f"model.validation_ds.manifest_filepath={d}/data/val_manifest.json",
-        "trainer.max_steps=3", "trainer.val_check_interval=3", f"exp_manager.exp_dir={d}/exp",
+        "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.check_val_every_n_epoch=null",
+        f"exp_manager.exp_dir={d}/exp",
         "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
         "exp_manager.checkpoint_callback_params.always_save_nemo=false"])
     result = run(cfg)

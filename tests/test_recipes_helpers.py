@@ -155,6 +155,7 @@ check_int 0 stage
 check_int 1 nj
 check_float 0 max_duration
 recipe_lock "$PWD/data"
+[ -z "${UNLOCK:-}" ] || recipe_unlock
 echo "stage=$stage nj=$nj max_duration=$max_duration"
 sleep "${HOLD:-0}"
 """
@@ -205,3 +206,59 @@ def test_a_second_run_on_the_same_data_folder_is_refused_while_the_first_holds_i
     # the lock went with the run that held it, however it ended
     again = subprocess.run(["bash", str(numbers)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
+
+
+def _hold(numbers, tmp_path, **env):
+    first = subprocess.Popen(["bash", str(numbers)], cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, HOLD="30", **env), start_new_session=True)
+    assert "stage=0" in first.stdout.readline()  # past recipe_lock (and recipe_unlock, if asked)
+    return first
+
+
+def _stop(p):
+    os.killpg(p.pid, 9)
+    p.wait()
+    p.stdout.close()
+
+
+def test_the_lock_file_fallback_refuses_a_second_run_and_is_taken_over_after_a_kill(numbers, tmp_path):
+    """NEST_SSL_LOCK_MODE=file (the fallback where flock(1) is missing or refused): data/.lock.excl names the
+    recipe's shell; a second run is refused naming it; after SIGKILL (no exit trap) the file stays, and the next
+    run takes it over because that PID is gone, then removes it at its end."""
+    env = dict(os.environ, NEST_SSL_LOCK_MODE="file")
+    lock = tmp_path / "data" / ".lock.excl"
+    first = _hold(numbers, tmp_path, NEST_SSL_LOCK_MODE="file")
+    try:
+        assert lock.read_text().startswith(f"host={os.uname().nodename} pid={first.pid} ")
+        second = subprocess.run(["bash", str(numbers)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                                env=env)
+        assert second.returncode == 1 and second.stdout == "", second.stderr
+        (line,) = second.stderr.strip().splitlines()
+        assert f"ERROR: {tmp_path / 'data'} is in use by another run (PID {first.pid} on " in line, line
+        assert f"holds {lock})" in line and "give another --data-dir" in line
+    finally:
+        _stop(first)
+    assert lock.exists()
+    again = subprocess.run(["bash", str(numbers)], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    assert again.returncode == 0, again.stderr
+    assert f"took over: PID {first.pid} on" in again.stderr and "(it is not running)" in again.stderr
+    assert not lock.exists()  # removed when the run ended
+
+
+@pytest.mark.parametrize("mode", ["auto", "file"])
+def test_recipe_unlock_lets_the_next_run_in(numbers, tmp_path, mode):
+    """What local/stages.sh does before training: once unlocked, another run may prepare or train meanwhile."""
+    first = _hold(numbers, tmp_path, UNLOCK="1", NEST_SSL_LOCK_MODE=mode)
+    try:
+        second = subprocess.run(["bash", str(numbers)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                                env=dict(os.environ, NEST_SSL_LOCK_MODE=mode))
+        assert second.returncode == 0, second.stderr
+        assert first.poll() is None
+    finally:
+        _stop(first)
+
+
+def test_a_bad_lock_mode_is_one_message(numbers, tmp_path):
+    r = subprocess.run(["bash", str(numbers)], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, NEST_SSL_LOCK_MODE="nfs"))
+    assert r.returncode == 1 and "NEST_SSL_LOCK_MODE=nfs: expected auto, flock or file" in r.stderr, r.stderr

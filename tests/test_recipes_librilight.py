@@ -1,11 +1,14 @@
-"""egs/librilight as a real subprocess: stage 0 on a missing corpus, stages 0-1 on a corpus with broken files."""
+"""egs/librilight as a real subprocess: stage 0 on a missing corpus, stages 0-1 on a corpus with broken files, and
+stages 0-6 on a small corpus with checkpoints and validation by optimizer step."""
 
 import gzip
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,3 +147,52 @@ def test_download_scripts_explain_themselves_and_refuse_bad_arguments(tmp_path):
                        capture_output=True, text=True, timeout=60, env=ENV)
     assert r.returncode == 2 and "unknown subset 'tiny' (choose from small, medium, large)" in r.stderr, r.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_training_checkpoints_by_steps_and_validates_across_epochs(tmp_path):
+    """Stages 0-6 on a small LibriLight tree whose epochs are shorter than the config's val_check_interval, with the
+    README's options (--ngpus 0 --config-name nest_tiny for a CPU, --save-every-steps, --val-every-steps): `last` is
+    written at step 2, before any validation, and validation runs at global step 3, in a later epoch. Without the
+    two options the config itself (val_check_interval counted per epoch, checkpoints only after validation) is
+    refused up front, naming the keys."""
+    root = tmp_path / "corpus"
+    for spk in ("101", "102", "103"):
+        book = root / "small" / spk / "a_book_librivox_64kb_mp3"
+        book.mkdir(parents=True)
+        for i in range(2):
+            _write_flac(book / f"f{i}.flac", 4.0)
+            _json(book / f"f{i}.json", [[0.1, 3.9]], speaker=spk)
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    r = subprocess.run([RECIPE, "--corpus-dir", root, "--musan-dir", "", "--subsets", "small", "--data-dir", data,
+                        "--exp-dir", exp, "--stop-stage", "6", "--nj", "1", "--val-speakers", "1", "--num-buckets", "2",
+                        "--ngpus", "0", "--config-name", "nest_tiny", "--save-every-steps", "2", "--val-every-steps", "3",
+                        "--train-opts", "trainer.max_steps=3 trainer.enable_progress_bar=false"],
+                       capture_output=True, text=True, timeout=600, env=ENV)
+    assert r.returncode == 0, r.stderr[-4000:]
+    run_dir = exp / "nest_tiny"
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    val = [(row["step"], row["epoch"]) for row in rows if "val_loss" in row]
+    assert [step for step, _ in val] == [3] and val[0][1] >= 1  # by global step, across epochs
+    # The previous last checkpoint (kept as .prev beside the newest) is step 2's: written before any validation.
+    ckdir = run_dir / "checkpoints"
+    prev = sorted(ckdir.glob("*-last.ckpt.prev"))
+    assert [p.name for p in prev] == ["SSL-NEST-FastConformer-Tiny--val_loss=0.000-step=2-last.ckpt.prev"], \
+        sorted(p.name for p in ckdir.iterdir())
+    import torch
+
+    ck = torch.load(prev[0], map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 2 and ck["nest_ssl"]["loop"]["last_val_step"] == -1
+    assert ck["epoch"] >= 1  # an epoch is shorter than 2 batches here: steps count across epochs
+    # The config's own schedule on the same data: refused before a process starts, with the keys to set.
+    p = subprocess.run([sys.executable, "-m", "nest_ssl.cli", "train", "--config-name", "nest_tiny",
+                        f"model.train_ds.manifest_filepath={data / 'cuts' / 'train.jsonl.gz'}",
+                        f"model.validation_ds.manifest_filepath={data / 'cuts' / 'val.jsonl.gz'}",
+                        f"exp_manager.exp_dir={tmp_path / 'never'}", "trainer.max_steps=1000"],
+                       capture_output=True, text=True, timeout=240, env=ENV, cwd=tmp_path)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("nest-ssl: error: ")]
+    assert p.returncode == 2 and len(errors) == 1, p.stderr[-3000:]
+    for needle in ("no checkpoint before it ends", "trainer.val_check_interval=20",
+                   "trainer.check_val_every_n_epoch=null", "exp_manager.checkpoint_callback_params.every_n_train_steps"):
+        assert needle in errors[0], errors[0]
+    assert not (tmp_path / "never").exists()

@@ -128,6 +128,10 @@ def test_nest_trainer_section():
     assert s.nest_trainer.seed == 7 and s.nest_trainer.max_consecutive_nonfinite == 3
     with pytest.raises(ConfigError, match="nest_trainer.sed.*nest_trainer.seed"):
         parse_run_config(nest_cfg("+nest_trainer.sed=7"))
+    # NeMo's yaml has no nest_trainer section: the preemption deadline's default applies; 0 is allowed
+    assert parse_run_config(nest_cfg()).nest_trainer.preemption.save_deadline_s == 20.0
+    s = parse_run_config(nest_cfg("+nest_trainer.preemption.save_deadline_s=0"))
+    assert s.nest_trainer.preemption.save_deadline_s == 0.0
 
 
 def test_devices_on_a_cpu_machine(monkeypatch):
@@ -177,6 +181,9 @@ def test_checkpoint_names_follow_lightning():
         ("nest_trainer", {"health": {"min_coverag": 0.2}}, r"did you mean 'nest_trainer\.health\.min_coverage'"),
         ("nest_trainer", {"health": {"floor_margin": "x"}}, r"nest_trainer\.health\.floor_margin='x': must be a number"),
         ("nest_trainer", {"seed": -1}, r"nest_trainer\.seed=-1: must be an integer >= 0"),
+        ("nest_trainer", {"preemption": {"save_deadline_s": -5}},
+         r"nest_trainer\.preemption\.save_deadline_s=-5\.0: must be a number of seconds >= 0"),
+        ("nest_trainer", {"preemption": {"deadline": 5}}, r"did you mean 'nest_trainer\.preemption\.save_deadline_s'"),
     ],
 )
 def test_type_and_key_errors_name_the_key_and_value(section, node, match):
@@ -196,4 +203,5 @@ def test_null_means_the_default_and_defaults_live_in_the_dataclasses():
     assert e.checkpoint == CheckpointSettings() and e.files_to_copy == []
     assert parse_nest_trainer({"health": None}).health == HealthSettings()
     assert parse_nest_trainer(None).health == HealthSettings()
+    assert parse_nest_trainer({"preemption": None}).preemption.save_deadline_s == 20.0
     assert parse_trainer({"max_steps": "12"}).max_steps == 12  # OmegaConf's conversion of a number given as text

@@ -1,5 +1,5 @@
 """A run stopped by its time limit writes a checkpoint named and ranked by a validation at the step it stopped
-at, not by the previous validation's value; and the resume after it takes the newest intact checkpoint of any
+at, not by the previous validation's value, and exits with EXIT_RESUMABLE; and the resume after it takes the newest intact checkpoint of any
 kind when the newest one is truncated (real subprocess runs of the tiny config on CPU)."""
 
 import subprocess
@@ -9,7 +9,9 @@ import pytest
 
 import test_train_run as ttr  # the training-run helpers (module import: its tests are not collected twice)
 from nest_ssl.checkpoint import load_checkpoint
+from nest_ssl.train.exit_codes import EXIT_RESUMABLE
 from nest_ssl.train.loggers import read_metrics, series
+from nest_ssl.train.run_status import read_status
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +29,17 @@ def test_time_limit_checkpoint_is_named_by_a_validation_at_its_step(workdir):
     first = ttr.run(ttr.train_cmd(*common, "trainer.max_steps=2", "trainer.val_check_interval=2"), workdir)
     assert first.returncode == 0, first.stderr[-3000:]
     run_dir = workdir / "stop" / ttr.RUN_NAME
+    assert read_status(run_dir)["status"] == "finished"
     assert sorted(series(read_metrics(run_dir), "val_loss")) == [2]
 
     # Resumed with a time limit already spent: it stops after its first step (3), long before its next scheduled
-    # validation (val_check_interval=100).
-    second = ttr.run(ttr.train_cmd(*common, "trainer.max_steps=50", "trainer.val_check_interval=100",
+    # validation (val_check_interval=50).
+    second = ttr.run(ttr.train_cmd(*common, "trainer.max_steps=50", "trainer.val_check_interval=50",
                                    "+exp_manager.max_time_per_run=0.001"), workdir)
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == EXIT_RESUMABLE, second.stderr[-3000:]  # stopped, not finished: continue me
     assert "max_time_per_run" in second.stderr
+    assert read_status(run_dir) == {"status": "resumable", "stop_reason": "max_time_per_run",
+                                    "exit_code": EXIT_RESUMABLE, "global_step": 3, "epoch": 1}
     val = series(read_metrics(run_dir), "val_loss")
     assert sorted(val) == [2, 3] and val[3] != val[2]  # validated at the stop step
 
@@ -55,8 +60,9 @@ def test_time_limit_checkpoint_is_named_by_a_validation_at_its_step(workdir):
     # intact one, whatever its kind.
     data = lasts[0].read_bytes()
     lasts[0].write_bytes(data[: len(data) // 2])
-    third = ttr.run(ttr.train_cmd(*common, "trainer.max_steps=4", "trainer.val_check_interval=100"), workdir)
+    third = ttr.run(ttr.train_cmd(*common, "trainer.max_steps=4", "trainer.val_check_interval=4"), workdir)
     assert third.returncode == 0, third.stderr[-3000:]
+    assert read_status(run_dir)["stop_reason"] == "max_steps"
     skipped = [line for line in third.stderr.splitlines() if f"{lasts[0].name} was skipped" in line]
     assert skipped and "truncated" in skipped[0], third.stderr[-3000:]
     assert "resuming from the newest intact checkpoint instead" in third.stderr

@@ -46,6 +46,9 @@ nnodes=1
 node_rank=0
 master_addr=localhost
 master_port=29500
+launcher=torchrun                # stage 6: torchrun on each node, or srun (in a SLURM job: a task per device)
+save_every_steps=1000           # stage 6: the last checkpoint every N optimizer steps (0: the config decides)
+val_every_steps=2500            # stage 6: validation every N optimizer steps, across epochs (0: the config decides)
 train_opts=""                    # extra config overrides for train.py, e.g. "trainer.max_steps=100000 model.train_ds.batch_size=16"
 
 # Stages 8-9 (run only when asked: --stop-stage 9): downstream evaluation on Libri-light's limited-resource ASR sets.
@@ -58,7 +61,7 @@ eval_opts=""                     # more nest-ssl evaluate options, e.g. "--finet
 help_message="Usage: $0 [options]
 Stages: 0 corpus check (and download with --download true)  1 LibriLight manifests  2 noise set
         3 training windows + validation split by speaker  4 Shar shards (--use-shar true)  5 bucket bins
-        6 training (torchrun)  7 export (.nemo, encoder-only) and summary
+        6 training (torchrun or srun)  7 export (.nemo, encoder-only) and summary
         8 labelled Libri-light/LibriSpeech sets  9 downstream evaluation (both only with --stop-stage 9)
 Options (default):
   --stage N ($stage)  --stop-stage N ($stop_stage)  --force true|false ($force)  --nj N ($nj)
@@ -71,12 +74,15 @@ Options (default):
   --use-shar true|false ($use_shar)  --shard-size N ($shard_size)  --num-buckets N ($num_buckets)
   --config-path DIR ($config_path)  --config-name NAME ($config_name)  --exp-name NAME (config name)
   --ngpus N ($ngpus)  --nnodes N ($nnodes)  --node-rank N ($node_rank)  --master-addr HOST ($master_addr)
-  --master-port PORT ($master_port)  --train-opts 'key=value ...' ($train_opts)
+  --master-port PORT ($master_port)  --save-every-steps N ($save_every_steps)  --val-every-steps N ($val_every_steps)
+  --launcher torchrun|srun ($launcher)
+  --train-opts 'key=value ...' ($train_opts)
   --eval-librispeech-dir DIR ($eval_librispeech_dir)  --eval-finetuning-dir DIR ($eval_finetuning_dir)
   --eval-subsets LIST ($eval_subsets)  --eval-tasks LIST ($eval_tasks)  --eval-opts '...' ($eval_opts)"
 
 . "$nest_repo/local/parse_options.sh"
-check_int 0 stage stop_stage val_speakers seed ngpus node_rank
+check_choice launcher torchrun srun
+check_int 0 save_every_steps val_every_steps stage stop_stage val_speakers seed ngpus node_rank
 check_int 1 nj prepare_chunk_size shard_size num_buckets nnodes master_port
 check_float 0 noise_window min_duration max_duration max_pause max_val_hours
 IFS=, read -r -a subset_list <<< "$subsets"
@@ -127,9 +133,9 @@ if stage_in_range 0; then
   [ $missing -eq 0 ] || die "Stage 0: data missing (see above); nothing was downloaded (use --download true)"
 fi
 
-# From here on the recipe writes into $data_dir: one run at a time (the nodes of a multi-node training share it,
-# and only node 0 holds the lock).
-if [ "$node_rank" -eq 0 ] && [ "$stop_stage" -ge 1 ]; then recipe_lock "$data_dir"; fi
+# Stages 1-5 write into $data_dir: one run at a time prepares it (node 0 holds the lock; local/stages.sh drops it
+# before training, so other runs can train from the same data folder meanwhile).
+if [ "$node_rank" -eq 0 ] && [ "$stop_stage" -ge 1 ] && [ "$stage" -le 5 ]; then recipe_lock "$data_dir"; fi
 
 # Stages 1-3: manifests, noise set, training windows and validation split -> $data_dir/cuts, $noise_cuts
 . "$nest_repo/local/librilight_stages.sh"
@@ -145,12 +151,15 @@ if [ -z "$eval_librispeech_dir" ] || [ -z "$eval_finetuning_dir" ]; then
     log "Stages 8-9: skipped: give --eval-librispeech-dir and --eval-finetuning-dir for the downstream evaluation"
   fi
 else
+  # Stage 8 writes into $data_dir too (data/eval): the data folder's lock again, for this stage only.
+  if [ "$node_rank" -eq 0 ] && stage_in_range 8; then recipe_lock "$data_dir"; fi
   if stage_begin 8 "labelled evaluation sets ($eval_subsets)" opt:eval_subsets="$eval_subsets" \
       in:"$eval_librispeech_dir" in:"$eval_finetuning_dir" out:"$eval_data"; then
     python "$nest_repo/local/prepare_librispeech_eval.py" --librispeech-dir "$eval_librispeech_dir" \
       --finetuning-dir "$eval_finetuning_dir" --out-dir "$eval_data" --subsets "$eval_subsets"
     stage_end 8
   fi
+  recipe_unlock
   if stage_in_range 9 && [ ! -f "$run_dir/export/model.nemo" ]; then
     die "Stage 9: $run_dir/export/model.nemo is missing; run stage 7 (export) first"
   fi

@@ -53,13 +53,15 @@ nnodes=1
 node_rank=0
 master_addr=localhost
 master_port=29500
-# Training: stage 6 gets these overrides (NeMo's keys; README.md says why these values), then --train-opts, which
+launcher=torchrun                # stage 6: torchrun on each node, or srun (in a SLURM job: a task per device)
+# Training: a checkpoint and a validation every 250 optimizer steps, counted over the run (an epoch here is shorter
+# than that); stage 6 gets these overrides (NeMo's keys; README.md says why these values), then --train-opts, which
 # win (e.g. --train-opts "trainer.max_steps=2000" for the longer setting). A training run that learns within the
 # demo's budget (docs/learning.md): 160 ms mask blocks instead of NEST's 400 ms, which a 2-layer model on an hour of
-# speech cannot bridge; NEST's augmentation off, which holds a model this small at the floor; gradient clipping;
-# validation every 250 steps counted over the run, since an epoch here is shorter than nest_tiny's
-# val_check_interval.
-mini_train_opts="trainer.max_steps=2000 trainer.val_check_interval=250 trainer.check_val_every_n_epoch=null"
+# speech cannot bridge; NEST's augmentation off, which holds a model this small at the floor; gradient clipping.
+save_every_steps=250
+val_every_steps=250
+mini_train_opts="trainer.max_steps=2000"
 mini_train_opts+=" model.train_ds.batch_size=8 model.masking.block_size=16 model.masking.mask_prob=0.025"
 mini_train_opts+=" model.train_ds.batch_augmentor.prob=0.0 model.validation_ds.batch_augmentor.prob=0.0"
 mini_train_opts+=" trainer.gradient_clip_val=1.0 ++nest_trainer.health.floor_patience_steps=500"
@@ -84,11 +86,13 @@ Options (default):
   --use-shar true|false ($use_shar)  --shard-size N ($shard_size)  --num-buckets N ($num_buckets)
   --config-path DIR ($config_path)  --config-name NAME ($config_name)  --exp-name NAME ($exp_name)
   --ngpus N ($ngpus)  --nnodes N ($nnodes)  --node-rank N ($node_rank)  --master-addr HOST ($master_addr)
-  --master-port PORT ($master_port)
+  --master-port PORT ($master_port)  --save-every-steps N ($save_every_steps)  --val-every-steps N ($val_every_steps)
+  --launcher torchrun|srun ($launcher)
   --train-opts \"OVERRIDES\" (after: $mini_train_opts)  --eval-opts \"OPTIONS\" ($eval_opts)"
 
 . "$nest_repo/local/parse_options.sh"
-check_int 0 stage stop_stage val_speakers seed ngpus node_rank corpus_seed
+check_choice launcher torchrun srun
+check_int 0 save_every_steps val_every_steps stage stop_stage val_speakers seed ngpus node_rank corpus_seed
 check_int 1 nj prepare_chunk_size shard_size speakers books files eval_speakers eval_utterances noise_files
 check_int 1 num_buckets nnodes master_port
 check_float 0 min_seconds max_seconds noise_window min_duration max_duration max_pause max_val_hours
@@ -99,8 +103,9 @@ musan_dir=$data_dir/musan
 subsets=small
 done_dir=$data_dir/.done
 
-# One run at a time on $data_dir (every stage writes into it).
-recipe_lock "$data_dir"
+# Stages 0-5 write into $data_dir: one run at a time prepares it (local/stages.sh drops the lock before training, so
+# other runs can train from the same data folder meanwhile).
+if [ "$stage" -le 5 ]; then recipe_lock "$data_dir"; fi
 
 if stage_begin 0 "generate a LibriLight-format corpus and a MUSAN-format noise set" opt:speakers="$speakers" \
     opt:books="$books" opt:files="$files" opt:min_seconds="$min_seconds" opt:max_seconds="$max_seconds" \

@@ -39,11 +39,14 @@ nnodes=1
 node_rank=0
 master_addr=localhost
 master_port=29500
+launcher=torchrun                # stage 6: torchrun on each node, or srun (in a SLURM job: a task per device)
+save_every_steps=1000           # stage 6: the last checkpoint every N optimizer steps (0: the config decides)
+val_every_steps=2500            # stage 6: validation every N optimizer steps, across epochs (0: the config decides)
 train_opts=""                    # extra config overrides for train.py, e.g. "trainer.max_steps=100000"
 
 help_message="Usage: $0 --train-manifest LIST --val-manifest LIST [--noise-manifest M] [options]
 Stages: 0 check the manifests  1 NeMo -> Lhotse cuts  2 noise set (when --noise-manifest)  3 training windows
-        4 Shar shards (--use-shar true)  5 bucket bins  6 training (torchrun)  7 export (.nemo, encoder-only), summary
+        4 Shar shards (--use-shar true)  5 bucket bins  6 training (torchrun or srun)  7 export (.nemo, encoder-only), summary
 Options (default):
   --stage N ($stage)  --stop-stage N ($stop_stage)  --force true|false ($force)
   --train-manifest LIST  --val-manifest LIST  --noise-manifest M  --noise-parts LIST ($noise_parts)
@@ -52,10 +55,12 @@ Options (default):
   --use-shar true|false ($use_shar)  --shard-size N ($shard_size)  --num-buckets N ($num_buckets)
   --config-path DIR ($config_path)  --config-name NAME ($config_name)  --exp-name NAME (config name)
   --ngpus N ($ngpus)  --nnodes N ($nnodes)  --node-rank N ($node_rank)  --master-addr HOST ($master_addr)
-  --master-port PORT ($master_port)  --train-opts 'key=value ...' ($train_opts)"
+  --master-port PORT ($master_port)  --save-every-steps N ($save_every_steps)  --val-every-steps N ($val_every_steps)
+  --launcher torchrun|srun ($launcher)
+  --train-opts 'key=value ...' ($train_opts)"
 
 . "$nest_repo/local/parse_options.sh"
-check_int 0 stage stop_stage seed ngpus node_rank
+check_int 0 save_every_steps val_every_steps stage stop_stage seed ngpus node_rank
 check_int 1 nj shard_size num_buckets nnodes master_port
 check_float 0 noise_window min_duration max_duration
 # Manifest lists are comma-separated: make each relative entry absolute before moving into the recipe folder.
@@ -89,8 +94,9 @@ if stage_in_range 0; then
   log "train: ${train_list[*]}; validation: ${val_list[*]}; noise: ${noise_manifest:-none (speech-only mixing)}"
 fi
 
-# From here on the recipe writes into $data_dir: one run at a time (node 0 holds the lock; see egs/librilight).
-if [ "$node_rank" -eq 0 ] && [ "$stop_stage" -ge 1 ]; then recipe_lock "$data_dir"; fi
+# Stages 1-5 write into $data_dir: one run at a time prepares it (node 0 holds the lock; local/stages.sh drops it
+# before training, so other runs can train from the same data folder meanwhile; see egs/librilight).
+if [ "$node_rank" -eq 0 ] && [ "$stop_stage" -ge 1 ] && [ "$stage" -le 5 ]; then recipe_lock "$data_dir"; fi
 
 # Stage 1 converts each manifest to a Lhotse CutSet (audio headers checked once, here, instead of at every epoch).
 stage1_io=()

@@ -174,13 +174,32 @@ def check_checkpoint_file(path: str | Path, what: str = "checkpoint") -> Path:
     return p
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu", verify: bool = True) -> dict:
-    """Reads a checkpoint; raises CorruptCheckpointError when it is unreadable or fails its digest."""
+def _torch_load(path: Path, map_location: Any, mmap: bool) -> Any:
+    if mmap:
+        try:
+            return torch.load(str(path), map_location=map_location, weights_only=True, mmap=True)
+        except FileNotFoundError:
+            raise
+        except Exception:
+            # files in torch's legacy (non-zip) format and file systems that cannot map files: a plain read works,
+            # or says what is wrong with the file
+            pass
+    return torch.load(str(path), map_location=map_location, weights_only=True)
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", verify: bool = True, mmap: bool = True) -> dict:
+    """Reads a checkpoint; raises CorruptCheckpointError when it is unreadable or fails its digest.
+
+    With `mmap` (the default) the CPU tensors are mapped from the file rather than read into memory the process
+    owns: what is read lives in the page cache, once per machine however many ranks map the same file, and is
+    dropped when the tensors are. The mapping is private (a write to such a tensor copies the page) and stays
+    valid when the file is replaced or removed, as the checkpoint writer does (atomic replace, no write in place).
+    """
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     try:
-        ckpt = torch.load(str(path), map_location=map_location, weights_only=True)
+        ckpt = _torch_load(path, map_location, mmap)
     except FileNotFoundError:
         raise
     except Exception as err:

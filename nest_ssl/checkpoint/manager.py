@@ -152,6 +152,18 @@ class CheckpointManager:
             else:
                 write_nemo_fn(self.nemo_path, ckpt["state_dict"])
 
+    def save_last(self, ckpt: dict, metrics: dict[str, Any]) -> Path | None:
+        """Writes `ckpt` as the last checkpoint only: no ranking, no top-k file, no .nemo. The first thing a
+        preempted run writes (the rest follows in `save` when there is time for it)."""
+        if not self.enabled:
+            return None
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        last_path = self._last_path(metrics)
+        self.last_model_path = str(last_path)
+        ckpt.setdefault("callbacks", {})[self.key] = self.state_dict()
+        self._save_last(ckpt, last_path)
+        return last_path
+
     def _rank(self, metrics: dict[str, Any]) -> tuple[str | None, list[str]]:
         """Updates the top-k state for a checkpoint with these metrics: (its top-k path or None, files to remove)."""
         c = self.c

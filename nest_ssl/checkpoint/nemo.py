@@ -30,6 +30,7 @@ from nest_ssl.checkpoint.format import (
     atomic_write,
     check_checkpoint_file,
     load_checkpoint,
+    torch_save,
 )
 from nest_ssl.config import NEMO_TARGETS, OUR_CLASSES
 from nest_ssl.errors import describe_os_error
@@ -97,19 +98,27 @@ def cpu_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
 def write_nemo(path: str | Path, model_cfg: Any, state_dict: Mapping[str, torch.Tensor]) -> Path:
     """Writes a .nemo archive atomically (NeMo's layout: `./model_config.yaml`, `./model_weights.ckpt`)."""
     cfg_bytes = yaml.safe_dump(nemo_model_config(model_cfg), sort_keys=False).encode()
-    buf = io.BytesIO()
-    torch.save(cpu_state_dict(state_dict), buf)
-    weights = buf.getvalue()
 
     def write(tmp: str) -> None:
-        with tarfile.open(tmp, "w:") as tar:
+        # The weights go through a file beside the archive (a temporary name that cleanup_temporaries knows), so
+        # that the serialized weights are never held in memory as a whole.
+        weights = tmp + ".weights"
+        try:
+            torch_save(cpu_state_dict(state_dict), weights)
             now = time.time()
-            for name, data in ((MODEL_CONFIG_YAML, cfg_bytes), (MODEL_WEIGHTS_CKPT, weights)):
-                info = tarfile.TarInfo(f"./{name}")
-                info.size = len(data)
-                info.mtime = now
-                info.mode = 0o644
-                tar.addfile(info, io.BytesIO(data))
+            with tarfile.open(tmp, "w:") as tar, open(weights, "rb") as f:
+                for name, size, fileobj in ((MODEL_CONFIG_YAML, len(cfg_bytes), io.BytesIO(cfg_bytes)),
+                                            (MODEL_WEIGHTS_CKPT, os.path.getsize(weights), f)):
+                    info = tarfile.TarInfo(f"./{name}")
+                    info.size = size
+                    info.mtime = now
+                    info.mode = 0o644
+                    tar.addfile(info, fileobj)
+        finally:
+            try:
+                os.unlink(weights)
+            except FileNotFoundError:
+                pass
 
     return atomic_write(path, write)
 

@@ -46,11 +46,12 @@ def run(args) -> int:
         return 0
 
     from nest_ssl.train import run as train_run
+    from nest_ssl.train.run_status import exit_code_for
     from nest_ssl.train.trainer import NonFiniteLossError
 
     command_line = " ".join(shlex.quote(a) for a in sys.argv)
     try:
-        train_run(cfg, command_line=command_line)
+        result = train_run(cfg, command_line=command_line)
     except NonFiniteLossError as err:
         print(f"nest-ssl train: stopped: {err}", file=sys.stderr)
         return 3
@@ -58,4 +59,5 @@ def run(args) -> int:
         print("nest-ssl train: interrupted; run the same command again to continue from the last checkpoint",
               file=sys.stderr)
         return 130
-    return 0
+    # EXIT_RESUMABLE (75) after a preemption signal or max_time_per_run: the same command continues the run
+    return exit_code_for(result.stop_reason)

@@ -18,6 +18,7 @@ from nest_ssl.data.augment import MultiSpeakerNoiseAugmentation
 from nest_ssl.data.batch import AudioNoiseBatch
 from nest_ssl.data.config import DataLoadingConfig, parse_data_config
 from nest_ssl.data.dataset import AudioNoiseDataset, ReverbConfig
+from nest_ssl.data.device_augment import DeviceAugment, batch_to_device, check_augment_on
 from nest_ssl.data.lhotse_adapter import update_dataloading_info
 from nest_ssl.data.noise import EmptyNoiseManifestError, NoiseSet
 from nest_ssl.seeding import hash_seed, seed_all
@@ -26,12 +27,14 @@ __all__ = [
     "AudioNoiseBatch",
     "AudioNoiseDataset",
     "DataLoadingConfig",
+    "DeviceAugment",
     "EmptyNoiseManifestError",
     "MultiSpeakerNoiseAugmentation",
     "NestDataLoader",
     "NoiseSet",
     "ResumableIterable",
     "ReverbConfig",
+    "batch_to_device",
     "build_augmentor",
     "build_dataloader",
     "build_dataset",
@@ -47,11 +50,13 @@ class NestDataLoader(DataLoader):
     (``persistent_workers=False``) with a copy of the dataset, so the epoch must be set before they start.
     ``cut_sampler`` is the lhotse sampler in both modes (in map-style mode it is also ``.sampler``);
     ``source`` is the ManifestSource it reads (its ``num_parts`` are the files or Shar shards), None when the
-    loader was made from other cuts.
+    loader was made from other cuts. ``batch_transform`` mixes the batches on the training device when the dataset
+    leaves that to it (``augment_on: device``); the trainer calls ``batch_to_device(loader, batch, device)``.
     """
 
     cut_sampler: Any = None
     source: Any = None
+    batch_transform: Any = None  # DeviceAugment with augment_on: device (called by batch_to_device)
 
     def __iter__(self):
         sampler = self.cut_sampler
@@ -205,14 +210,17 @@ def build_dataset(ds_cfg: Any, *, sample_rate: int = 16000, seed: int = 0, train
             f"{section}.sample_rate={cfg.sample_rate} differs from the model's {sample_rate}; set it to "
             f"${{model.sample_rate}} (audio is resampled to the model's rate)"
         )
+    augmentor = build_augmentor(cfg.batch_augmentor)
+    check_augment_on(cfg.augment_on, augmentor, section)
     return AudioNoiseDataset(
         sample_rate=sample_rate,
         noise=cfg.noise_manifest,
-        batch_augmentor=build_augmentor(cfg.batch_augmentor),
+        batch_augmentor=augmentor,
         reverb=cfg.reverb,
         seed=seed,
         training=training,
         section=section,
+        augment_on=cfg.augment_on,
     )
 
 
@@ -242,6 +250,16 @@ def make_dataloader(dataset: torch.utils.data.Dataset, sampler: Any, ds_cfg: Opt
     else:
         loader = NestDataLoader(dataset, sampler=sampler, **common)
     loader.cut_sampler = sampler
+    if getattr(dataset, "augment_on", "worker") == "device":
+        loader.batch_transform = DeviceAugment(dataset.batch_augmentor, dataset.noise)
+        if isinstance(dataset.noise, NoiseSet):
+            import logging
+
+            logging.getLogger("nest_ssl.data").warning(
+                "augment_on=device with a noise manifest (%s): the training process decodes a noise clip for every "
+                "noise-mode utterance. Build a noise bank (`nest-ssl noise bank %s BANK_DIR`) and point "
+                "noise_manifest at BANK_DIR to slice them from memory instead.", dataset.noise.source,
+                dataset.noise.source)
     return loader
 
 

@@ -74,13 +74,17 @@ class AudioNoiseBatch:
     def materialize(self) -> "AudioNoiseBatch":
         """Builds ``noise`` and ``noisy_audio`` of a compact batch (no-op otherwise); returns self."""
         if self.noise is None and self.noise_values is not None and self.audio is not None:
+            # noisy_audio = audio + noise, added only where noise is not zero (a copy is cheaper than a sum).
             noise = torch.zeros_like(self.audio)
+            noisy = self.audio.clone()
             offset = 0
             for r, s, e in self.noise_spans:
-                noise[r, s:e] = self.noise_values[offset : offset + e - s]
+                values = self.noise_values[offset : offset + e - s]
+                noise[r, s:e] = values
+                noisy[r, s:e] += values
                 offset += e - s
             self.noise = noise
-            self.noisy_audio = self.audio + noise
+            self.noisy_audio = noisy
             self.noise_values = None
         return self
 

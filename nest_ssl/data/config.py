@@ -76,6 +76,9 @@ class DataLoadingConfig:
     # -- augmentation
     batch_augmentor: Any = None  # {_target_: ..., prob: ...}; null: none
     reverb: Any = None  # {enabled, prob, rir_manifest, early_only, normalize_output}
+    # where batch_augmentor mixes: "worker" (DataLoader workers) or "device" (the training device, on the collated
+    # batch; workers only decode and cut: nest_ssl.data.device_augment)
+    augment_on: str = "worker"
     # -- NeMo keys of the NEST yaml that have no effect on self-supervised audio (no text, no tarred data)
     use_start_end_token: bool = False
     trim_silence: bool = False
@@ -123,6 +126,9 @@ class DataLoadingConfig:
             raise ConfigError(f"{section}.min_duration={lo:g} is larger than {section}.max_duration={hi:g}; "
                               "lower min_duration or raise max_duration")
         _check_bins(section, self.bucket_duration_bins)
+        if self.augment_on not in ("worker", "device"):
+            raise ConfigError(f"{section}.augment_on={self.augment_on!r}: must be 'worker' (DataLoader workers mix) or "
+                              "'device' (the training device mixes the collated batch)")
         if self.use_bucketing and self.bucket_duration_bins is None and self.num_buckets < 2:
             raise ConfigError(f"{section}.num_buckets={self.num_buckets}: bucketing needs at least 2 buckets; set "
                               f"{section}.num_buckets=2 or more, or {section}.use_bucketing=false")

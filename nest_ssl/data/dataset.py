@@ -13,6 +13,7 @@ every evaluation. ``batch.seed`` exposes the batch seed so the model can seed it
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 from dataclasses import dataclass
@@ -23,11 +24,12 @@ import soundfile
 import torch
 from lhotse import CutSet, MonoCut, Recording
 from lhotse.cut import Cut, MultiCut
-from lhotse.utils import fastcopy
+from lhotse.utils import compute_num_samples, fastcopy
 
 from nest_ssl.data.augment import MultiSpeakerNoiseAugmentation
 from nest_ssl.data.batch import AudioNoiseBatch
-from nest_ssl.data.noise import NoiseSet, cut_source, describe_read_error, file_sources
+from nest_ssl.data.noise import cut_source, describe_read_error, file_sources
+from nest_ssl.data.noise_bank import open_noise
 from nest_ssl.seeding import hash_seed
 
 log = logging.getLogger("nest_ssl.data")
@@ -80,8 +82,52 @@ def _at_true_rate(cut: Cut) -> Cut:
     return fastcopy(fixed, id=cut.id)
 
 
+def _read_direct(cut: Cut, sample_rate: int, out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+    """The samples of a plain mono cut read with soundfile alone, or None to take lhotse's reader.
+
+    Plain: a MonoCut of a one-source, one-channel recording without transforms, a file or in-memory (Shar) source
+    whose header has the declared rate, equal to ``sample_rate``, and holds the cut's whole span. That is what Shar
+    and prepared manifests hold, and for it lhotse's reader computes exactly this (seek to the start sample, read
+    ``num_samples`` float32 frames) with about as much Python around it as the decoding of a WAV costs. Anything
+    else, and any failure, returns None: lhotse reads it and describes what is wrong. ``out``: decode into it (a
+    float32 array of at least ``num_samples``); the result is then a view of it.
+    """
+    if type(cut) is not MonoCut:
+        return None
+    rec = cut.recording
+    if rec is None or rec.transforms or len(rec.sources) != 1 or rec.sampling_rate != sample_rate:
+        return None
+    src = rec.sources[0]
+    if src.type == "memory":
+        handle: Any = io.BytesIO(src.source)
+    elif src.type == "file":
+        handle = src.source
+    else:
+        return None
+    n = cut.num_samples
+    if out is not None and out.shape[0] < n:
+        return None
+    try:
+        with soundfile.SoundFile(handle) as snd:
+            if snd.samplerate != sample_rate or snd.channels != 1:
+                return None
+            start = compute_num_samples(cut.start, sample_rate)
+            if start:
+                snd.seek(start)
+            if out is None:
+                audio = snd.read(frames=n, dtype="float32")
+            else:
+                audio = snd.read(dtype="float32", out=out[:n])
+    except Exception:
+        return None
+    return audio if audio.shape[0] == n and n > 0 else None
+
+
 def load_cut_audio(cut: Cut, sample_rate: int) -> np.ndarray:
     """Mono float32 samples of ``cut`` at ``sample_rate``; raises CutRejected with a clear reason."""
+    audio = _read_direct(cut, sample_rate)
+    if audio is not None:
+        return _checked(audio, cut)
     try:
         cut = _at_true_rate(cut)
     except Exception:  # a header that looked fine but cannot be turned into a recording: let the read decide
@@ -104,13 +150,21 @@ def load_cut_audio(cut: Cut, sample_rate: int) -> np.ndarray:
         audio = audio[0] if audio.shape[0] == 1 else audio.mean(axis=0)
     if audio.size == 0:
         raise CutRejected(f"decoded 0 samples from {cut_source(cut)}. Remove the entry or fix its duration")
+    return _checked(np.ascontiguousarray(audio, dtype=np.float32), cut)
+
+
+def _checked(audio: np.ndarray, cut: Cut) -> np.ndarray:
+    """``audio`` unless it holds NaN/Inf (then CutRejected). One dot product screens it: it is finite for finite
+    audio unless the samples are huge (> 1e17), and only then is every sample tested."""
+    if np.isfinite(np.dot(audio, audio)):
+        return audio
     finite = np.isfinite(audio)
     if not finite.all():
         bad = int(audio.size - finite.sum())
         raise CutRejected(
             f"audio in {cut_source(cut)} has {bad} NaN/Inf samples of {audio.size}. Fix the file or remove the entry"
         )
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    return audio
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -208,13 +262,16 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
     """``dataset[cuts] -> AudioNoiseBatch`` for NEST pretraining.
 
     :param sample_rate: the model's rate; every cut is resampled to it.
-    :param noise: a NoiseSet, a ``noise_manifest`` spec (path, comma-separated paths, list, CutSet) or None.
+    :param noise: a NoiseSet or NoiseBank, a ``noise_manifest`` spec (path, comma-separated paths, list, CutSet, a
+        noise bank folder) or None.
     :param batch_augmentor: a MultiSpeakerNoiseAugmentation (or any callable ``batch -> batch``) or None.
         Without one, ``noisy_audio = audio + raw noise`` as in NeMo.
     :param reverb: a ReverbConfig or its dict (``enabled``, ``prob``, ``rir_manifest``, ...); off by default.
     :param seed: base seed of all per-batch randomness.
     :param training: False ignores the epoch, so every evaluation sees the same batches.
     :param section: config section named in error messages (default train_ds / validation_ds).
+    :param augment_on: ``worker`` mixes here; ``device`` returns the clean collated batch (audio, lengths, seed) and
+        leaves the mixing to nest_ssl.data.device_augment in the training process (``noise`` is then not read here).
     """
 
     def __init__(
@@ -227,15 +284,17 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
         seed: int = 0,
         training: bool = True,
         section: Optional[str] = None,
+        augment_on: str = "worker",
     ):
         super().__init__()
+        if augment_on not in ("worker", "device"):
+            raise ValueError(f"augment_on must be 'worker' or 'device', got {augment_on!r}")
+        self.augment_on = augment_on
         self.sample_rate = int(sample_rate)
         # Config section for messages ("train_ds" / "validation_ds").
         section = section or ("train_ds" if training else "validation_ds")
-        if noise is None or isinstance(noise, NoiseSet):
-            self.noise = noise
-        else:
-            self.noise = NoiseSet.from_manifest(noise, sample_rate=self.sample_rate, what=f"{section}.noise_manifest")
+        # A noise manifest, or a noise bank folder (nest_ssl.data.noise_bank: one memory-mapped PCM file).
+        self.noise = open_noise(noise, sample_rate=self.sample_rate, what=f"{section}.noise_manifest")
         self.batch_augmentor = batch_augmentor
         self.reverb_cfg = ReverbConfig.from_config(reverb)
         self.reverb = (
@@ -269,6 +328,59 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
         epoch = self.epoch if self.training else "val"
         return hash_seed("nest-batch", self.seed, epoch, *cut_ids)
 
+    def _read_batch(self, cuts: List[Cut], alloc: Callable, reverb_rng: random.Random
+                    ) -> Tuple[List[str], torch.Tensor, List[int], List[Tuple[str, str]]]:
+        """(ids, audio (B, T) zero-padded, lengths, rejected) of the cuts that can be read.
+
+        The rows are allocated once from the cuts' declared lengths and plain cuts are decoded straight into their
+        row (``_read_direct``): no per-cut array, no second copy. Other cuts (and every cut when reverberating) are
+        read by ``load_cut_audio`` and copied in. A rejected cut leaves no row.
+        """
+        sr = self.sample_rate
+        expected = []
+        for cut in cuts:
+            try:
+                expected.append(max(1, compute_num_samples(cut.duration, sr)))
+            except Exception:  # a cut without a duration: its read says what is wrong
+                expected.append(1)
+        buf = alloc((len(cuts), max(expected, default=1)))
+        ids: List[str] = []
+        lens: List[int] = []
+        rejected: List[Tuple[str, str]] = []
+        for cut, want in zip(cuts, expected):
+            r = len(ids)
+            n = None
+            if self.reverb is None:
+                direct = _read_direct(cut, sr, out=buf[r].numpy()[:want])
+                n = None if direct is None else direct.shape[0]
+            try:
+                if n is not None:
+                    _checked(buf[r, :n].numpy(), cut)
+                else:
+                    audio = load_cut_audio(cut, sr)
+                    if self.reverb is not None:
+                        audio = self.reverb(audio, reverb_rng)
+                    n = audio.shape[0]
+                    if n > buf.shape[1]:  # longer than declared (a resampled or re-described cut): widen
+                        wider = alloc((len(cuts), n))
+                        wider[:r, : buf.shape[1]] = buf[:r]
+                        buf = wider
+                    buf[r, :n] = torch.from_numpy(audio)
+            except CutRejected as why:
+                rejected.append((cut.id, str(why)))
+                log.warning("dropped cut %s from its batch: %s", cut.id, why)
+                continue
+            ids.append(cut.id)
+            lens.append(n)
+        width = max(lens, default=0)
+        for r, n in enumerate(lens):
+            buf[r, n:width] = 0.0
+        if len(ids) == len(cuts) and width == buf.shape[1]:
+            return ids, buf, lens, rejected
+        audio = alloc((len(ids), width))  # rows were rejected or the widest was shorter than declared: compact
+        audio.copy_(buf[: len(ids), :width])
+        return ids, audio, lens, rejected
+
     def __getitem__(self, cuts: CutSet) -> AudioNoiseBatch:
         cuts = list(cuts)
         seed = self.batch_seed([c.id for c in cuts])
@@ -276,40 +388,23 @@ class AudioNoiseDataset(torch.utils.data.Dataset):
         noise_rng = random.Random(hash_seed(seed, "noise"))
         reverb_rng = random.Random(hash_seed(seed, "reverb"))
 
-        ids: List[str] = []
-        audios: List[np.ndarray] = []
-        rejected: List[Tuple[str, str]] = []
-        for cut in cuts:
-            try:
-                audio = load_cut_audio(cut, self.sample_rate)
-            except CutRejected as why:
-                rejected.append((cut.id, str(why)))
-                log.warning("dropped cut %s from its batch: %s", cut.id, why)
-                continue
-            if self.reverb is not None:
-                audio = self.reverb(audio, reverb_rng)
-            ids.append(cut.id)
-            audios.append(audio)
+        # In a DataLoader worker, build what goes back to the main process directly in shared memory (as
+        # torch's default_collate does) and leave noise/noisy_audio to be built there (AudioNoiseBatch.compact).
+        in_worker = torch.utils.data.get_worker_info() is not None
+        alloc = _shared_empty if in_worker else None
+        ids, audio, lens, rejected = self._read_batch(cuts, alloc or torch.empty, reverb_rng)
         self.num_rejected += len(rejected)
-
-        lens = [a.shape[0] for a in audios]
         audio_len = torch.tensor(lens, dtype=torch.long)
-        if not audios:
+        if not ids:
             # Every cut was rejected: an empty batch (len 0) the trainer skips, rather than an exception.
             empty = torch.zeros(0, 0)
             return AudioNoiseBatch(
                 sample_id=[], audio=empty, audio_len=audio_len, noise=empty.clone(), noise_len=audio_len.clone(),
                 noisy_audio=empty.clone(), noisy_audio_len=audio_len.clone(), rejected=rejected, seed=seed,
             )
-        # In a DataLoader worker, build what goes back to the main process directly in shared memory (as
-        # torch's default_collate does) and leave noise/noisy_audio to be built there (AudioNoiseBatch.compact).
-        in_worker = torch.utils.data.get_worker_info() is not None
-        alloc = _shared_empty if in_worker else None
-        audio = (alloc or torch.empty)((len(audios), max(lens)))
-        for i, a in enumerate(audios):
-            audio[i, : lens[i]] = torch.from_numpy(a)
-            audio[i, lens[i] :] = 0.0
         batch = AudioNoiseBatch(sample_id=ids, audio=audio, audio_len=audio_len, rejected=rejected, seed=seed)
+        if self.augment_on == "device":
+            return batch  # decoded and cut only: DeviceAugment mixes it where it is trained on
 
         def noise_source(i: int, n: int) -> Optional[torch.Tensor]:
             return None if self.noise is None else self.noise.sample(n, noise_rng)

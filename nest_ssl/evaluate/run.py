@@ -15,6 +15,7 @@ rerun with the same options gives the same numbers.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import time
@@ -162,7 +163,10 @@ def evaluate(model_path: str | Path, cuts: dict[str, str | Path], out_dir: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     report.write_results(result.rows, out_dir)
     (out_dir / "layer_weights.json").write_text(json.dumps(result.weights, indent=1) + "\n")
-    if result.weights:
+    if result.weights and importlib.util.find_spec("matplotlib") is None:
+        # the numbers are in layer_weights.json; a missing optional package must not fail a finished evaluation
+        log.warning("layer_weights.png not drawn: matplotlib is not installed (pip install 'nest-ssl[plot]')")
+    elif result.weights:
         report.plot_layer_weights(result.weights, result.rows, out_dir / "layer_weights.png")
     result.table = report.summary_table(result.rows)
     result.layers = report.layer_table(result.rows)

@@ -1,30 +1,42 @@
-"""FLOPs of a training step, counted from the model, and the dense peaks they are measured against (MFU).
+"""FLOPs of a model's work counted by torch's FlopCounterMode, with the two corrections our model needs, and the
+dense peaks they are measured against (MFU).
 
-The count is PyTorch's own (torch.utils.flop_counter.FlopCounterMode): every matmul, convolution and attention
-kernel that the forward and backward of a real training step dispatch, with the shapes they ran at. Nothing is
-written by hand, so a change of the model's configuration changes the count. Elementwise work, the STFT of the
-preprocessor and the optimizer are not counted (they are not matmul FLOPs; MFU conventionally leaves them out).
+``count_flops(fn)`` runs ``fn()`` under ``torch.utils.flop_counter.FlopCounterMode`` and returns the FLOPs of its
+matrix products, convolutions and attention (a multiply-add counts 2; elementwise work, the STFT and the optimizer
+are not counted, the usual MFU convention), forward and backward alike when ``fn`` runs both. Nothing is written by
+hand, so a change of the model's configuration changes the count. Two corrections to torch 2.9's counter:
 
-    count_flops(fn)                                   FLOPs of any callable (forward and whatever backward it runs)
-    count_flops_mode()                                the counter itself, as a context manager
-    step_flops(model, batch)                          one training step (forward + backward) on a batch
+- our CPU linear layers run oneDNN's ``mkldnn::_linear_pointwise`` (nest_ssl.modules.linear), an op the counter has
+  no formula for (it would count 0): while counting, linears take ``F.linear`` (aten.mm/addmm), which it counts;
+- its ``convolution_backward`` formula ignores ``groups``: for the depthwise convolutions of the Conformer and of the
+  subsampling it counts the weight gradient as a dense convolution (x channels). Here each gradient of a
+  convolution costs what its forward costs (the exact count for both gradients of a non-transposed convolution,
+  grouped or not).
+
+    count_flops(fn)                                   (total, per aten op) of any callable
+    step_flops(model, batch)                          one training step (forward with masking, loss, backward)
     flops_per_audio_second(model, seconds=..., ...)   that, per second of audio, for utterances of one length
+    synthetic_batch(B, samples, lengths)              a batch of those shapes for the two above
     dense_peak_tflops(device_name)                    the device's dense bf16/fp16 peak in TFLOP/s, or None
 
-The trainer counts the real steps it runs (nest_ssl/train/telemetry.py) rather than calling these.
+The trainer's telemetry (nest_ssl/train/telemetry.py) calls step_flops between steps, at the shapes it trained on.
 """
 
 from __future__ import annotations
 
 import contextlib
 from types import SimpleNamespace
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-__all__ = ["DENSE_PEAK_TFLOPS", "count_flops", "count_flops_mode", "dense_peak_tflops", "flops_per_audio_second", "step_flops",
+from nest_ssl.modules import linear as _linear
+
+__all__ = ["DENSE_PEAK_TFLOPS", "count_flops", "dense_peak_tflops", "flops_per_audio_second", "step_flops",
            "synthetic_batch"]
+
+aten = torch.ops.aten
 
 # Dense (no 2:4 sparsity) bf16/fp16 tensor-core peaks in TFLOP/s, from the vendors' data sheets. Matched against
 # torch.cuda.get_device_name() in this order (first substring wins, case-insensitive): the more specific first.
@@ -36,7 +48,7 @@ DENSE_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("GH200", 989.0),
     ("A100", 312.0),
     ("L40S", 362.0),
-    ("A10G", 125.0),  # AWS's A10G: 70 dense fp16 by NVIDIA's sheet, 125 by AWS's; the issue's table says 125
+    ("A10G", 125.0),  # the issue's table (AWS's figure)
     ("V100", 125.0),
 )
 
@@ -52,33 +64,25 @@ def dense_peak_tflops(device_name: Optional[str]) -> Optional[float]:
     return None
 
 
-def _onednn_linear_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
-    """oneDNN's fp32 linear (nest_ssl/modules/linear.py runs the CPU's Linear layers through it): a (N, K) times
-    b (M, K) transposed, 2*N*M*K, as aten.mm counts its product. PyTorch's counter has no formula for it."""
-    *_, k = a_shape
-    rows = 1
-    for s in a_shape[:-1]:
-        rows *= s
-    return 2 * rows * b_shape[0] * k
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    # grad_input is a transposed convolution and grad_weight a correlation, each with the forward's multiply-adds
+    # (w_shape holds in_channels / groups, so grouped convolutions are counted right).
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
-# Operators the counter does not know, with their formulas (the keys exist only on torch builds with oneDNN).
-_EXTRA_FORMULAS = {}
-if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-    _EXTRA_FORMULAS[torch.ops.mkldnn._linear_pointwise] = _onednn_linear_flops
-
-
-def count_flops_mode() -> FlopCounterMode:
-    """A FlopCounterMode that also knows the operators above (use as a context manager; get_total_flops())."""
-    return FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs that `fn()` dispatches (forward, and backward if fn calls it), as FlopCounterMode counts them."""
-    counter = count_flops_mode()
-    with counter:
-        fn()
-    return int(counter.get_total_flops())
+def count_flops(fn: Callable[[], Any]) -> Tuple[int, Dict[str, int]]:
+    """(total FLOPs, FLOPs per aten op) of running ``fn()`` once (see the module doc for what is counted)."""
+    enabled = _linear.ENABLED
+    _linear.ENABLED = False  # the oneDNN op is invisible to the counter; F.linear computes the same products
+    try:
+        with FlopCounterMode(display=False, custom_mapping={aten.convolution_backward: _conv_backward_flop}) as c:
+            fn()
+    finally:
+        _linear.ENABLED = enabled
+    per_op = {str(op): int(n) for op, n in c.get_flop_counts().get("Global", {}).items()}
+    return int(c.get_total_flops()), per_op
 
 
 def synthetic_batch(batch_size: int, num_samples: int, lengths: Optional[list[int]] = None,
@@ -98,7 +102,8 @@ def synthetic_batch(batch_size: int, num_samples: int, lengths: Optional[list[in
 
 def step_flops(model: torch.nn.Module, batch: Any, *, autocast_dtype: Optional[torch.dtype] = None,
                seed: int = 0) -> int:
-    """FLOPs of one training step (model.training_output with masking, then the backward) on `batch`.
+    """FLOPs of one training step of a NEST model on ``batch`` (audio, audio_len, noisy_audio, noisy_audio_len):
+    forward with masking, loss, backward.
 
     Without side effects, so that a training run can count between its steps: the model runs in eval mode (no
     running statistic moves, no SyncBatchNorm collective; dropout and batch norm are not matmul FLOPs, so the count
@@ -112,7 +117,7 @@ def step_flops(model: torch.nn.Module, batch: Any, *, autocast_dtype: Optional[t
     fork = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
 
-    def run():
+    def step():
         with ctx:
             out = model.training_output(batch, apply_mask=True)
         torch.autograd.grad(out.loss, params, allow_unused=True)
@@ -121,7 +126,7 @@ def step_flops(model: torch.nn.Module, batch: Any, *, autocast_dtype: Optional[t
     try:
         with fork:
             torch.manual_seed(seed)
-            return count_flops(run)
+            return count_flops(step)[0]
     finally:
         model.train(was_training)
 

@@ -5,7 +5,9 @@ The dict is Lightning's (`epoch`, `global_step`, `state_dict` with NeMo's key na
 counters (LoopState), the data position (map-style: the Lhotse sampler state rewound to the batches trained on;
 iterable: every rank's StreamPositions), every rank's RNG states, the world size, the resolved config, the last
 metrics and the learning-health state. `build_checkpoint` is a collective (it gathers every rank's RNG and stream
-state): all ranks call it.
+state): all ranks call it, and only the rank that writes the file builds the dict. The weights and optimizer state
+are the same on every rank (DDP), and on a GPU each host copy of them costs 12 bytes per parameter (weights and
+Adam's two moments), so the other ranks take part in the gathers and copy nothing.
 """
 
 from __future__ import annotations
@@ -36,16 +38,20 @@ def num_parts(loader) -> int:
     return int(getattr(source, "num_parts", 0) or 0)
 
 
-def build_checkpoint(tr: "Trainer") -> dict:
+def build_checkpoint(tr: "Trainer", writer: bool = True) -> dict | None:
+    """The checkpoint dict on the rank that writes it (`writer`); None on the others, which only take part in the
+    gathers (every rank must reach them, whether it writes or not)."""
     st = tr.state
-    consumed_state = None
-    if tr.sampler is not None and not st.epoch_finished:
-        consumed_state = rewind_sampler_state(tr.sampler.state_dict(), st.batch_idx)
     rng_all = all_gather_objects(tr.info, capture_rng_state())
     streams = None
     if tr.streams is not None:
         streams = all_gather_objects(
             tr.info, tr.stream_positions.to_checkpoint(max(1, int(tr.train_loader.num_workers))))
+    if not writer:
+        return None
+    consumed_state = None
+    if tr.sampler is not None and not st.epoch_finished:
+        consumed_state = rewind_sampler_state(tr.sampler.state_dict(), st.batch_idx)
     cfg_plain = OmegaConf.to_container(tr.cfg, resolve=True)
     ckpt = {
         "epoch": st.epoch,

@@ -2,7 +2,8 @@
 
 Three ways a run starts:
 - under torchrun (or any launcher that sets RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT): every process
-  joins the group torchrun describes; this is how multi-node runs start (one torchrun per node);
+  joins the group torchrun describes; this is how multi-node runs start (one torchrun per node, or srun with one
+  task per device, whose SLURM variables nest_ssl.train.slurm turns into torchrun's before the plan is made);
 - `trainer.devices > 1` on one node without a launcher: the first process starts one process per device itself
   (like Lightning's ddp launcher) and waits for them;
 - one device: no process group at all.
@@ -24,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from nest_ssl.config import ConfigError
+from nest_ssl.train.slurm import from_slurm
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +102,24 @@ def plan_launch(trainer) -> LaunchPlan:
     if launcher:
         local_ws = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
         ws = int(os.environ["WORLD_SIZE"])
+        slurm = from_slurm()
         if local_ws != count and not (trainer.devices in ("auto", -1) and acc == "gpu"):
+            if slurm:
+                raise ConfigError(
+                    f"srun started {local_ws} task(s) on this node but trainer.devices={trainer.devices!r} asks for "
+                    f"{count}; start one task per device (srun --ntasks-per-node={count}) or set "
+                    f"trainer.devices={local_ws}"
+                )
             raise ConfigError(
                 f"torchrun started {local_ws} processes on this node but trainer.devices={trainer.devices!r} asks "
                 f"for {count}; make them agree (torchrun --nproc-per-node={count}, or trainer.devices={local_ws})"
             )
         if ws != local_ws * trainer.num_nodes:
+            who = "srun's task count (SLURM_STEP_NUM_TASKS)" if slurm else "torchrun's WORLD_SIZE"
             raise ConfigError(
-                f"torchrun's WORLD_SIZE is {ws}, but trainer.num_nodes={trainer.num_nodes} x {local_ws} processes "
+                f"{who} is {ws}, but trainer.num_nodes={trainer.num_nodes} x {local_ws} processes "
                 f"per node is {local_ws * trainer.num_nodes}; set trainer.num_nodes to the number of nodes"
+                + (" (srun --nodes, the same number of tasks on every node)" if slurm else "")
             )
         count = local_ws
         if acc == "gpu" and len(device_ids) != count:
@@ -116,7 +127,8 @@ def plan_launch(trainer) -> LaunchPlan:
     elif trainer.num_nodes > 1:
         raise ConfigError(
             f"trainer.num_nodes={trainer.num_nodes}: start the run with torchrun on every node "
-            "(torchrun --nnodes=N --nproc-per-node=G --rdzv-endpoint=HOST:PORT recipes/nest/train.py ...)"
+            "(torchrun --nnodes=N --nproc-per-node=G --rdzv-endpoint=HOST:PORT recipes/nest/train.py ...), "
+            "or under SLURM with srun, one task per device (srun --nodes=N --ntasks-per-node=G nest-ssl train ...)"
         )
     world = count * trainer.num_nodes
     return LaunchPlan(
@@ -165,13 +177,38 @@ def _spawned_entry(local_rank: int, nprocs: int, port: int, fn: Callable, args: 
 
 
 def spawn(fn: Callable, nprocs: int, args: tuple = ()) -> None:
-    """Runs fn(*args) in nprocs new processes with torchrun's environment; raises if any of them fails."""
+    """Runs fn(*args) in nprocs new processes with torchrun's environment; raises if any of them fails.
+
+    A preemption signal (SIGTERM, SIGUSR1) sent to this process is passed on to the processes, which stop as
+    torchrun's would (nest_ssl.train.signals), while this one waits for them."""
+    import signal
+
     import torch.multiprocessing as mp
+
+    from nest_ssl.train.signals import PREEMPTION_SIGNALS
 
     port = free_port()
     log.info("starting %d processes (no torchrun environment found); rendezvous on 127.0.0.1:%d", nprocs, port)
-    mp.start_processes(_spawned_entry, args=(nprocs, port, fn, args, os.getpid()), nprocs=nprocs, join=True,
-                       start_method="spawn")
+    context = mp.start_processes(_spawned_entry, args=(nprocs, port, fn, args, os.getpid()), nprocs=nprocs,
+                                 join=False, start_method="spawn")
+
+    def forward(signum, frame):
+        for p in context.processes:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+
+    previous = {}
+    try:
+        for sig in PREEMPTION_SIGNALS:
+            previous[sig] = signal.signal(sig, forward)
+    except ValueError:  # not the main thread: the signals are not ours to catch
+        pass
+    try:
+        while not context.join():
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def init_distributed(plan: LaunchPlan) -> DistInfo:

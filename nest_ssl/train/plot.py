@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nest_ssl.errors import missing_extra
 from nest_ssl.train.loggers import METRICS_FILE, read_metrics, series
 
 
@@ -16,7 +17,10 @@ def find_run_dirs(exp_dir: Path) -> list[Path]:
 
 
 def plot_run(exp_dir: str | Path, output: str | Path | None = None) -> Path:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise missing_extra("matplotlib", "plot", "nest-ssl plot") from None
 
     matplotlib.use("Agg")  # files only; no display needed
     import matplotlib.pyplot as plt

@@ -7,7 +7,10 @@ raises a `ConfigError`/`ManifestError`/`CheckpointError` (all `UserError`s) nami
 
 The checks read only what is cheap: the first line of each manifest, the member list of a .nemo archive, and a
 checkpoint's dictionary through a memory map (no tensor data is read). What needs the data itself (every manifest
-line, the audio) is still checked where it is read.
+line, the audio) is still checked where it is read. Two checks read further, only where their answer needs it: a
+manifest whose first batch cannot be formed is read in full to say how many of its cuts are usable, and a config
+that checkpoints only after validation counts the batches of an epoch (manifest lines, no audio; it stops once the
+count decides) to find a run that would never validate and so never checkpoint (checkpoint_schedule.py).
 """
 
 from __future__ import annotations
@@ -258,7 +261,10 @@ def check_dataset(section: str, ds: Any, *, model_sample_rate: int | None, train
                           "rate)")
     _check_manifests(cfg.manifest_filepath, f"{section}.manifest_filepath")
     if cfg.noise_manifest not in (None, "", []):
-        _check_manifests(cfg.noise_manifest, f"{section}.noise_manifest")
+        from nest_ssl.data.noise_bank import check_noise_spec
+
+        check_noise_spec(cfg.noise_manifest, model_sample_rate or 16000, f"{section}.noise_manifest",
+                         lambda: _check_manifests(cfg.noise_manifest, f"{section}.noise_manifest"))
 
     from nest_ssl.data import build_augmentor
     from nest_ssl.data.dataset import ReverbConfig
@@ -270,30 +276,50 @@ def check_dataset(section: str, ds: Any, *, model_sample_rate: int | None, train
     if reverb.enabled and reverb.rir_manifest not in (None, ""):
         _check_manifests(reverb.rir_manifest, f"{section}.reverb.rir_manifest")
     try:
-        build_augmentor(cfg.batch_augmentor)
+        augmentor = build_augmentor(cfg.batch_augmentor)
     except ConfigError as err:
         raise ConfigError(f"{section}.batch_augmentor: {err}") from None
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{section}.batch_augmentor: {err}") from None
+    from nest_ssl.data.device_augment import check_augment_on
+
+    check_augment_on(cfg.augment_on, augmentor, section)
     return cfg
+
+
+def _open_training_sampler(section: str, cfg: DataLoadingConfig, sample_rate: int, *, seed: int, rank: int,
+                           world_size: int):
+    from nest_ssl.data.manifests import open_source
+    from nest_ssl.data.sampler import build_sampler
+
+    source = open_source(cfg.manifest_filepath, what=f"{section}.manifest_filepath", sample_rate=sample_rate)
+    sampler = build_sampler(source, cfg, section=section, seed=seed, rank=rank, world_size=world_size, training=True)
+    sampler._share_reported = True  # the share-of-data warning is for the real epoch, not for these looks
+    return source, sampler
 
 
 def check_first_batch(section: str, cfg: DataLoadingConfig, sample_rate: int) -> None:
     """A manifest too small for one batch (after the duration filter, with drop_last) is found here, before a model
     is built or a folder written, instead of as an empty first epoch. Map-style input only: the sampler reads cuts
-    until one batch is full (at most its buffers), which is cheap for manifests; Shar input is read in its workers."""
-    from nest_ssl.data.manifests import open_source
-    from nest_ssl.data.sampler import build_sampler
-
-    source = open_source(cfg.manifest_filepath, what=f"{section}.manifest_filepath", sample_rate=sample_rate)
-    sampler = build_sampler(source, cfg, section=section, seed=0, rank=0, world_size=1, training=True)
+    until one batch is full (at most its buffers), which is cheap for manifests; Shar input is read in its workers.
+    The message names the manifest file(s) and how many of their cuts are within the duration limits."""
+    source, sampler = _open_training_sampler(section, cfg, sample_rate, seed=0, rank=0, world_size=1)
     if sampler.iterable_dataset:
         return
-    sampler._share_reported = True  # the error below says it; the share-of-data warning is for the real epoch
     for _ in sampler:
         return
-    kept = sum(1 for c in source if (cfg.min_duration is None or c.duration >= cfg.min_duration)
-               and (cfg.max_duration is None or c.duration <= cfg.max_duration))
+    from nest_ssl.data.manifests import ManifestSource
+
+    lo, hi = cfg.min_duration, cfg.max_duration
+    kept: dict[str, int] = {}
+    for part in source.parts:  # per file: which of several manifests holds too little is the user's question
+        durations = ManifestSource([part], what=source.what, sample_rate=sample_rate).iter_durations()
+        kept[part.path] = sum(1 for d in durations if (lo is None or d >= lo) and (hi is None or d <= hi))
+    if len(kept) == 1:
+        where = f"{next(iter(kept.values()))} cut(s) in {next(iter(kept))}"
+    else:
+        where = f"{sum(kept.values())} cut(s) in {len(kept)} manifests (" + ", ".join(
+            f"{path}: {n}" for path, n in kept.items()) + ")"
     size = (f"batch_size={cfg.batch_size}" if cfg.batch_size is not None else "") + \
         (f"{' and ' if cfg.batch_size is not None else ''}batch_duration={cfg.batch_duration:g} s"
          if cfg.batch_duration is not None else "")
@@ -301,9 +327,55 @@ def check_first_batch(section: str, cfg: DataLoadingConfig, sample_rate: int) ->
     if cfg.bucket_batch_size is not None:
         size, lower = f"bucket_batch_size={cfg.bucket_batch_sizes()}", "bucket_batch_size"
     raise ConfigError(
-        f"{section}: the training data is too small for one batch: {kept} cut(s) within min_duration/max_duration, "
+        f"{section}: the training data is too small for one batch: {where} within min_duration/max_duration, "
         f"{size}, drop_last={str(cfg.drop_last).lower()}; lower {section}.{lower}, set "
         f"{section}.drop_last=false, or add data")
+
+
+def count_epoch_batches(section: str, cfg: DataLoadingConfig, sample_rate: int, *, seed: int, world_size: int,
+                        cap: int) -> int | None:
+    """Batches one process (rank 0 of `world_size`) gets in the first epoch, when fewer than `cap`; None when it
+    gets `cap` or more, or when the input is iterable (Lhotse Shar: the epoch is formed in the workers). Reads
+    the manifest's cuts (no audio) until `cap` batches are formed: about cap x world_size batches' worth of lines.
+    Every rank leaves an epoch when one of them has no batch left (the trainer's join), so rank 0's count bounds
+    the epoch's length from above."""
+    _, sampler = _open_training_sampler(section, cfg, sample_rate, seed=seed, rank=0, world_size=world_size)
+    if sampler.iterable_dataset:
+        return None
+    n = 0
+    for _ in sampler:
+        n += 1
+        if n >= cap:
+            return None
+    return n
+
+
+def _world_size(settings: RunSettings) -> int | None:
+    """Processes of the run as the launch will make them (None: the launch plan itself is wrong, which run() says
+    next)."""
+    from nest_ssl.train.distributed import plan_launch
+
+    try:
+        return plan_launch(settings.trainer).world_size
+    except ConfigError:
+        return None
+
+
+def check_checkpoint_schedule(settings: RunSettings, train_ds: DataLoadingConfig, *, has_validation: bool,
+                              sample_rate: int) -> None:
+    """A run that would write no checkpoint before it ends (nest_ssl/train/checkpoint_schedule.py) is refused."""
+    from nest_ssl.train.checkpoint_schedule import schedule_problem
+
+    def epoch_batches(cap: int) -> int | None:
+        world = _world_size(settings)
+        if world is None:
+            return None
+        return count_epoch_batches("model.train_ds", train_ds, sample_rate, seed=settings.nest_trainer.seed,
+                                   world_size=world, cap=cap)
+
+    problem = schedule_problem(settings, has_validation=has_validation, epoch_batches=epoch_batches)
+    if problem:
+        raise ConfigError(problem)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -446,8 +518,11 @@ def preflight(cfg: DictConfig | Mapping, settings: RunSettings) -> None:
     train_ds = check_dataset("model.train_ds", model["train_ds"], model_sample_rate=rate, training=True)
     check_first_batch("model.train_ds", train_ds, rate or 16000)
     val = model.get("validation_ds")
-    if isinstance(val, Mapping) and val.get("manifest_filepath"):
+    has_val = isinstance(val, Mapping) and bool(val.get("manifest_filepath"))
+    if has_val:
         check_dataset("model.validation_ds", val, model_sample_rate=rate, training=False)
     check_init(tree)
     check_resume(settings)
     check_run_folder(settings)
+    check_checkpoint_schedule(settings, train_ds, sample_rate=rate or 16000,
+                              has_validation=has_val and settings.trainer.limit_val_batches not in (0, 0.0))

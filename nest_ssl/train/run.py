@@ -38,6 +38,9 @@ from nest_ssl.train.distributed import (
 from nest_ssl.train.loggers import setup_text_logging
 from nest_ssl.train.preflight import preflight
 from nest_ssl.train.run_lock import RunFolderBusyError, RunFolderLock
+from nest_ssl.train.run_status import clear_status, read_status, write_status
+from nest_ssl.train.signals import StopRequests
+from nest_ssl.train.slurm import adopt_slurm_env, from_slurm
 from nest_ssl.train.trainer import NonFiniteLossError, Trainer
 from nest_ssl.train.trainer_config import RunSettings, parse_run_config
 
@@ -222,6 +225,7 @@ def run(cfg: Any, *, command_line: str | None = None) -> RunResult:
     _check_required(cfg)  # a ??? value is named as such, before its section's type check sees it
     settings = parse_run_config(cfg)
     preflight(cfg, settings)  # manifests, values, checkpoints: before any process, model or folder exists
+    adopt_slurm_env()  # an srun task: SLURM's variables as torchrun's (torchrun's own win when present)
     plan = plan_launch(settings.trainer)
     if plan.use_ddp and not plan.under_launcher:
         # Decide the version folder once, here, so that every process writes to the same one.
@@ -233,7 +237,9 @@ def run(cfg: Any, *, command_line: str | None = None) -> RunResult:
             spawn(_spawned_run, plan.devices_per_node, (container, command_line))
         except Exception as err:  # torch.multiprocessing.ProcessRaisedException: re-raise as what the child raised
             raise _child_error(err) from err
-        return RunResult(log_dir=log_dir)
+        status = read_status(log_dir) or {}  # how the processes' run ended (their rank 0 wrote it)
+        return RunResult(log_dir=log_dir, global_step=status.get("global_step"), epoch=status.get("epoch"),
+                         stop_reason=status.get("stop_reason"))
     return _run_process(cfg, settings, plan, command_line)
 
 
@@ -267,7 +273,8 @@ def _spawned_run(container: dict, command_line: str | None) -> None:
 
 
 def build_trainer(cfg: DictConfig, settings: RunSettings, info: DistInfo, *, log_dir: Path, ckpt_dir: Path,
-                  init_weights: bool = True, resume_step: int | None = None) -> Trainer:
+                  init_weights: bool = True, resume_step: int | None = None,
+                  stops: StopRequests | None = None) -> Trainer:
     """Model (seeded init, init_from_* when init_weights), SyncBatchNorm, optimizer, scheduler, dataloaders and the
     Trainer around them, on this process's device."""
     from nest_ssl.checkpoint.nemo import write_nemo
@@ -311,7 +318,7 @@ def build_trainer(cfg: DictConfig, settings: RunSettings, info: DistInfo, *, log
 
     return Trainer(cfg=cfg, settings=settings, info=info, model=model, optimizer=optimizer, scheduler=scheduler,
                    train_loader=train_loader, val_loader=val_loader, log_dir=log_dir, ckpt_dir=ckpt_dir,
-                   write_nemo_fn=write_nemo_fn)
+                   write_nemo_fn=write_nemo_fn, stop_requests=stops)
 
 
 def _missing_dirs(path: Path) -> list[Path]:
@@ -349,6 +356,11 @@ def _lock_run_folder(log_dir: Path, info: DistInfo) -> RunFolderLock | None:
 
 def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, command_line: str | None) -> RunResult:
     info = init_distributed(plan)
+    # Preemption signals are caught from here on: one that comes while the model or the checkpoint loads stops
+    # the run at its start (resumable) instead of killing it.
+    e = settings.exp_manager
+    stops = StopRequests(handle_signals=e.create_preemption_callback, max_time_per_run=e.max_time_per_run)
+    stops.install()
     trainer = None
     lock = None
     created: list[Path] = []
@@ -368,7 +380,8 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
         except RunFolderBusyError:
             created = []  # the folder is the other run's
             raise
-        e = settings.exp_manager
+        if info.is_global_zero:
+            clear_status(log_dir)  # a status file present is the one this run writes when it ends
         write_log = (not e.log_global_rank_0_only or info.is_global_zero) and (
             not e.log_local_rank_0_only or info.local_rank == 0)
         setup_text_logging(log_dir, info.rank, info.local_rank, write_file=write_log, console=info.is_global_zero)
@@ -376,6 +389,9 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
             _write_run_files(log_dir, cfg, settings, command_line)
         log.info("run folder: %s (%d process(es), %s, precision %s)", log_dir, info.world_size,
                  plan.accelerator, t.precision)
+        if from_slurm():
+            log.info("srun task %d of %d (node %d): rendezvous at %s:%s", info.rank, info.world_size, info.node_rank,
+                     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"])
         ckpt_dir = Path(e.checkpoint.dirpath) if e.checkpoint.dirpath else log_dir / "checkpoints"
 
         # Rank 0 chooses the checkpoint (it may have to skip corrupt ones); every rank loads the same file.
@@ -391,18 +407,21 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
         if err:
             raise ResumeError(err)
         if path and ckpt is None:
-            ckpt = ckpt_io.load_checkpoint(path)
+            # rank 0 has just verified this file's digest; the other ranks map it without reading it all again
+            ckpt = ckpt_io.load_checkpoint(path, verify=False)
 
         trainer = build_trainer(cfg, settings, info, log_dir=log_dir, ckpt_dir=ckpt_dir, init_weights=ckpt is None,
-                                resume_step=ckpt["global_step"] if ckpt is not None else None)
+                                resume_step=ckpt["global_step"] if ckpt is not None else None, stops=stops)
         if ckpt is not None:
             trainer.restore(ckpt, Path(path))
         del ckpt
         started = True
         trainer.fit()
         trainer.finish()
-        barrier(info)
         st = trainer.state
+        if info.is_global_zero:  # before the barrier: when any rank has ended, the status is there
+            write_status(log_dir, trainer.stop_reason, st.global_step, st.epoch)
+        barrier(info)
         log.info("done: global step %d, epoch %d (%s); checkpoints in %s", st.global_step, st.epoch,
                  trainer.stop_reason or "finished", ckpt_dir)
         return RunResult(log_dir=log_dir, global_step=st.global_step, epoch=st.epoch, stop_reason=trainer.stop_reason)
@@ -415,6 +434,7 @@ def _run_process(cfg: DictConfig, settings: RunSettings, plan: LaunchPlan, comma
     finally:
         if trainer is not None:
             trainer.close()
+        stops.uninstall()
         if failed and not started:
             _remove_run_folder(created, info)
         if lock is not None:

@@ -22,7 +22,8 @@ STEP_FIELDS: tuple[tuple[str, str], ...] = (
     ("masked_tokens", "tokens the loss was computed on"),
     ("tokens", "valid (unpadded) encoder tokens"),
     ("audio_seconds", "seconds of audio trained on"),
-    ("stop_request", "ranks asking to stop after this step (SIGTERM or max_time_per_run)"),
+    ("stop_request", "ranks asking to stop after this step (a signal or max_time_per_run)"),
+    ("preempt_request", "ranks asking to stop after this step because of a signal (SIGTERM, SIGUSR1)"),
 )
 FIELD_NAMES = tuple(name for name, _ in STEP_FIELDS)
 
@@ -38,6 +39,7 @@ class StepStats:
     tokens: torch.Tensor
     audio_seconds: torch.Tensor
     stop_request: torch.Tensor
+    preempt_request: torch.Tensor
 
     def __init__(self, health_width: int = 0, device: torch.device | str = "cpu"):
         self.tensor = torch.zeros(len(FIELD_NAMES) + health_width, dtype=torch.float64, device=device)

@@ -6,16 +6,19 @@ a checkpoint carries the val_loss it was judged by):
     fetch (one batch ahead, to know the last batch of an epoch) -> forward/backward (loss / accumulate_grad_batches,
     DDP gradient sync only on the last micro-batch) -> [optimizer step: all ranks agree on finiteness, unscale,
     clip, step, scheduler step, zero grads] -> logging every log_every_n_steps -> validation when due -> checkpoint
-    when due -> stop when max_steps / max_epochs / max_time_per_run / SIGTERM says so.
+    when due -> stop when max_steps / max_epochs / max_time_per_run / a preemption signal says so (a preempted stop
+    writes the last checkpoint first: nest_ssl.train.preemption).
 
 `global_step` counts optimizer steps (a step skipped for a non-finite loss is not one). `val_check_interval` (int)
 counts training batches of the current epoch (of the whole run when check_val_every_n_epoch is null), as in
 Lightning; a float (1.0) validates at the end of every epoch.
 
 The loop's collaborators, each in its own module: checkpoint_state (what a checkpoint holds, and resuming from
-it), loop_state (the counters), stream_positions (iterable input's per-stream positions), signals (SIGTERM and the
-time limit), tracing (NEST_SSL_TRACE_DIR), rejects (rejected_cuts.tsv), health (learning health), step_stats (the
-per-step all-reduce). Lhotse's sampler state is reached through nest_ssl.data.lhotse_adapter only.
+it), loop_state (the counters), stream_positions (iterable input's per-stream positions), signals (SIGTERM, SIGUSR1
+and the time limit), preemption (the stop on a signal: the last checkpoint first, the rest within its deadline),
+tracing (NEST_SSL_TRACE_DIR), rejects (rejected_cuts.tsv), health (learning health), step_stats (the per-step
+all-reduce), checkpoint_schedule (an epoch too short to validate: the warning, and the save at its end when nothing
+else would save). Lhotse's sampler state is reached through nest_ssl.data.lhotse_adapter only.
 """
 
 from __future__ import annotations
@@ -28,19 +31,23 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from omegaconf import ListConfig
 from torch import nn
 
 from nest_ssl.checkpoint import CheckpointManager, load_checkpoint
+from nest_ssl.data.device_augment import batch_to_device
 from nest_ssl.data.lhotse_adapter import map_style_sampler_of
 from nest_ssl.errors import UserError
 from nest_ssl.models.flops import step_flops, synthetic_batch
 from nest_ssl.seeding import seed_for
+from nest_ssl.train.checkpoint_schedule import epoch_too_short_to_validate, save_at_short_epoch_end
 from nest_ssl.train.checkpoint_state import build_checkpoint, restore_checkpoint
 from nest_ssl.train.compile import compile_encoder, eager, pad_batch, samples_per_encoder_frame
 from nest_ssl.train.distributed import DistInfo, all_ranks_have, all_reduce_sum
 from nest_ssl.train.health import CollapseAlarm, CumulativeCounts, HealthLayout, step_metrics, validation_metrics
 from nest_ssl.train.loggers import MetricsWriter, ProgressBar
 from nest_ssl.train.loop_state import LoopState
+from nest_ssl.train.preemption import stop_for_preemption
 from nest_ssl.train.rejects import RejectedCutsLog
 from nest_ssl.train.signals import StopRequests
 from nest_ssl.train.step_stats import StepStats
@@ -127,6 +134,7 @@ class Trainer:
         log_dir: Path,
         ckpt_dir: Path,
         write_nemo_fn,
+        stop_requests: StopRequests | None = None,
     ):
         self.cfg = cfg
         self.s = settings
@@ -191,8 +199,14 @@ class Trainer:
         )
         self.trace = StepTrace(info.rank)
         self.rejects = RejectedCutsLog(log_dir, info.rank)
-        self.stop_requests = StopRequests(handle_sigterm=settings.exp_manager.create_preemption_callback,
-                                          max_time_per_run=settings.exp_manager.max_time_per_run)
+        # The preemption signals (caught from the process's start when run() passes them in) and max_time_per_run,
+        # counted from here.
+        e = settings.exp_manager
+        self.stop_requests = stop_requests or StopRequests(handle_signals=e.create_preemption_callback,
+                                                           max_time_per_run=e.max_time_per_run)
+        self.stop_requests.start_time = time.time()
+        self.validation_cut: str | None = None  # why the last validation was cut short: "signal", "deadline"
+        self._already_done = False  # the run had reached max_steps / max_epochs before this process started
         self._warned_val_interval = False
         # Throughput counts training time only (fetch, forward, backward, step), not validation or checkpoints.
         self._train_time_since_log = 0.0
@@ -214,9 +228,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------
     # Checkpoint content
 
-    def build_checkpoint(self) -> dict:
-        """The checkpoint dict (nest_ssl.train.checkpoint_state); a collective: all ranks call it."""
-        return build_checkpoint(self)
+    def build_checkpoint(self, writer: bool = True) -> dict | None:
+        """The checkpoint dict (nest_ssl.train.checkpoint_state) on the writing rank, None on the others; a
+        collective: all ranks call it."""
+        return build_checkpoint(self, writer)
 
     def restore(self, ckpt: dict, path: Path) -> None:
         """Continues from a checkpoint: weights, optimizer, scheduler, scaler, counters, data position, RNGs."""
@@ -245,16 +260,16 @@ class Trainer:
     def _max_epochs_reached(self) -> bool:
         return self.t.max_epochs != -1 and self.state.epoch >= self.t.max_epochs
 
-    def _validation_enabled(self) -> bool:
+    def validation_enabled(self) -> bool:
         return self.val_loader is not None and self.t.limit_val_batches not in (0, 0.0)
 
     def _validate_before_stopping(self) -> bool:
-        """A time-limit or SIGTERM stop after a step that no validation has seen yet."""
-        return (self.stop_reason in ("preempted", "max_time_per_run") and self._validation_enabled()
+        """A time-limit stop after a step that no validation has seen yet."""
+        return (self.stop_reason == "max_time_per_run" and self.validation_enabled()
                 and self.state.last_val_step != self.state.global_step)
 
     def _should_validate(self, is_last: bool) -> bool:
-        if not self._validation_enabled():
+        if not self.validation_enabled():
             return False
         n = self.t.check_val_every_n_epoch
         if n is not None and (self.state.epoch + 1) % n != 0:
@@ -285,14 +300,22 @@ class Trainer:
     # Validation
 
     @torch.no_grad()
-    def validate(self, limit: int | None = None, purpose: str = "val") -> float | None:
+    def validate(self, limit: int | None = None, purpose: str = "val", until: float | None = None,
+                 stop_on_signal: bool = True) -> float | None:
         """Mean over validation batches (every rank's) of the batch loss; batches without masked tokens are left
-        out. Masking, dither and augmentation are seeded per batch, so val_loss compares across checkpoints."""
+        out. Masking, dither and augmentation are seeded per batch, so val_loss compares across checkpoints.
+
+        Cut short (None; `self.validation_cut` says why) on every rank when some rank got a preemption signal
+        (`stop_on_signal`) or passed `until` (time.monotonic()) before its last batch: each rank checks before each
+        batch, and the one all-reduce at the end tells the others."""
+        self.validation_cut = None
         if self.val_loader is None:
             return None
         self.model.eval()
-        # loss sum, batches, empty batches, then the health sums of the masked tokens (accuracy, the floor's counts)
-        total = torch.zeros(3 + self.health.width, dtype=torch.float64, device=self.device)
+        # loss sum, batches, empty batches, the health sums of the masked tokens (accuracy, the floor's counts),
+        # then the ranks whose validation was cut short by the deadline and by a signal
+        width = self.health.width
+        total = torch.zeros(3 + width + 2, dtype=torch.float64, device=self.device)
         cap = self.t.limit_val_batches
         cap = None if isinstance(cap, float) else int(cap)
         if limit is not None:
@@ -303,10 +326,16 @@ class Trainer:
             for i, batch in enumerate(self.val_loader):
                 if cap is not None and i >= cap:
                     break
+                if stop_on_signal and self.stop_requests.preempted:
+                    total[-1] += 1
+                    break
+                if until is not None and time.monotonic() >= until:
+                    total[-2] += 1
+                    break
                 seed_for(self.seed, purpose, i, self.info.rank)
                 if getattr(batch, "rejected", None):
                     self._record_rejects(batch.rejected, purpose)
-                batch = batch.to(self.device, non_blocking=True)
+                batch = batch_to_device(self.val_loader, batch, self.device)
                 with self._autocast():
                     out = self.model.training_output(batch, apply_mask=True)
                 if out.empty_mask or not torch.isfinite(out.loss):
@@ -314,10 +343,14 @@ class Trainer:
                     continue
                 total[0] += out.loss.double()
                 total[1] += 1
-                self.health.add(total[3:], out, count="masked")
+                self.health.add(total[3:3 + width], out, count="masked")
         torch.set_rng_state(cpu_state)
         all_reduce_sum(self.info, total)
         self.model.train()
+        if total[-1] > 0 or total[-2] > 0:
+            self.validation_cut = "signal" if total[-1] > 0 else "deadline"
+            self._val_health = {}
+            return None
         if total[2] > 0:
             log.warning("validation: %d batch(es) had no masked token (or a non-finite loss) and were left out",
                         int(total[2]))
@@ -325,19 +358,23 @@ class Trainer:
             self._val_health = {}
             return None
         val_loss = float(total[0] / total[1])
-        self._val_health = validation_metrics(self.health, total[3:], val_loss, self.cum_counts.counts)  # val_acc, val_floor, ...
+        # val_acc, val_floor, ...
+        self._val_health = validation_metrics(self.health, total[3:3 + width], val_loss, self.cum_counts.counts)
         return val_loss
 
-    def _run_validation(self, stale_if_none: bool = False) -> None:
-        """Validates and logs; `stale_if_none`: a validation without a usable batch drops the previous val_loss
-        rather than leave it to name a checkpoint of other weights."""
-        val_loss = self.validate()
+    def run_validation(self, stale_if_none: bool = False, **cut) -> bool:
+        """Validates and logs; False when the validation was cut short (`cut`: validate's until, stop_on_signal).
+        `stale_if_none`: a validation without a usable batch drops the previous val_loss rather than leave it to
+        name a checkpoint of other weights."""
+        val_loss = self.validate(**cut)
+        if self.validation_cut:
+            return False
         st = self.state
         st.last_val_step = st.global_step
         if val_loss is None:
             if stale_if_none:
                 self.last_metrics.pop("val_loss", None)
-            return
+            return True
         self.last_metrics["val_loss"] = val_loss
         vh = dict(self._val_health)
         self.alarm.check_floor(st.global_step, val_loss, vh.get("val_floor"), vh.get("val_floor_tokens"))
@@ -349,6 +386,7 @@ class Trainer:
                  "n/a" if floor is None else f"{val_loss - floor:+.4f}",
                  f"{vh['val_acc']:.4f}" if "val_acc" in vh else "n/a",
                  f"{vh['val_chance_majority']:.4f}" if "val_chance_majority" in vh else "n/a")
+        return True
 
     # ------------------------------------------------------------------------------------------------------------
     # Checkpoints
@@ -358,14 +396,24 @@ class Trainer:
         m.update(self.last_metrics)
         return m
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, again: bool = False) -> None:
+        """Top-k (when the monitored value ranks), last and .nemo (always_save_nemo): once per step unless `again`."""
         st = self.state
-        if st.last_saved_step == st.global_step and st.global_step > 0:
+        if st.last_saved_step == st.global_step and st.global_step > 0 and not again:
             return
-        ckpt = self.build_checkpoint()  # collective (RNG states of every rank): all ranks call it
-        if self.info.is_global_zero and self.ckpt.enabled:
+        writes = self.info.is_global_zero and self.ckpt.enabled
+        # a collective (RNG states of every rank): all ranks call it; only the writer copies the state to the host
+        ckpt = self.build_checkpoint(writer=writes)
+        if writes:
             self.ckpt.save(ckpt, self._checkpoint_metrics(), self.write_nemo_fn)
         st.last_saved_step = st.global_step
+
+    def save_last_checkpoint(self) -> None:
+        """The last checkpoint only (no ranking, top-k or .nemo): what a preempted stop writes first."""
+        ckpt = self.build_checkpoint()  # collective: all ranks call it
+        if self.info.is_global_zero and self.ckpt.enabled:
+            log.info("saved %s", self.ckpt.save_last(ckpt, self._checkpoint_metrics()))
+        self.state.last_saved_step = self.state.global_step
 
     # ------------------------------------------------------------------------------------------------------------
     # Fit
@@ -373,20 +421,30 @@ class Trainer:
     def fit(self) -> LoopState:
         st = self.state
         t = self.t
-        self.stop_requests.install()
+        self.stop_requests.install()  # until close(): a signal while the last files are written must not kill them
         total = t.max_steps if t.max_steps != -1 else None
         bar = ProgressBar(t.enable_progress_bar and self.info.is_global_zero, total, st.global_step)
         self.bar = bar
         try:
             if self._max_steps_reached() or self._max_epochs_reached():
+                # A finished run: its status says so, and finish() writes the .nemo if the run that got there was
+                # preempted at its last step before writing it.
+                self.stop_reason = "max_steps" if self._max_steps_reached() else "max_epochs"
+                self._already_done = True
                 log.info("nothing to do: the run already reached %s (global step %d, epoch %d)",
-                         "max_steps" if self._max_steps_reached() else "max_epochs", st.global_step, st.epoch)
+                         self.stop_reason, st.global_step, st.epoch)
                 return st
             if t.num_sanity_val_steps != 0 and self.val_loader is not None:
                 n = None if t.num_sanity_val_steps == -1 else t.num_sanity_val_steps
                 loss = self.validate(limit=n, purpose="sanity")
                 log.info("sanity check on %s validation batch(es): val_loss=%s", "all" if n is None else n,
                          "n/a" if loss is None else f"{loss:.4f}")
+            if not all_ranks_have(self.info, not self.stop_requests.preempted):
+                # A signal before the first step (while loading, or in the sanity check): nothing new to save.
+                self.stop_reason = "preempted"
+                log.warning("%s before the first step: stopping (nothing new to save)",
+                            self.stop_requests.signal_name or "a signal on another rank")
+                return st
             self.model.train()
             while not self.stop_reason:
                 if self._max_epochs_reached():
@@ -400,7 +458,6 @@ class Trainer:
             return st
         finally:
             bar.close()
-            self.stop_requests.uninstall()
 
     def _keep_progress(self) -> None:
         """A user error in the middle of a run (e.g. a manifest truncated since the run opened it): checkpoint the
@@ -418,13 +475,18 @@ class Trainer:
             log.warning("could not save the progress after the error: %s", err)
 
     def finish(self) -> None:
-        """End of training: the last checkpoint and NeMo's .nemo on train end (unless stopped by an error)."""
+        """End of training: the last checkpoint and NeMo's .nemo on train end (unless stopped by an error or a
+        preemption, whose stop wrote what its deadline allowed)."""
         if self.stop_reason in ("nonfinite",):
+            return
+        if self.stop_reason == "preempted":
+            self.metrics_writer.flush()
             return
         self.save_checkpoint()
         c = self.s.exp_manager.checkpoint
         if (self.info.is_global_zero and self.ckpt.enabled and c.save_nemo_on_train_end
-                and self.stop_reason in ("max_steps", "max_epochs")):
+                and self.stop_reason in ("max_steps", "max_epochs")
+                and not (self._already_done and self.ckpt.nemo_path.exists())):
             if c.save_best_model and self.ckpt.best_model_path and Path(self.ckpt.best_model_path).exists():
                 sd = load_checkpoint(self.ckpt.best_model_path)["state_dict"]
             else:
@@ -434,6 +496,7 @@ class Trainer:
         self.metrics_writer.flush()
 
     def close(self) -> None:
+        self.stop_requests.uninstall()
         self.metrics_writer.close()
 
     def _train_epoch(self) -> None:
@@ -466,9 +529,11 @@ class Trainer:
                 f" on {'this rank' if fetcher.next is None else 'another rank'} (rank {self.info.rank} of "
                 f"{self.info.world_size}; with force_finite every rank needs at least one Shar shard or manifest "
                 "file per dataloader worker)")
+            spec = self.cfg.model.train_ds.get("manifest_filepath")
+            spec = ",".join(map(str, spec)) if isinstance(spec, ListConfig) else spec
             raise EmptyEpochError(
-                f"the training data gives no batch in epoch {st.epoch}{where}: check model.train_ds (manifest, "
-                "min_duration/max_duration, batch_size with drop_last)")
+                f"the training data gives no batch in epoch {st.epoch}{where}: check model.train_ds "
+                f"(manifest_filepath={spec}, min_duration/max_duration, batch_size with drop_last)")
         for batch, is_last in fetcher:
             if limit is not None and st.batch_idx + 1 >= limit:
                 is_last = True
@@ -478,7 +543,8 @@ class Trainer:
             stream = getattr(batch, "stream", None)
             if stream is not None:  # this batch is trained on: its stream stands after it
                 self.stream_positions.note(stream)
-            batch = pad_batch(batch.to(self.device, non_blocking=True), self.pad_samples)
+            batch = pad_batch(batch_to_device(self.train_loader, batch, self.device), self.pad_samples)  # + augment_on:
+            # device mixing, then the padding of nest_trainer.compile.pad_to_multiple
             step_boundary = (st.batch_idx + 1) % acc == 0 or is_last
             sync_ctx = self.ddp.no_sync() if (self.ddp is not None and not step_boundary) else contextlib.nullcontext()
             with sync_ctx:
@@ -502,6 +568,7 @@ class Trainer:
             stepped = False
             if step_boundary:
                 stats.stop_request = 1.0 if self.stop_requests.requested() else 0.0
+                stats.preempt_request = 1.0 if self.stop_requests.preempted else 0.0
                 stats.all_reduce(self.info)
                 self.cum_counts.add(self.health.counts(stats.health))  # every rank adds the same sums
                 stepped = self._optimizer_step(stats, micro)
@@ -520,47 +587,59 @@ class Trainer:
                     self.bar.update(st.global_step, stats.mean_loss(), self._step_lr, self._audio_per_s_ema / 3600.0,
                                     acc=self.health.accuracy(stats.health))
                 if stats.stop_request > 0 and not self.stop_reason:
-                    self.stop_reason = "preempted" if self.stop_requests.preempted else "max_time_per_run"
+                    # Every rank decides from the summed requests: the same reason on all of them.
+                    self.stop_reason = "preempted" if stats.preempt_request > 0 else "max_time_per_run"
                 stats.zero()
                 micro = 0
                 if stepped:
                     self.trace.step(step=st.global_step, model=self.model)
+            if self.stop_reason == "preempted":
+                stop_for_preemption(self)  # the last checkpoint first; no scheduled validation or checkpoint
+                return
             validated = False
             if self._should_validate(is_last):
-                self._run_validation()
-                validated = True
+                validated = self.run_validation()
             elif self._validate_before_stopping():
-                # The checkpoint a time-limit or SIGTERM stop writes is named and ranked by a validation of the
-                # weights it holds, not by the last scheduled validation's value (Lightning validates on stop too).
-                self._run_validation(stale_if_none=True)
-                validated = True
+                # The checkpoint a time-limit stop writes is named and ranked by a validation of the weights it
+                # holds, not by the last scheduled validation's value (Lightning validates on stop too).
+                validated = self.run_validation(stale_if_none=True)
+            if self.validation_cut == "signal":  # a signal cut the validation short (on some rank): stop here
+                self.stop_reason = "preempted"
+                stop_for_preemption(self)
+                return
             if stepped and self.ckpt.due_after_step(st.global_step):
                 self.save_checkpoint()
             elif validated and self.ckpt.due_after_validation(st.epoch) and st.global_step > 0:
                 self.save_checkpoint()
             elif is_last and self.ckpt.due_at_epoch_end(st.epoch) and st.global_step > 0:
                 self.save_checkpoint()
+            elif is_last and st.global_step > 0 and save_at_short_epoch_end(self.s, st.batch_idx):
+                # Epochs this short never validate and nothing else saves; the preflight could not know the epoch
+                # length (iterable input), so the end of every such epoch saves instead (checkpoint_schedule.py).
+                self.save_checkpoint()
             if self._max_steps_reached():
                 self.stop_reason = "max_steps"
             if self.stop_reason:
-                if self.stop_reason in ("preempted", "max_time_per_run"):
-                    log.warning("stopping at step %d (%s); the last checkpoint lets the same command continue",
-                                st.global_step, "SIGTERM" if self.stop_reason == "preempted" else "max_time_per_run")
+                if self.stop_reason == "max_time_per_run":
+                    log.warning("stopping at step %d (max_time_per_run); the last checkpoint lets the same command "
+                                "continue", st.global_step)
                 return
             if is_last:
                 break
             if step_boundary:
                 step_t0 = time.time()  # after validation and checkpoint: they are not training time
         # The epoch is over.
-        vci = t.val_check_interval
-        if (isinstance(vci, int) and t.check_val_every_n_epoch is not None and st.batch_idx < vci
-                and self.val_loader is not None and not self._warned_val_interval):
+        if (epoch_too_short_to_validate(self.s, st.batch_idx) and self.val_loader is not None
+                and not self._warned_val_interval):
             self._warned_val_interval = True
+            saves = ("; meanwhile the last checkpoint is written at the end of every such epoch (no "
+                     "exp_manager.checkpoint_callback_params.every_n_train_steps is set)"
+                     if save_at_short_epoch_end(self.s, st.batch_idx) and self.ckpt.enabled else "")
             log.warning(
-                "epoch %d had %d batches, fewer than trainer.val_check_interval=%d, which counts the batches of one "
-                "epoch while check_val_every_n_epoch is set: validation never runs. Set "
+                "epoch %d had %d batches per process, fewer than trainer.val_check_interval=%d, which counts the "
+                "batches of one epoch while check_val_every_n_epoch is set: validation never runs%s. Set "
                 "trainer.check_val_every_n_epoch=null to count batches across epochs (Lightning raises here when "
-                "it knows the epoch length in advance)", st.epoch, st.batch_idx, vci)
+                "it knows the epoch length in advance)", st.epoch, st.batch_idx, t.val_check_interval, saves)
         st.epoch += 1
         st.batch_idx = 0
         st.epoch_finished = False

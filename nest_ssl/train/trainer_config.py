@@ -429,19 +429,35 @@ class ExpManagerSettings:
 
 
 @dataclass
+class PreemptionSettings:
+    """`nest_trainer.preemption`: the stop on SIGTERM / SIGUSR1 (with exp_manager.create_preemption_callback)."""
+
+    # Seconds from the signal by which the stop is over: less than the launcher's grace before its SIGKILL (torchrun
+    # 30 s, SLURM's KillWait 30 s by default). The last checkpoint is written first whatever the time; validation,
+    # top-k and .nemo follow only while the time left covers them. 0: the last checkpoint only.
+    save_deadline_s: float = 20.0
+
+    def validate(self, where: str = "nest_trainer.preemption") -> None:
+        if not 0 <= self.save_deadline_s < float("inf"):  # also NaN
+            raise _bad(f"{where}.save_deadline_s", self.save_deadline_s, "must be a number of seconds >= 0")
+
+
+@dataclass
 class NestTrainerSettings:
     seed: int = 0  # every random stream (model init, dropout, masking, augmentation, shuffling) derives from it
     max_consecutive_nonfinite: int = 10  # stop after this many optimizer steps in a row had a non-finite loss
     health: Optional[HealthSettings] = field(default_factory=HealthSettings)  # the collapse alarm's thresholds
     num_threads: Optional[int] = None  # CPU threads of each process (torch.set_num_threads); null: torch's choice
+    preemption: Optional[PreemptionSettings] = field(default_factory=PreemptionSettings)  # SIGTERM / SIGUSR1
     compile: Optional[CompileSettings] = field(default_factory=CompileSettings)  # torch.compile (train/compile.py)
 
     def validate(self, where: str = "nest_trainer") -> None:
         _at_least(f"{where}.seed", self.seed, 0)
         _at_least(f"{where}.max_consecutive_nonfinite", self.max_consecutive_nonfinite, 1)
         _at_least(f"{where}.num_threads", self.num_threads, 1, null=True)
-        _nulls_to_defaults(self, ("health", "compile"))
+        _nulls_to_defaults(self, ("health", "preemption", "compile"))
         self.health.validate(f"{where}.health")
+        self.preemption.validate(f"{where}.preemption")
         self.compile.validate(f"{where}.compile")
 
 
