@@ -129,7 +129,8 @@ if [ $GPU = 1 ]; then
       model.validation_ds.manifest_filepath="$DATA/val_manifest.json" $TUNE_ARGS trainer.precision=bf16-mixed \
       trainer.max_steps=30 trainer.log_every_n_steps=10 trainer.val_check_interval=1000 trainer.devices=1 model.train_ds.drop_last=false \
       model.train_ds.num_workers=8 +nest_trainer.compile.enabled=true +nest_trainer.compile.pad_to_multiple=16 \
-      trainer.enable_progress_bar=false exp_manager.exp_dir="$TEL"
+      trainer.enable_progress_bar=false exp_manager.exp_dir="$TEL" \
+      ++exp_manager.checkpoint_callback_params.every_n_train_steps=30
 else
   DUMMY="$LOG_DIR/telemetry_data"
   [ -f "$DUMMY/train_manifest.json" ] || $PY recipes/nest/make_dummy_data.py --out-dir "$DUMMY" --num-train 16 \
@@ -138,7 +139,8 @@ else
     $PY -m nest_ssl.cli train --config-name nest_tiny model.train_ds.manifest_filepath="$DUMMY/train_manifest.json" \
       model.validation_ds.manifest_filepath="$DUMMY/val_manifest.json" \
       $(tail -1 "$TUNED" 2>/dev/null | grep -o '++model.train_ds.*') trainer.max_steps=6 trainer.log_every_n_steps=3 model.train_ds.drop_last=false \
-      trainer.val_check_interval=1000 trainer.enable_progress_bar=false exp_manager.exp_dir="$TEL"
+      trainer.val_check_interval=1000 trainer.enable_progress_bar=false exp_manager.exp_dir="$TEL" \
+      ++exp_manager.checkpoint_callback_params.every_n_train_steps=6
 fi
 RUN_DIR=$(dirname "$(find "$TEL" -name metrics.jsonl | head -1)" 2>/dev/null)
 if [ -n "$RUN_DIR" ] && [ -f "$RUN_DIR/metrics.jsonl" ]; then

@@ -58,7 +58,8 @@ def test_compiled_losses_match_eager(tmp_path):
                f"model.train_ds.manifest_filepath={manifest}", f"model.validation_ds.manifest_filepath={manifest}",
                "trainer.max_steps=4", "trainer.log_every_n_steps=1", "+trainer.limit_val_batches=0",
                "trainer.enable_progress_bar=false", f"exp_manager.exp_dir={exp}",
-               f"+nest_trainer.compile.enabled={enabled}", "+nest_trainer.compile.pad_to_multiple=8"]
+               f"+nest_trainer.compile.enabled={enabled}", "+nest_trainer.compile.pad_to_multiple=8",
+               "++exp_manager.checkpoint_callback_params.every_n_train_steps=4"]
         p = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=1200)
         assert p.returncode == 0, p.stderr[-3000:]
         run_dir = next(root for root, _, files in os.walk(exp) if "metrics.jsonl" in files)

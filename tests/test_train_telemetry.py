@@ -38,7 +38,8 @@ def run_dir(tmp_path_factory):
     cmd = [sys.executable, "-m", "nest_ssl.cli", "train", "--config-name", "nest_tiny",
            f"model.train_ds.manifest_filepath={manifest}", f"model.validation_ds.manifest_filepath={manifest}",
            "model.train_ds.batch_size=8", "trainer.max_steps=4", "trainer.log_every_n_steps=2",
-           "+trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", f"exp_manager.exp_dir={d}/exp"]
+           "+trainer.limit_val_batches=0", "trainer.enable_progress_bar=false", f"exp_manager.exp_dir={d}/exp",
+           "++exp_manager.checkpoint_callback_params.every_n_train_steps=4"]
     p = subprocess.run(cmd, cwd=d, env=ENV, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-3000:]
     found = [root for root, _, files in os.walk(d / "exp") if "metrics.jsonl" in files]
