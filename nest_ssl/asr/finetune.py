@@ -1,0 +1,138 @@
+"""`nest-ssl finetune`: CTC fine-tuning of the Conformer encoder, a simple loop of its own.
+
+Everything is checked before anything is written: the manifests, every transcript against the tokenizer (named by
+file and line), the model config against the pretrained checkpoint. Then the run folder gets `tokenizer/`,
+`step-N.ckpt` every `save_every` steps and at the end (kept, for `--avg`), and `log.tsv` (step, loss, dev WER/CER).
+
+What this loop is not (yet): the main trainer's data pipeline and machinery (lhotse bucketing, DDP, bf16, exact
+resume, the run lock, TensorBoard); it holds the training audio in memory. See docs/asr.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from nest_ssl.asr.audio import load_audio
+from nest_ssl.asr.ctc_model import CTCModel, asr_config
+from nest_ssl.asr.errors import ASRError
+from nest_ssl.asr.init import InitReport, init_from_pretrained
+from nest_ssl.asr.manifest import read_manifest, read_nonempty_manifest
+from nest_ssl.asr.model_io import save_asr
+from nest_ssl.asr.tokenizer import load_tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneOptions:
+    train_manifest: Path
+    out_dir: Path
+    dev_manifest: Path | None = None
+    tokenizer_dir: Path | None = None  # an existing tokenizer; else one is trained from the train transcripts
+    tokenizer_type: str = "bpe"
+    vocab_size: int = 128
+    init_from: Path | None = None
+    init_skip: list[str] = field(default_factory=list)
+    config_name: str = "nest_tiny"  # used without --init-from
+    overrides: list[str] = field(default_factory=list)  # model-section keys: encoder.n_layers=4
+    spec_augment: dict = field(default_factory=dict)  # NeMo's keys; empty = no masking
+    steps: int = 200
+    lr: float = 1e-3
+    batch_size: int = 8
+    seed: int = 0
+    save_every: int = 50
+    freeze_encoder_steps: int = 0
+
+
+def _base_config(opts: FinetuneOptions) -> dict:
+    from omegaconf import OmegaConf
+
+    from nest_ssl.config import apply_overrides, load_config
+
+    if opts.init_from is not None:
+        from nest_ssl.asr.init import _read_config
+
+        cfg = OmegaConf.create(_read_config(opts.init_from))
+        apply_overrides(cfg, opts.overrides)
+        return OmegaConf.to_container(cfg, resolve=True)
+    full = load_config(config_name=opts.config_name, resolve=False)  # overrides first: `${...}` follow them
+    apply_overrides(full.model, opts.overrides)
+    return OmegaConf.to_container(full, resolve=True)["model"]
+
+
+def prepare(opts: FinetuneOptions):
+    """Every check, nothing written: (model, tokenizer, init report, train items, dev items)."""
+    if opts.out_dir.exists() and any(opts.out_dir.glob("step-*.ckpt")):
+        raise ASRError(f"--out-dir {opts.out_dir}: already holds checkpoints of a run; choose another folder")
+    train = read_nonempty_manifest(opts.train_manifest, "--train-manifest")
+    dev = read_manifest(opts.dev_manifest) if opts.dev_manifest else []
+    if opts.tokenizer_dir is not None:
+        tok = load_tokenizer(opts.tokenizer_dir, opts.tokenizer_type)
+    else:
+        tok = train_tokenizer([u.text for u in train], opts.tokenizer_type, opts.vocab_size)
+    targets = [torch.tensor(tok.encode(u.text, u.where), dtype=torch.int64) for u in train]
+    for u in dev:
+        tok.encode(u.text, u.where)
+    vocabulary = tok.tokens()
+    cfg = asr_config(_base_config(opts), tok.kind, vocabulary, opts.spec_augment)
+    torch.manual_seed(opts.seed)
+    model = CTCModel(cfg)
+    report = init_from_pretrained(model, opts.init_from, opts.init_skip) if opts.init_from else None
+    return model, tok, report, list(zip(train, targets)), dev
+
+
+def finetune(opts: FinetuneOptions, say: Callable[[str], None] = print) -> Path:
+    model, tok, report, train, dev = prepare(opts)
+    say(report.line() if report else "encoder initialised at random (no --init-from)")
+    sr = model.sample_rate
+    audio = [load_audio(u.audio, sr) for u, _ in train]
+    dev_audio = [u.audio for u in dev]
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save(opts.out_dir / "tokenizer")
+    optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=1e-3)
+    rng = random.Random(opts.seed)
+    order: list[int] = []
+    log_file = open(opts.out_dir / "log.tsv", "w", encoding="utf-8")
+    log_file.write("step\tloss\tdev_wer\tdev_cer\n")
+    for step in range(1, opts.steps + 1):
+        if len(order) < opts.batch_size:
+            more = list(range(len(train)))
+            rng.shuffle(more)
+            order += more
+        idx, order = order[:opts.batch_size], order[opts.batch_size:]
+        frozen = step <= opts.freeze_encoder_steps
+        for p in model.encoder.parameters():
+            p.requires_grad_(not frozen)
+        model.train()
+        lengths = torch.tensor([len(audio[i]) for i in idx])
+        batch = torch.zeros(len(idx), int(lengths.max()))
+        for j, i in enumerate(idx):
+            batch[j, :len(audio[i])] = audio[i]
+        log_probs, enc_len = model(batch, lengths)
+        loss = model.ctc_loss(log_probs, enc_len, [train[i][1] for i in idx])
+        optim.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optim.step()
+        if step % opts.save_every == 0 or step == opts.steps:
+            wer_s = cer_s = ""
+            if dev:
+                from nest_ssl.asr.results import cer, wer
+                from nest_ssl.asr.transcribe import transcribe
+
+                model.eval()
+                hyps = transcribe(model, tok, dev_audio).texts
+                refs = [u.text for u in dev]
+                wer_s, cer_s = f"{wer(refs, hyps).rate:.4f}", f"{cer(refs, hyps).rate:.4f}"
+            save_asr(opts.out_dir / f"step-{step}.ckpt", model, step)
+            log_file.write(f"{step}\t{loss.item():.4f}\t{wer_s}\t{cer_s}\n")
+            log_file.flush()
+            say(f"step {step}: loss {loss.item():.4f}" + (f", dev WER {wer_s} CER {cer_s}" if dev else ""))
+    log_file.close()
+    return opts.out_dir
