@@ -71,7 +71,7 @@ class CharTokenizer:
         return ["|" if c == " " else c for c in self.characters]  # flashlight's word separator is "|"
 
     def spell(self, word: str) -> list[str]:
-        return list(word) + ["|"]
+        return list(word)  # flashlight puts the separator "|" between words as silence
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
