@@ -153,8 +153,8 @@ def test_user_mistakes_give_one_line_exit_2_and_write_nothing(quick_run, tmp_pat
     # --avg beyond the run's checkpoints; a run folder reused
     _one_line_exit_2(*cli("decode", "--model", out, "--avg", 9, "--test", f"t={corpus['test']}", "--out-dir",
                           tmp_path / "o7"), "holds only 2 step checkpoints")
-    _one_line_exit_2(*cli("finetune", "--train-manifest", corpus["train"], "--out-dir", out, "--tokenizer-type",
-                          "char", *TINY), "already holds checkpoints")
+    _one_line_exit_2(*cli("finetune", "--train-manifest", corpus["test"], "--out-dir", out, "--tokenizer-type",
+                          "char", *TINY), "holds a run on", "not this --train-manifest")
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))
 
 
@@ -181,3 +181,20 @@ def test_init_from_pretrained_is_reported(quick_run, tmp_path, capsys):
     found = [m for m in re.finditer(r"^initialised (\d+) of (\d+) encoder tensors .* from (\S+)$", out, re.M)]
     assert len(found) == 1, out
     assert found[0].group(1) == found[0].group(2) and int(found[0].group(1)) > 50 and found[0].group(3) == str(ckpt)
+
+
+def test_resume_mid_finetuning_gives_the_same_losses(quick_run, tmp_path, capsys):
+    from nest_ssl.cli import main
+
+    corpus, _ = quick_run
+    common = ["finetune", "--train-manifest", str(corpus["train"]), "--dev-manifest", str(corpus["test"]),
+              "--tokenizer-type", "char", "--save-every", "2", "--batch-size", "3", "--spec-augment", "time_masks=2",
+              "--spec-augment", "time_width=0.05", *TINY]
+    assert main([*common, "--out-dir", str(tmp_path / "whole"), "--steps", "6"]) == 0
+    assert main([*common, "--out-dir", str(tmp_path / "cut"), "--steps", "3"]) == 0
+    (tmp_path / "cut" / "step-3.ckpt").unlink()  # stopped after step 3 was logged but before its checkpoint
+    assert main([*common, "--out-dir", str(tmp_path / "cut"), "--steps", "6"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    whole = (tmp_path / "whole" / "log.tsv").read_text().splitlines()
+    cut = (tmp_path / "cut" / "log.tsv").read_text().splitlines()
+    assert len(whole) == 7 and cut == whole

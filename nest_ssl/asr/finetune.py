@@ -2,7 +2,9 @@
 
 Everything is checked before anything is written: the manifests, every transcript against the tokenizer (named by
 file and line), the model config against the pretrained checkpoint. Then the run folder gets `tokenizer/`,
-`step-N.ckpt` every `save_every` steps and at the end (kept, for `--avg`), and `log.tsv` (step, loss, dev WER/CER).
+`step-N.ckpt` every `save_every` steps and at the end (kept, for `--avg`), and `log.tsv` (step, loss, dev WER/CER
+at the saved steps). Run again on the same folder, it resumes from the last checkpoint (model, optimizer, RNG states
+and the rest of the epoch's order are in it), so the losses are those of an uninterrupted run; `--steps` may grow.
 
 What this loop is not (yet): the main trainer's data pipeline and machinery (lhotse bucketing, DDP, bf16, exact
 resume, the run lock, TensorBoard); it holds the training audio in memory. See docs/asr.md.
@@ -68,8 +70,6 @@ def _base_config(opts: FinetuneOptions) -> dict:
 
 def prepare(opts: FinetuneOptions):
     """Every check, nothing written: (model, tokenizer, init report, train items, dev items)."""
-    if opts.out_dir.exists() and any(opts.out_dir.glob("step-*.ckpt")):
-        raise ASRError(f"--out-dir {opts.out_dir}: already holds checkpoints of a run; choose another folder")
     train = read_nonempty_manifest(opts.train_manifest, "--train-manifest")
     dev = read_manifest(opts.dev_manifest) if opts.dev_manifest else []
     if opts.tokenizer_dir is not None:
@@ -87,20 +87,71 @@ def prepare(opts: FinetuneOptions):
     return model, tok, report, list(zip(train, targets)), dev
 
 
+def _last_checkpoint(out_dir: Path) -> Path | None:
+    found = sorted(out_dir.glob("step-*.ckpt"), key=lambda p: int(p.stem.split("-")[1])) if out_dir.is_dir() else []
+    return found[-1] if found else None
+
+
+def _data_identity(opts: FinetuneOptions, train) -> dict:
+    return {"train_manifest": str(opts.train_manifest.resolve()), "utterances": len(train)}
+
+
+def resume_state(opts: FinetuneOptions, path: Path):
+    """(model, tokenizer, train, dev, training state) of the run in --out-dir, checked against these options."""
+    from nest_ssl.asr.model_io import read_asr_checkpoint
+
+    ckpt = read_asr_checkpoint(path)
+    state = ckpt.get("training")
+    if state is None:
+        raise ASRError(f"--out-dir {opts.out_dir}: {path.name} cannot be resumed from (no training state); "
+                       "choose another folder")
+    tok = load_tokenizer(opts.out_dir / "tokenizer", ckpt["asr_config"].get("tokenizer", {}).get("type"))
+    train = read_nonempty_manifest(opts.train_manifest, "--train-manifest")
+    if state["data"] != _data_identity(opts, train):
+        raise ASRError(f"--out-dir {opts.out_dir}: holds a run on {state['data']['train_manifest']} "
+                       f"({state['data']['utterances']} utterances), not this --train-manifest; choose another folder")
+    targets = [torch.tensor(tok.encode(u.text, u.where), dtype=torch.int64) for u in train]
+    dev = read_manifest(opts.dev_manifest) if opts.dev_manifest else []
+    for u in dev:
+        tok.encode(u.text, u.where)
+    model = CTCModel(ckpt["asr_config"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model, tok, list(zip(train, targets)), dev, {**state, "step": int(ckpt["global_step"])}
+
+
 def finetune(opts: FinetuneOptions, say: Callable[[str], None] = print) -> Path:
-    model, tok, report, train, dev = prepare(opts)
-    say(report.line() if report else "encoder initialised at random (no --init-from)")
+    last = _last_checkpoint(opts.out_dir)
+    if last is not None:
+        model, tok, train, dev, state = resume_state(opts, last)
+        say(f"resuming from {last} (step {state['step']}); the run's tokenizer and model config apply")
+    else:
+        model, tok, report, train, dev = prepare(opts)
+        say(report.line() if report else "encoder initialised at random (no --init-from)")
+        state = None
     sr = model.sample_rate
     audio = [load_audio(u.audio, sr) for u, _ in train]
     dev_audio = [u.audio for u in dev]
     opts.out_dir.mkdir(parents=True, exist_ok=True)
-    tok.save(opts.out_dir / "tokenizer")
     optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=1e-3)
     rng = random.Random(opts.seed)
     order: list[int] = []
+    start = 1
+    if state is None:
+        tok.save(opts.out_dir / "tokenizer")
+        rows = ["step\tloss\tdev_wer\tdev_cer"]
+    else:
+        optim.load_state_dict(state["optimizer"])
+        rng.setstate((state["python_rng"][0], tuple(state["python_rng"][1]), state["python_rng"][2]))
+        torch.set_rng_state(state["torch_rng"])
+        order = list(state["order"])
+        start = state["step"] + 1
+        # the log up to the checkpoint; lines written after it (by the run that was stopped) are done again
+        rows = [r for r in (opts.out_dir / "log.tsv").read_text(encoding="utf-8").splitlines()
+                if r.split("\t")[0] == "step" or int(r.split("\t")[0]) <= state["step"]]
     log_file = open(opts.out_dir / "log.tsv", "w", encoding="utf-8")
-    log_file.write("step\tloss\tdev_wer\tdev_cer\n")
-    for step in range(1, opts.steps + 1):
+    log_file.write("".join(r + "\n" for r in rows))
+    log_file.flush()
+    for step in range(start, opts.steps + 1):
         if len(order) < opts.batch_size:
             more = list(range(len(train)))
             rng.shuffle(more)
@@ -120,19 +171,26 @@ def finetune(opts: FinetuneOptions, say: Callable[[str], None] = print) -> Path:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optim.step()
+        wer_s = cer_s = ""
         if step % opts.save_every == 0 or step == opts.steps:
-            wer_s = cer_s = ""
             if dev:
                 from nest_ssl.asr.results import cer, wer
                 from nest_ssl.asr.transcribe import transcribe
 
                 model.eval()
-                hyps = transcribe(model, tok, dev_audio).texts
+                with torch.random.fork_rng(devices=[]):  # decoding draws nothing, but keep training's RNG apart
+                    hyps = transcribe(model, tok, dev_audio).texts
                 refs = [u.text for u in dev]
                 wer_s, cer_s = f"{wer(refs, hyps).rate:.4f}", f"{cer(refs, hyps).rate:.4f}"
-            save_asr(opts.out_dir / f"step-{step}.ckpt", model, step)
-            log_file.write(f"{step}\t{loss.item():.4f}\t{wer_s}\t{cer_s}\n")
+            py_state = rng.getstate()
+            training = {"optimizer": optim.state_dict(), "torch_rng": torch.get_rng_state(),
+                        "python_rng": [py_state[0], list(py_state[1]), py_state[2]], "order": list(order),
+                        "data": _data_identity(opts, train)}
+            log_file.write(f"{step}\t{loss.item():.6f}\t{wer_s}\t{cer_s}\n")
             log_file.flush()
+            save_asr(opts.out_dir / f"step-{step}.ckpt", model, step, training)
             say(f"step {step}: loss {loss.item():.4f}" + (f", dev WER {wer_s} CER {cer_s}" if dev else ""))
+        else:
+            log_file.write(f"{step}\t{loss.item():.6f}\t\t\n")
     log_file.close()
     return opts.out_dir

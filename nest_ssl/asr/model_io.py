@@ -16,11 +16,19 @@ from nest_ssl.asr.tokenizer import load_tokenizer
 KIND = "nest_ssl.asr.ctc"
 
 
-def save_asr(path: Path, model: CTCModel, step: int) -> Path:
+def save_asr(path: Path, model: CTCModel, step: int, training: dict | None = None) -> Path:
+    """`training`: what resuming needs (optimizer, RNG states, the rest of the epoch's order, the data's identity)."""
     from nest_ssl.checkpoint import save_checkpoint
 
-    return save_checkpoint({"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                            "asr_config": model.cfg, "kind": KIND, "global_step": step}, path)
+    ckpt = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "asr_config": model.cfg, "kind": KIND, "global_step": step}
+    if training is not None:
+        ckpt["training"] = training
+    return save_checkpoint(ckpt, path)
+
+
+def read_asr_checkpoint(path: Path) -> dict:
+    return _read(path)
 
 
 def _read(path: Path) -> dict:

@@ -25,13 +25,14 @@ def add_arguments(parser) -> None:
 
 
 def lm_decoder(args, tok, out_dir=None):
-    """The LMDecoder the options ask for (None: greedy only); an --lm-text LM is written to out_dir or a temp dir."""
+    """The LMDecoder the options ask for (None: greedy only); an --lm-text LM is written to out_dir, or to a
+    temporary folder removed once KenLM has read it."""
     import tempfile
     from pathlib import Path
 
     from nest_ssl.asr.decode import LMDecoder, LMOptions
     from nest_ssl.asr.errors import ASRError
-    from nest_ssl.asr.lm import build_arpa, estimate, write_arpa
+    from nest_ssl.asr.lm import estimate, write_arpa
 
     if args.lm and args.lm_text:
         raise ASRError("give --lm or --lm-text, not both")
@@ -41,9 +42,12 @@ def lm_decoder(args, tok, out_dir=None):
         if not text.is_file():
             raise ASRError(f"--lm-text {text}: does not exist; give a text file, one sentence per line")
         model = estimate(text.read_text(encoding="utf-8").splitlines(), args.lm_order)
-        folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="nest_ssl_lm_"))
-        folder.mkdir(parents=True, exist_ok=True)
-        arpa = write_arpa(model, folder / f"lm-{args.lm_order}gram.arpa")
+        if out_dir is None:
+            with tempfile.TemporaryDirectory(prefix="nest_ssl_lm_") as tmp:
+                arpa = write_arpa(model, Path(tmp) / "lm.arpa")
+                return LMDecoder(tok, LMOptions(arpa, args.lm_weight, args.word_score, args.beam_size))
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        arpa = write_arpa(model, Path(out_dir) / f"lm-{args.lm_order}gram.arpa")
     if arpa is None:
         return None
     return LMDecoder(tok, LMOptions(arpa, args.lm_weight, args.word_score, args.beam_size))
@@ -52,15 +56,12 @@ def lm_decoder(args, tok, out_dir=None):
 def run(args) -> int:
     from pathlib import Path
 
-    import torch
-
     from nest_ssl.asr.errors import ASRError
     from nest_ssl.asr.manifest import read_nonempty_manifest
     from nest_ssl.asr.model_io import load_asr
     from nest_ssl.asr.results import write_results
     from nest_ssl.asr.transcribe import transcribe
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     tests = {}
     for item in args.test:
         name, sep, manifest = item.partition("=")
