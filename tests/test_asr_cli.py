@@ -155,7 +155,17 @@ def test_user_mistakes_give_one_line_exit_2_and_write_nothing(quick_run, tmp_pat
                           tmp_path / "o7"), "holds only 2 step checkpoints")
     _one_line_exit_2(*cli("finetune", "--train-manifest", corpus["test"], "--out-dir", out, "--tokenizer-type",
                           "char", *TINY), "holds a run on", "not this --train-manifest")
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 8))
+    # a test file that is not audio
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really")
+    rec = json.loads(lines[0])
+    rec["audio_filepath"] = str(broken)
+    bad_audio = tmp_path / "bad_audio.json"
+    bad_audio.write_text("\n".join([lines[1], json.dumps(rec)]) + "\n")
+    _one_line_exit_2(*cli("decode", "--model", out, "--test", f"t={bad_audio}", "--out-dir", tmp_path / "o8"),
+                     f"{bad_audio}:2", "cannot be read as audio")
+    _one_line_exit_2(*cli("transcribe", out, broken), str(broken), "cannot be read as audio")
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 9))
 
 
 def test_a_user_mistake_in_a_subprocess_has_no_traceback(quick_run, tmp_path):
@@ -198,3 +208,19 @@ def test_resume_mid_finetuning_gives_the_same_losses(quick_run, tmp_path, capsys
     whole = (tmp_path / "whole" / "log.tsv").read_text().splitlines()
     cut = (tmp_path / "cut" / "log.tsv").read_text().splitlines()
     assert len(whole) == 7 and cut == whole
+
+
+@pytest.mark.slow
+def test_bpe_tokenizer_trained_by_finetune_decodes_exactly(tmp_path, capsys):
+    """The SentencePiece path end to end (in-process): tokenizer trained from the transcripts, greedy and LM."""
+    from nest_ssl.cli import main
+
+    corpus = make_asr_corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    assert main(["finetune", "--train-manifest", str(corpus["train"]), "--out-dir", str(out), "--tokenizer-type",
+                 "bpe", "--vocab-size", "20", "--steps", "80", "--save-every", "80", "--lr", "3e-3", *TINY]) == 0
+    assert (out / "tokenizer" / "tokenizer.model").is_file()
+    assert main(["decode", "--model", str(out), "--test", f"t={corpus['test']}", "--out-dir", str(tmp_path / "d"),
+                 "--lm-text", str(corpus["lm_text"])]) == 0
+    printed = capsys.readouterr().out
+    assert "t\tgreedy\tWER 0.00\tCER 0.00" in printed and "t\tlm\tWER 0.00\tCER 0.00" in printed, printed

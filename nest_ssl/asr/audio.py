@@ -25,3 +25,18 @@ def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     if wav.numel() == 0:
         raise ASRError(f"{path}: holds no samples")
     return wav
+
+
+def check_audio(paths_and_places) -> None:
+    """Every file's header readable, before any output is written: (path, "manifest:line" or "") pairs."""
+    import soundfile as sf
+
+    for path, where in paths_and_places:
+        try:
+            info = sf.info(str(path))
+        except (RuntimeError, OSError) as err:
+            place = f"{where}: " if where else ""
+            raise ASRError(f"{place}{path}: cannot be read as audio ({str(err).strip().splitlines()[0][:160]}); "
+                           "fix or drop it") from None
+        if info.frames == 0:
+            raise ASRError(f"{where + ': ' if where else ''}{path}: holds no samples; drop it")

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from nest_ssl.asr.audio import load_audio
+from nest_ssl.asr.audio import check_audio, load_audio
 from nest_ssl.asr.ctc_model import CTCModel, asr_config
 from nest_ssl.asr.errors import ASRError
 from nest_ssl.asr.init import InitReport, init_from_pretrained
@@ -79,6 +79,7 @@ def prepare(opts: FinetuneOptions):
     targets = [torch.tensor(tok.encode(u.text, u.where), dtype=torch.int64) for u in train]
     for u in dev:
         tok.encode(u.text, u.where)
+    check_audio((u.audio, u.where) for u in [*train, *dev])
     vocabulary = tok.tokens()
     cfg = asr_config(_base_config(opts), tok.kind, vocabulary, opts.spec_augment)
     torch.manual_seed(opts.seed)

@@ -56,6 +56,7 @@ def lm_decoder(args, tok, out_dir=None):
 def run(args) -> int:
     from pathlib import Path
 
+    from nest_ssl.asr.audio import check_audio
     from nest_ssl.asr.errors import ASRError
     from nest_ssl.asr.manifest import read_nonempty_manifest
     from nest_ssl.asr.model_io import load_asr
@@ -72,6 +73,7 @@ def run(args) -> int:
     for name, utts in tests.items():  # every transcript checked before any output
         for u in utts:
             tok.encode(u.text, u.where)
+        check_audio((u.audio, u.where) for u in utts)
     if args.lm and not Path(args.lm).is_file():
         raise ASRError(f"--lm {args.lm}: does not exist; give an ARPA file (or --lm-text)")
     out = Path(args.out_dir)

@@ -18,6 +18,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from pathlib import Path
 
+    from nest_ssl.asr.audio import check_audio
     from nest_ssl.asr.errors import ASRError
     from nest_ssl.asr.model_io import load_asr
     from nest_ssl.asr.transcribe import transcribe
@@ -27,6 +28,7 @@ def run(args) -> int:
     for p in paths:
         if not p.is_file():
             raise ASRError(f"{p}: does not exist; give audio files")
+    check_audio((p, "") for p in paths)
     model, tok, _ = load_asr(args.model, args.avg, args.tokenizer)
     lm = lm_decoder(args, tok)
     res = transcribe(model, tok, paths, lm)
