@@ -191,6 +191,7 @@ def test_init_from_pretrained_is_reported(quick_run, tmp_path, capsys):
     found = [m for m in re.finditer(r"^initialised (\d+) of (\d+) encoder tensors .* from (\S+)$", out, re.M)]
     assert len(found) == 1, out
     assert found[0].group(1) == found[0].group(2) and int(found[0].group(1)) > 50 and found[0].group(3) == str(ckpt)
+    assert (tmp_path / "r" / "finetune.log").read_text().splitlines()[0] == found[0].group(0)
 
 
 def test_resume_mid_finetuning_gives_the_same_losses(quick_run, tmp_path, capsys):

@@ -2,8 +2,8 @@
 
 Everything is checked before anything is written: the manifests, every transcript against the tokenizer (named by
 file and line), the model config against the pretrained checkpoint. Then the run folder gets `tokenizer/`,
-`step-N.ckpt` every `save_every` steps and at the end (kept, for `--avg`), and `log.tsv` (step, loss, dev WER/CER
-at the saved steps). Run again on the same folder, it resumes from the last checkpoint (model, optimizer, RNG states
+`step-N.ckpt` every `save_every` steps and at the end (kept, for `--avg`), `log.tsv` (step, loss, dev WER/CER
+at the saved steps) and `finetune.log` (what was printed: where the encoder came from, progress). Run again on the same folder, it resumes from the last checkpoint (model, optimizer, RNG states
 and the rest of the epoch's order are in it), so the losses are those of an uninterrupted run; `--steps` may grow.
 
 What this loop is not (yet): the main trainer's data pipeline and machinery (lhotse bucketing, DDP, bf16, exact
@@ -121,18 +121,34 @@ def resume_state(opts: FinetuneOptions, path: Path):
 
 
 def finetune(opts: FinetuneOptions, say: Callable[[str], None] = print) -> Path:
+    """Runs (or resumes) the fine-tuning; every line `say` gets also goes to OUT/finetune.log."""
+    pending: list[str] = []
+
+    def note(line: str) -> None:
+        say(line)
+        log.info("%s", line)
+        if opts.out_dir.is_dir():
+            with open(opts.out_dir / "finetune.log", "a", encoding="utf-8") as f:
+                f.write("".join(x + "\n" for x in [*pending, line]))
+            pending.clear()
+        else:
+            pending.append(line)
+
     last = _last_checkpoint(opts.out_dir)
     if last is not None:
         model, tok, train, dev, state = resume_state(opts, last)
-        say(f"resuming from {last} (step {state['step']}); the run's tokenizer and model config apply")
+        note(f"resuming from {last} (step {state['step']}); the run's tokenizer and model config apply")
     else:
         model, tok, report, train, dev = prepare(opts)
-        say(report.line() if report else "encoder initialised at random (no --init-from)")
+        note(report.line() if report else "encoder initialised at random (no --init-from)")
         state = None
     sr = model.sample_rate
     audio = [load_audio(u.audio, sr) for u, _ in train]
     dev_audio = [u.audio for u in dev]
     opts.out_dir.mkdir(parents=True, exist_ok=True)
+    with open(opts.out_dir / "finetune.log", "a", encoding="utf-8") as f:  # what was said before the folder existed
+        f.write("".join(x + "\n" for x in pending))
+    pending.clear()
     optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=1e-3)
     rng = random.Random(opts.seed)
     order: list[int] = []
@@ -190,7 +206,7 @@ def finetune(opts: FinetuneOptions, say: Callable[[str], None] = print) -> Path:
             log_file.write(f"{step}\t{loss.item():.6f}\t{wer_s}\t{cer_s}\n")
             log_file.flush()
             save_asr(opts.out_dir / f"step-{step}.ckpt", model, step, training)
-            say(f"step {step}: loss {loss.item():.4f}" + (f", dev WER {wer_s} CER {cer_s}" if dev else ""))
+            note(f"step {step}: loss {loss.item():.4f}" + (f", dev WER {wer_s} CER {cer_s}" if dev else ""))
         else:
             log_file.write(f"{step}\t{loss.item():.6f}\t\t\n")
     log_file.close()
