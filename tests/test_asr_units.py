@@ -171,3 +171,26 @@ def test_lm_decoding_with_sentencepiece_pieces(tmp_path):
         lp[2 * k, i] = lp[2 * k + 1, v] = 0.9
     lp = (lp / lp.sum(-1, keepdim=True)).log()
     assert LMDecoder(tok, LMOptions(arpa))(lp, len(lp)) == "the cat sat on the mat"
+
+
+def test_init_from_a_post_conv_nest_model_loads_its_subsampler(tmp_path):
+    from omegaconf import OmegaConf
+
+    from nest_ssl.asr.init import init_from_pretrained
+    from nest_ssl.checkpoint import save_checkpoint
+    from nest_ssl.config import load_config
+    from nest_ssl.models import NESTModel
+
+    cfg = OmegaConf.to_container(load_config(config_name="nest_tiny", overrides=["++model.mask_position=post_conv"]).model,
+                                 resolve=True)
+    torch.manual_seed(5)
+    nest = NESTModel.from_config(cfg)
+    sd = {k: v.detach().clone() for k, v in nest.state_dict().items()}
+    assert any(k.startswith("encoder.pre_encode.pre_encode.") for k in sd)
+    path = save_checkpoint({"state_dict": sd, "hyper_parameters": {"cfg": cfg},
+                            "nest_ssl": {"kind": "test", "config": {"model": cfg}}}, tmp_path / "post.ckpt")
+    model = CTCModel(_tiny_cfg())
+    report = init_from_pretrained(model, path)
+    assert report.loaded == report.encoder_tensors
+    key = "encoder.pre_encode.conv.0.weight"
+    assert torch.equal(model.state_dict()[key], sd["encoder.pre_encode.pre_encode." + key.split("pre_encode.")[1]])
