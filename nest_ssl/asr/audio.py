@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nest_ssl.asr.errors import ASRError
+from nest_ssl.asr.errors import ASRError, import_asr_dependency
 
 
 def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
@@ -19,7 +19,7 @@ def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
         raise ASRError(f"{path}: cannot be read as audio ({str(err).strip()[:200]})") from None
     wav = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
     if sr != sample_rate:
-        import torchaudio.functional as AF
+        AF = import_asr_dependency("torchaudio.functional")
 
         wav = AF.resample(wav, sr, sample_rate)
     if wav.numel() == 0:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from nest_ssl.asr.errors import ASRError
+from nest_ssl.asr.errors import ASRError, import_asr_dependency
 from nest_ssl.asr.lm import BOS, EOS, UNK, read_arpa
 
 BLANK_TOKEN = "<blank>"
@@ -43,7 +43,7 @@ class LMDecoder:
     """Beam search over one utterance's emissions, returning words joined by spaces."""
 
     def __init__(self, tokenizer, options: LMOptions):
-        from torchaudio.models.decoder import ctc_decoder
+        ctc_decoder = import_asr_dependency("torchaudio.models.decoder").ctc_decoder
 
         arpa = Path(options.arpa)
         if not arpa.is_file():

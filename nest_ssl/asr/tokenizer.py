@@ -16,7 +16,7 @@ import io
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
-from nest_ssl.asr.errors import ASRError
+from nest_ssl.asr.errors import ASRError, import_asr_dependency
 
 KINDS = ("bpe", "unigram", "char")
 SPACE = "▁"  # SentencePiece's word-boundary mark
@@ -80,7 +80,7 @@ class CharTokenizer:
 
 class SentencePieceTokenizer:
     def __init__(self, model_proto: bytes, kind: str):
-        import sentencepiece as spm
+        spm = import_asr_dependency("sentencepiece")
 
         self.kind = kind
         self.model_proto = model_proto
@@ -133,7 +133,7 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 128):
         return CharTokenizer(sorted({c for t in texts for c in t}))
     if kind not in KINDS:
         raise ASRError(f"--type {kind}: choose one of {', '.join(KINDS)}")
-    import sentencepiece as spm
+    spm = import_asr_dependency("sentencepiece")
 
     model = io.BytesIO()
     try:
