@@ -25,7 +25,7 @@ def test_named_sums_and_health_share_one_tensor():
     s.stop_request = 1.0
     assert s.as_dict() == {"loss_sum": 6.0, "micro_batches": 3.0, "nonfinite": 1.0, "empty_mask": 1.0,
                            "masked_tokens": 8.0, "tokens": 30.0, "audio_seconds": 4.0, "stop_request": 1.0,
-                           "preempt_request": 0.0, "nonfinite_grad": 0.0}
+                           "preempt_request": 0.0, "nonfinite_grad": 0.0, "grad_norm": 0.0}
     assert s.mean_loss() == 3.0 and s.masked_fraction() == 8 / 30
     assert s.tensor[len(FIELD_NAMES):].tolist() == [0.0, 1.0, 2.0, 3.0]
     same = StepStats.from_tensor(s.tensor.clone())

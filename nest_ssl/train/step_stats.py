@@ -27,6 +27,7 @@ STEP_FIELDS: tuple[tuple[str, str], ...] = (
     ("stop_request", "ranks asking to stop after this step (a signal or max_time_per_run)"),
     ("preempt_request", "ranks asking to stop after this step because of a signal (SIGTERM, SIGUSR1)"),
     ("nonfinite_grad", "ranks whose gradient norm was not finite (bf16 overflow): every rank skips the step"),
+    ("grad_norm", "the gradient norm before clipping / world size (DDP gives every rank the same gradients)"),
 )
 FIELD_NAMES = tuple(name for name, _ in STEP_FIELDS)
 
@@ -44,6 +45,7 @@ class StepStats:
     stop_request: torch.Tensor
     preempt_request: torch.Tensor
     nonfinite_grad: torch.Tensor
+    grad_norm: torch.Tensor
 
     def __init__(self, health_width: int = 0, device: torch.device | str = "cpu"):
         self.tensor = torch.zeros(len(FIELD_NAMES) + health_width, dtype=torch.float64, device=device)
