@@ -46,7 +46,8 @@ def launch(workdir: Path, name: str, *overrides: str, env_extra: dict | None = N
            f"trainer.strategy={'ddp' if devices > 1 else 'auto'}",
            "trainer.max_steps=3", "trainer.val_check_interval=1000", "trainer.num_sanity_val_steps=0",
            "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
-           "model.train_ds.batch_size=2", f"exp_manager.exp_dir={name}", *overrides]
+           "model.train_ds.batch_size=2", "++exp_manager.checkpoint_callback_params.every_n_train_steps=3",
+           f"exp_manager.exp_dir={name}", *overrides]
     p = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr[-4000:]
     return p
@@ -76,6 +77,7 @@ def test_nonfinite_gradient_skips_the_step_and_counts_towards_the_limit(workdir)
                         "model.train_ds.manifest_filepath=data/dummy_ssl/train_manifest.json",
                         "model.validation_ds.manifest_filepath=data/dummy_ssl/val_manifest.json",
                         "trainer.max_steps=3", "+nest_trainer.max_consecutive_nonfinite=2",
+                        "++exp_manager.checkpoint_callback_params.every_n_train_steps=3",
                         "trainer.enable_progress_bar=false", "exp_manager.exp_dir=grad_limit"],
                        cwd=workdir, env=env, capture_output=True, text=True, timeout=240)
     assert p.returncode == 3, p.stderr[-3000:]
