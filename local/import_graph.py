@@ -25,6 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("prepare",),
     ("train", "optim"),
     ("export",),
+    ("asr",),
     ("evaluate",),
     ("cli",),
 )

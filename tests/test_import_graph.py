@@ -1,7 +1,7 @@
 """The layering of nest_ssl's packages: none imports a package above it (local/import_graph.py prints the graph).
 
 Lowest first: errors, config, seeding -> modules -> models -> checkpoint -> data -> prepare -> train (optim) ->
-export -> evaluate -> cli. Every import statement counts, including those inside functions.
+export -> asr -> evaluate -> cli. Every import statement counts, including those inside functions.
 """
 
 import ast

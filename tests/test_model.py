@@ -220,8 +220,9 @@ def test_batch_with_every_cut_rejected(tiny):
     tiny.zero_grad()
 
 
-def test_training_output_loss_and_gradients_equal_nemos_forward_then_loss(tiny):
-    """training_output decodes only the masked tokens; loss and gradients are those of forward() + loss()."""
+def test_training_output_loss_and_gradients_equal_nemos_selected_nll(tiny):
+    """training_output weights the masked tokens instead of selecting them (no host read); loss and gradients are
+    those of NeMo's nll_loss over log_probs[selected] after forward()."""
     tiny.train()
     for m in tiny.modules():
         if isinstance(m, torch.nn.Dropout):
@@ -237,11 +238,14 @@ def test_training_output_loss_and_gradients_equal_nemos_forward_then_loss(tiny):
     torch.manual_seed(5)
     log_probs, enc_len, masks, tokens = tiny(input_signal=audio, input_signal_length=lengths, noisy_input_signal=noisy,
                                              noisy_input_signal_length=lengths, apply_mask=True)
-    full = tiny.loss(masks=masks, decoder_outputs=log_probs, targets=tokens, decoder_lengths=enc_len)
-    full.backward()
-    assert torch.equal(masks, out.masks) and out.num_masked_tokens > 0
-    assert out.log_probs.shape == (out.num_masked_tokens, 1024, 1)
-    assert torch.allclose(out.loss, full, rtol=1e-6)
+    selected = tiny.loss.token_mask(masks)
+    ref = torch.nn.functional.nll_loss(log_probs[..., 0][selected], tokens[:, : selected.shape[1], 0][selected])
+    ref.backward()
+    assert torch.equal(masks, out.masks) and torch.equal(selected, out.selected) and out.num_masked_tokens > 0
+    assert out.num_masked_tokens == selected.sum() and not out.empty_mask
+    assert out.log_probs.shape == (3, selected.shape[1], 1024, 1)
+    assert torch.equal(out.valid.sum(1), enc_len) and out.num_tokens == enc_len.sum()
+    assert torch.allclose(out.loss, ref, rtol=1e-6)
     for n, p in tiny.named_parameters():
         if p.grad is not None:
             assert torch.allclose(grads[n], p.grad, rtol=1e-4, atol=1e-7), n

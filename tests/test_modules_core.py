@@ -145,6 +145,25 @@ def test_quantizer_tokens_equal_brute_force_l2(num_classes, num_books):
     assert torch.equal(xid, ref)
 
 
+@pytest.mark.parametrize("num_books", [1, 2])
+def test_quantizer_near_ties_are_decided_by_nemos_formula(num_books):
+    """Frames halfway between two codewords (their scores tie to rounding) and all-zero frames take NeMo's answer,
+    like every other frame; the decision reads nothing on the host (a fixed number of exact re-scores per chunk)."""
+    q = RandomProjectionVectorQuantizer(feat_in=80, code_dim=16, num_classes=8192, num_books=num_books,
+                                        dist_fn="l2", freeze=True, squeeze_single=False, combine_time_steps=8)
+    g = torch.Generator().manual_seed(1)
+    books = q.codebooks.detach()  # (H, C, D)
+    x = torch.nn.functional.normalize(torch.randn(2, 10, num_books, 16, generator=g, dtype=torch.float64), dim=-1)
+    for i in range(5):  # the normalised midpoint of two codewords: equidistant from both
+        for h in range(num_books):
+            a, b = torch.randint(0, 8192, (2,), generator=g).tolist()
+            x[0, i, h] = torch.nn.functional.normalize(books[h, a] + books[h, b], dim=-1)
+    x[1, 6:] = 0  # padding
+    ids = q._nearest_l2(x)
+    ref = (x.unsqueeze(-1) - books.transpose(1, 2)[None, None]).norm(dim=-2).argmin(dim=-1)
+    assert torch.equal(ids, ref)
+
+
 def test_quantizer_parameters_shapes_frozen_and_outputs():
     q = RandomProjectionVectorQuantizer(feat_in=80, code_dim=16, num_classes=8192, num_books=1, dist_fn="l2",
                                         freeze=True, squeeze_single=False, combine_time_steps=8)

@@ -20,19 +20,36 @@ from nest_ssl.config import ConfigError
 from nest_ssl.models.nest import StepOutput
 from nest_ssl.train.health import (CollapseAlarm, CumulativeCounts, HealthLayout, HealthSettings,
                                    attainable_coverage, code_counts, coverage, entropy, majority_rate, masked_correct,
-                                   perplexity, step_metrics, valid_tokens, validation_metrics)
+                                   perplexity, step_metrics, validation_metrics)
 from nest_ssl.train.loggers import read_metrics, series
 from nest_ssl.train.trainer_config import parse_nest_trainer, parse_run_config
 
 
-def _out(tokens, lengths, log_probs=None, masked_targets=None):
-    """A StepOutput as the model gives it (only the fields the health figures read are meaningful)."""
+def _out(tokens, lengths, log_probs=None, selected=None):
+    """A StepOutput as the model gives it (only the fields the health figures read are meaningful): tokens (B, T')
+    or (B, T', H), log_probs (B, T', C[, H]) of every token, selected (B, T') the masked ones (none if None)."""
     tokens = torch.as_tensor(tokens)
+    lengths = torch.as_tensor(lengths)
+    B, T = tokens.shape[:2]
+    if log_probs is None:
+        log_probs = torch.zeros(B, T, 4, *tokens.shape[2:])
+    selected = torch.zeros(B, T, dtype=torch.bool) if selected is None else selected
+    valid = torch.arange(T)[None, :] < lengths[:, None]
     z = torch.zeros(())
-    return StepOutput(loss=z, log_probs=log_probs if log_probs is not None else torch.zeros(0),
-                      encoded_len=torch.as_tensor(lengths), masks=z, tokens=tokens, num_masked_tokens=0 if masked_targets is None else len(masked_targets),
-                      num_tokens=int(torch.as_tensor(lengths).sum()), empty_mask=masked_targets is None,
-                      masked_targets=masked_targets)
+    return StepOutput(loss=z, log_probs=log_probs, encoded_len=lengths, masks=z, tokens=tokens, selected=selected,
+                      valid=valid, num_masked_tokens=selected.sum(), num_tokens=valid.sum(),
+                      empty_mask=selected.sum() == 0)
+
+
+def _scatter(shape, positions, rows, fill=-5.0):
+    """Full log_probs of `shape` (B, T', C[, H]) holding `rows` (N, C[, H]) at the (b, t) `positions` (the masked
+    tokens), and the bool (B, T') mask of those positions."""
+    full = torch.full(shape, fill)
+    selected = torch.zeros(shape[:2], dtype=torch.bool)
+    for (b, t), row in zip(positions, rows):
+        full[b, t] = row
+        selected[b, t] = True
+    return full, selected
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -42,9 +59,8 @@ def _out(tokens, lengths, log_probs=None, masked_targets=None):
 def test_counts_and_figures_by_hand():
     # Two utterances of 4 token slots, the second with 2 valid tokens; its padding (codes 4, 4) must not count.
     tokens = torch.tensor([[1, 1, 2, 3], [0, 1, 4, 4]])  # (B, T') squeezed: one codebook
-    ids = valid_tokens(tokens, torch.tensor([4, 2]))
-    assert ids.tolist() == [[1], [1], [2], [3], [0], [1]]
-    c = code_counts(ids, num_classes=5, num_books=1)
+    valid = torch.arange(4)[None, :] < torch.tensor([4, 2])[:, None]
+    c = code_counts(tokens.reshape(-1), num_classes=5, num_books=1, weights=valid.reshape(-1))
     assert c.tolist() == [[1.0, 3.0, 1.0, 1.0, 0.0]]
     # p = (1/6, 1/2, 1/6, 1/6, 0): H = 3 * (1/6) ln 6 + (1/2) ln 2 = (1/2) ln 12
     assert entropy(c).item() == pytest.approx(0.5 * math.log(12))
@@ -56,7 +72,7 @@ def test_counts_and_figures_by_hand():
     few = code_counts(torch.tensor([5, 5, 7]), num_classes=8, num_books=1)
     assert coverage(few).item() == pytest.approx(2 / 8) and attainable_coverage(few).item() == pytest.approx(2 / 3)
     assert entropy(torch.zeros(1, 4)).item() == 0.0  # no counts: 0, not NaN
-    with pytest.raises(ValueError, match="num_classes=5"):
+    with pytest.raises((IndexError, RuntimeError)):  # a code outside the codebook
         code_counts(torch.tensor([5]), num_classes=5, num_books=1)
 
 
@@ -76,8 +92,10 @@ def test_two_codebooks_and_accuracy_by_hand():
 
     layout = HealthLayout(num_classes=4, num_books=2)
     buf = layout.zeros()
-    tokens = torch.tensor([[[2, 0], [1, 1], [0, 0], [3, 3]]])  # (1, 4, 2), 3 valid
-    layout.add(buf, _out(tokens, [3], lp, targets), count="valid")
+    tokens = torch.tensor([[[2, 0], [1, 1], [0, 0], [3, 3]]])  # (1, 4, 2), 3 valid, the first 3 masked (targets)
+    full, selected = _scatter((1, 4, 4, 2), [(0, 0), (0, 1), (0, 2)], lp)
+    assert masked_correct(full.reshape(4, 4, 2), tokens.reshape(4, 2), selected.reshape(4)).tolist() == [2.0, 2.0]
+    layout.add(buf, _out(tokens, [3], full, selected), count="valid")
     m = step_metrics(layout, buf)
     assert m["masked_acc"] == pytest.approx(4 / 6)  # mean over books of 2/3 and 2/3
     assert m["chance_uniform"] == 0.25
@@ -88,7 +106,7 @@ def test_two_codebooks_and_accuracy_by_hand():
     assert m["target_attainable_coverage"] == pytest.approx(2 / 3)  # the worse book: 2 used of 3 tokens
 
     v = layout.zeros()
-    layout.add(v, _out(tokens, [3], lp, targets), count="masked")
+    layout.add(v, _out(tokens, [3], full, selected), count="masked")
     vm = validation_metrics(layout, v, val_loss=1.0)
     floor = float(entropy(c).mean())
     assert vm["val_floor"] == pytest.approx(floor) and vm["val_loss_minus_floor"] == pytest.approx(1.0 - floor)
@@ -191,8 +209,8 @@ def _rank_worker(rank, port, batches, results):
         info = DistInfo(rank=rank, local_rank=rank, world_size=2, device=torch.device("cpu"))
         layout = HealthLayout(num_classes=6, num_books=1)
         buf = layout.zeros()
-        tokens, lengths, lp, targets = batches[rank]
-        layout.add(buf, _out(tokens, lengths, lp, targets), count="valid")
+        tokens, lengths, lp, selected = batches[rank]
+        layout.add(buf, _out(tokens, lengths, lp, selected), count="valid")
         all_reduce_sum(info, buf)
         cum = CumulativeCounts(6, 1)
         cum.add(layout.counts(buf))
@@ -204,8 +222,11 @@ def _rank_worker(rank, port, batches, results):
 def test_counts_are_summed_over_two_gloo_ranks():
     torch.manual_seed(3)
     # rank 0 uses codes {0, 1}, rank 1 codes {1, 2, 5}: the union has 4 codes; code 1 is common to both.
-    b0 = (torch.tensor([[0, 1, 1, 0, 3]]), torch.tensor([4]), torch.randn(2, 6), torch.tensor([0, 1]))
-    b1 = (torch.tensor([[1, 2, 5], [5, 5, 0]]), torch.tensor([3, 2]), torch.randn(3, 6), torch.tensor([1, 5, 5]))
+    # the masked tokens: rank 0 at (0, 0), (0, 1) (codes 0, 1); rank 1 at (0, 0), (0, 2), (1, 0) (codes 1, 5, 5)
+    b0 = (torch.tensor([[0, 1, 1, 0, 3]]), torch.tensor([4]),
+          *_scatter((1, 5, 6), [(0, 0), (0, 1)], torch.randn(2, 6)))
+    b1 = (torch.tensor([[1, 2, 5], [5, 5, 0]]), torch.tensor([3, 2]),
+          *_scatter((2, 3, 6), [(0, 0), (0, 2), (1, 0)], torch.randn(3, 6)))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -219,7 +240,8 @@ def test_counts_are_summed_over_two_gloo_ranks():
         assert torch.equal(layout.counts(buf), union)  # [2, 3, 1, 0, 0, 3]: a sum, not a max
         assert m["target_coverage"] == pytest.approx(4 / 6)
         assert m["target_perplexity"] == pytest.approx(float(perplexity(union)))
-        correct = float(masked_correct(b0[2], b0[3]) + masked_correct(b1[2], b1[3]))
+        correct = sum(float(masked_correct(lp.reshape(-1, 6), tok.reshape(-1), sel.reshape(-1)))
+                      for tok, _, lp, sel in (b0, b1))
         assert m["masked_acc"] == pytest.approx(correct / 5)
         assert cm["cum_target_tokens"] == 9
     assert results[0][1] == results[1][1]  # every rank computes the same figures

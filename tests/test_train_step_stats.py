@@ -18,19 +18,21 @@ def out(loss, masked=3, tokens=10, empty=False):
 def test_named_sums_and_health_share_one_tensor():
     s = StepStats(health_width=4)
     assert s.tensor.shape == (len(FIELD_NAMES) + 4,) and s.tensor.dtype == torch.float64
-    assert s.add_micro_batch(out(2.0), audio_seconds=1.5)
-    assert not s.add_micro_batch(out(float("nan"), masked=0, empty=True), audio_seconds=0.5)
-    assert s.add_micro_batch(out(4.0, masked=5), audio_seconds=2.0)
+    s.add_micro_batch(out(2.0), audio_seconds=1.5)
+    s.add_micro_batch(out(float("nan"), masked=0, empty=True), audio_seconds=0.5)  # counted, not added
+    s.add_micro_batch(out(4.0, masked=5), audio_seconds=torch.tensor(2.0))  # device counts as the model gives them
     s.health.add_(torch.arange(4, dtype=torch.float64))  # as HealthLayout.add does: writes into the view
     s.stop_request = 1.0
     assert s.as_dict() == {"loss_sum": 6.0, "micro_batches": 3.0, "nonfinite": 1.0, "empty_mask": 1.0,
-                           "masked_tokens": 8.0, "tokens": 30.0, "audio_seconds": 4.0, "stop_request": 1.0,
-                           "preempt_request": 0.0}
+                           "masked_tokens": 8.0, "tokens": 30.0, "audio_seconds": 4.0, "computed_seconds": 0.0,
+                           "stop_request": 1.0, "preempt_request": 0.0, "nonfinite_grad": 0.0, "grad_norm": 0.0}
     assert s.mean_loss() == 3.0 and s.masked_fraction() == 8 / 30
     assert s.tensor[len(FIELD_NAMES):].tolist() == [0.0, 1.0, 2.0, 3.0]
     same = StepStats.from_tensor(s.tensor.clone())
     assert same.as_dict() == s.as_dict() and torch.equal(same.health, s.health)
+    host = s.host()  # a copy: zeroing the step's sums for the next step leaves it as it was
     s.zero()
+    assert host.as_dict()["loss_sum"] == 6.0 and host.mean_loss() == 3.0 and host.tensor.device.type == "cpu"
     assert not s.tensor.any() and s.mean_loss() != s.mean_loss()  # nan: no finite micro-batch
 
 

@@ -61,7 +61,7 @@ def test_telemetry_matches_hand_counts(run_dir):
         assert r["audio_per_s"] == pytest.approx(2 * audio_per_step / t, rel=1e-6)
         assert r["throughput"] == pytest.approx(r["audio_per_s"], rel=1e-6)
         assert r["tokens_per_s"] == pytest.approx(2 * tokens_per_step / t, rel=1e-6)
-        assert r["padding_share"] == pytest.approx(padding, rel=1e-9)
+        assert r["padding_share"] == pytest.approx(padding, rel=1e-6)  # float32 lengths / sample rate, summed
         # The decoder sees the masked tokens only, whose number is random: the same shape within a few percent
         # counted at the batches' shape; the decoder sees the masked tokens only, drawn for the batch's order of lengths
         assert r["step_tflop"] * 1e12 == pytest.approx(flops, rel=0.01)

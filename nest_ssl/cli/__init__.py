@@ -21,6 +21,9 @@ COMMANDS = {
     "extract": "extract",  # nest-ssl extract CKPT CUTS OUT_DIR --layer N
     "plot": "plot",  # nest-ssl plot EXP_DIR
     "evaluate": "evaluate",  # nest-ssl evaluate --model M --train-cuts --dev-cuts --test-cuts --out-dir eval
+    "finetune": "finetune",  # nest-ssl finetune --train-manifest T --out-dir D [--init-from CKPT] [key=value ...]
+    "decode": "decode",  # nest-ssl decode --model D [--avg N] --test NAME=MANIFEST --out-dir O [--lm ARPA]
+    "transcribe": "transcribe",  # nest-ssl transcribe MODEL AUDIO... [--lm ARPA]
     "tune-batch": "tune_batch",  # nest-ssl tune-batch [--config-name NAME] --bins 2.5,5,10 --memory-gb 70
 }
 

@@ -85,19 +85,20 @@ def count_flops(fn: Callable[[], Any]) -> Tuple[int, Dict[str, int]]:
     return int(c.get_total_flops()), per_op
 
 
-def synthetic_batch(batch_size: int, num_samples: int, lengths: Optional[list[int]] = None,
+def synthetic_batch(batch_size: int, num_samples: int, lengths: Optional[list[int] | torch.Tensor] = None,
                     device: torch.device | str = "cpu") -> SimpleNamespace:
     """What NESTModel.training_output reads of a batch: clean and noisy audio (B, num_samples), white noise at a
-    speech-like level, with `lengths` (all full when None). Shapes decide the FLOPs, not the values."""
+    speech-like level, with `lengths` (a list, or a tensor that is not read on the host; all full when None).
+    Shapes decide the FLOPs, not the values."""
     g = torch.Generator().manual_seed(0)
-    audio = 0.1 * torch.randn(batch_size, num_samples, generator=g)
-    noisy = audio + 0.01 * torch.randn(batch_size, num_samples, generator=g)
-    lens = torch.tensor(lengths if lengths is not None else [num_samples] * batch_size, dtype=torch.int64)
-    for i, n in enumerate(lens.tolist()):
-        audio[i, n:] = 0
-        noisy[i, n:] = 0
-    return SimpleNamespace(audio=audio.to(device), audio_len=lens.to(device), noisy_audio=noisy.to(device),
-                           noisy_audio_len=lens.clone().to(device))
+    audio = (0.1 * torch.randn(batch_size, num_samples, generator=g)).to(device)
+    noisy = audio + (0.01 * torch.randn(batch_size, num_samples, generator=g)).to(device)
+    if lengths is None:
+        lens = torch.full((batch_size,), num_samples, dtype=torch.int64, device=device)
+    else:
+        lens = torch.as_tensor(lengths, dtype=torch.int64).to(device)
+    keep = torch.arange(num_samples, device=device)[None, :] < lens[:, None]
+    return SimpleNamespace(audio=audio * keep, audio_len=lens, noisy_audio=noisy * keep, noisy_audio_len=lens.clone())
 
 
 def step_flops(model: torch.nn.Module, batch: Any, *, autocast_dtype: Optional[torch.dtype] = None,

@@ -28,19 +28,32 @@ LEGACY_PREFIXES = ("decoder_ssl.",)
 
 @dataclass
 class StepOutput:
-    """What one forward pass with the loss gives the trainer."""
+    """What one forward pass with the loss gives the trainer.
+
+    The counts and the flag are device tensors, not Python numbers: reading them makes the host wait for the device,
+    and the trainer sums them on the device and reads them once per optimizer step.
+    """
 
     loss: torch.Tensor  # scalar; a graph-connected zero when no token was masked (empty_mask)
-    log_probs: torch.Tensor  # (N, num_classes, num_books) of the N masked tokens ((B, T', ...) if none is masked)
+    log_probs: torch.Tensor  # (B, T', num_classes, num_books) (or squeezed (B, T', num_classes)), every token
     encoded_len: torch.Tensor  # (B,)
     masks: torch.Tensor  # (B, D, T) 1.0 on masked frames
-    tokens: torch.Tensor  # (B, T', num_books) target codes of the clean audio
-    num_masked_tokens: int  # tokens the loss is computed on
-    num_tokens: int  # valid (unpadded) tokens in the batch
-    empty_mask: bool  # no token passed the mask threshold: the loss is a flagged zero, not NaN
-    # (N, num_books) (or (N,) squeezed) targets of the rows of log_probs when those are the N masked tokens; None
-    # when log_probs covers the whole batch. For the trainer's accuracy and code counts; the loss does not read it.
-    masked_targets: torch.Tensor | None = None
+    tokens: torch.Tensor  # (B, T', num_books) (or (B, T')) target codes of the clean audio, fitted to T'
+    selected: torch.Tensor  # (B, T') bool: the masked tokens, the ones the loss is computed on
+    valid: torch.Tensor  # (B, T') bool: the unpadded tokens (t < encoded_len)
+    num_masked_tokens: torch.Tensor  # 0-dim int64: selected tokens
+    num_tokens: torch.Tensor  # 0-dim int64: valid (unpadded) tokens
+    empty_mask: torch.Tensor  # 0-dim bool: no token passed the mask threshold (the loss is a flagged zero, not NaN)
+
+
+@dataclass
+class _Silence:
+    """The fields of an AudioNoiseBatch that training_output reads (the stand-in of an all-rejected batch)."""
+
+    audio: torch.Tensor
+    audio_len: torch.Tensor
+    noisy_audio: torch.Tensor
+    noisy_audio_len: torch.Tensor
 
 
 class PostConvMasking(nn.Module):
@@ -200,12 +213,11 @@ class NESTModel(nn.Module):
     def training_output(self, batch, apply_mask: bool = True) -> StepOutput:
         """Forward and loss on an AudioNoiseBatch (or anything with its fields), as NeMo's training_step.
 
-        The loss is NeMo's, but the decoder runs only on the masked tokens, the only ones the loss reads (a third
-        of them with NEST's masking): the same loss and gradients for less work. `log_probs` is then (N, C, H) for
-        those N tokens, in batch order.
+        Nothing here reads a value on the host (no `.item()`, no boolean indexing), so the forward never waits for
+        the device. A batch whose every cut was rejected by the loader (no row) runs on a stand-in (`_stand_in`).
         """
         if batch.audio.shape[0] == 0:
-            return self._empty_output(batch.audio.device)
+            return self._stand_in(batch.audio.device, apply_mask)
         encoded, encoded_len, masks, tokens = self.encode(
             input_signal=batch.audio,
             input_signal_length=batch.audio_len,
@@ -213,40 +225,48 @@ class NESTModel(nn.Module):
             noisy_input_signal_length=batch.noisy_audio_len,
             apply_mask=apply_mask,
         )
+        log_probs = self.decoder(encoder_output=encoded)
+        loss = self.loss(masks=masks, decoder_outputs=log_probs, targets=tokens, decoder_lengths=encoded_len)
         selected = self.loss.token_mask(masks)  # (B, T')
-        num_masked = int(selected.sum())
-        if num_masked and selected.shape[1] == encoded.shape[2]:
-            picked = encoded.transpose(1, 2)[selected]  # (N, d_model)
-            log_probs = self.decoder(encoder_output=picked.t().unsqueeze(0))[0]
-            masked_targets = fit_tokens(tokens, selected.shape[1])[selected]
-            loss = self.loss.loss_on_tokens(log_probs, masked_targets)
-        else:
-            # No masked token (the loss is a graph-connected zero through the full decoder, so every parameter
-            # takes part in the backward, as DDP requires), or token and encoder rates differ: NeMo's way.
-            masked_targets = None
-            log_probs = self.decoder(encoder_output=encoded)
-            loss = self.loss(masks=masks, decoder_outputs=log_probs, targets=tokens, decoder_lengths=encoded_len)
+        num_masked = selected.sum()
+        valid = torch.arange(selected.shape[1], device=selected.device)[None, :] < encoded_len[:, None]
         return StepOutput(
             loss=loss,
             log_probs=log_probs,
             encoded_len=encoded_len,
             masks=masks,
-            tokens=tokens,
+            tokens=fit_tokens(tokens, selected.shape[1]),
+            selected=selected,
+            valid=valid,
             num_masked_tokens=num_masked,
-            num_tokens=int(encoded_len.sum()),
+            num_tokens=valid.sum(),
             empty_mask=num_masked == 0,
-            masked_targets=masked_targets,
         )
 
-    def _empty_output(self, device) -> StepOutput:
-        """A batch whose every cut was rejected by the data loader: a flagged zero that still touches every
-        trainable parameter, so that DDP's gradient all-reduce runs on this rank as on the others."""
-        loss = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
-        none = torch.zeros(0, dtype=torch.int64, device=device)
+    def _stand_in(self, device, apply_mask: bool) -> StepOutput:
+        """A batch whose every cut was rejected by the data loader: the forward runs on one second of silence and
+        its result is weighted by zero, so that this rank runs the same collectives as the others (SyncBatchNorm's
+        all-reduces in the forward, DDP's gradient all-reduce in the backward: skipping the forward on one rank
+        would hang the others), while the loss, its gradients and the counts are exactly zero. The silence does
+        enter this step's BatchNorm statistics (one second among the step's batches)."""
+        n = int(self.cfg.get("sample_rate", 16000))
+        silence = torch.zeros(1, n, device=device)
+        length = torch.full((1,), n, dtype=torch.int64, device=device)
+        stand_in = _Silence(audio=silence, audio_len=length, noisy_audio=silence, noisy_audio_len=length)
+        out = self.training_output(stand_in, apply_mask=apply_mask)
+        zero = torch.zeros((), dtype=torch.int64, device=device)
         return StepOutput(
-            loss=loss, log_probs=torch.zeros(0, device=device), encoded_len=none, masks=torch.zeros(0, device=device),
-            tokens=none, num_masked_tokens=0, num_tokens=0, empty_mask=True,
+            loss=out.loss * 0.0, log_probs=out.log_probs, encoded_len=out.encoded_len, masks=out.masks,
+            tokens=out.tokens, selected=torch.zeros_like(out.selected), valid=torch.zeros_like(out.valid),
+            num_masked_tokens=zero, num_tokens=zero,
+            empty_mask=torch.ones((), dtype=torch.bool, device=device),
         )
+
+    @property
+    def trains_every_parameter(self) -> bool:
+        """False for mask_position: post_conv, where the subsampler gets no gradient in training (its output is
+        masked and detached, as in NeMo): DDP must then look for unused parameters (find_unused_parameters)."""
+        return self.pre_encoder is None
 
     # ----------------------------------------------------------------------------------------------------------
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):

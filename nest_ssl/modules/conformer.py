@@ -284,10 +284,10 @@ def _frozen_running_stats(module: nn.Module):
     The recomputation of a checkpointed layer is a second forward of the same batch: it must normalise with the
     same batch statistics, and save the same tensors for the backward, but must not update the running averages a
     second time. A momentum of 0 makes the update `running * 1 + batch * 0`, which leaves every finite value as it
-    is; the step counter is put back afterwards (autograd does not save it).
+    is; the step counter is put back afterwards (autograd does not save it), copied on the device, never read.
     """
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(m.momentum, None if m.num_batches_tracked is None else int(m.num_batches_tracked)) for m in norms]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
     for m in norms:
         m.momentum = 0.0
     try:
@@ -297,7 +297,7 @@ def _frozen_running_stats(module: nn.Module):
             m.momentum = momentum
             if tracked is not None:
                 with torch.no_grad():
-                    m.num_batches_tracked.fill_(tracked)
+                    m.num_batches_tracked.copy_(tracked)
 
 
 def _recompute_contexts(layer: nn.Module):

@@ -5,7 +5,8 @@ bins is > mask_threshold (with 8 frames and 0.8: at least 7 masked frames). The 
 masked tokens of the batch (token-weighted, not per utterance), then averaged over decoders.
 
 Deliberate deviation: NeMo returns NaN when no token of the batch is masked; we return a zero that is still part of
-the graph (so backward and DDP gradient all-reduce work) and the model reports the batch as empty.
+the graph (so backward and DDP gradient all-reduce work) and the model reports the batch as empty. The masked tokens
+are not picked out by boolean indexing (which makes the host wait for the device) but weighted: the same mean.
 """
 
 from __future__ import annotations
@@ -47,18 +48,23 @@ class MLMLoss(nn.Module):
         # decoder_lengths / target_lengths are accepted for NeMo's signature; padding is never masked, so unused.
         masks = spec_masks if masks is None else masks
         selected = self.token_mask(masks)
-        return self.nll(decoder_outputs[selected], fit_tokens(targets, selected.shape[-1])[selected])
+        return self.nll(decoder_outputs, fit_tokens(targets, selected.shape[-1]), selected)
 
     @staticmethod
-    def nll(picked: torch.Tensor, picked_targets: torch.Tensor) -> torch.Tensor:
-        """Mean NLL of the masked tokens' log-probs (N, C) for their targets (N,)."""
+    def nll(log_probs: torch.Tensor, targets: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+        """Mean NLL over the selected tokens: log-probs (B, T', C), targets (B, T'), selected bool (B, T').
+
+        NeMo's `nll_loss(log_probs[selected], targets[selected])`, computed without selecting: boolean indexing has
+        a data-dependent size, which makes the host wait for the device. The unselected tokens are replaced by 0
+        (not multiplied: a -inf log-prob times 0 is NaN), so they take no part in the value nor the gradient; with
+        no token selected the result is an exact 0 that is still part of the graph.
+        """
         # fp32 under autocast as well: the mean over many tokens must not round in bf16 (a no-op for fp32 inputs).
-        picked = picked.float() if picked.dtype in (torch.float16, torch.bfloat16) else picked
-        with torch.autocast(picked.device.type, enabled=False):
-            if picked.shape[0] == 0:
-                # Sum of an empty slice: exactly 0 with zero gradients, even if some log-prob is -inf (0 * -inf = NaN).
-                return picked.reshape(-1)[:0].sum()
-            return nn.functional.nll_loss(picked, picked_targets)
+        lp = log_probs.float() if log_probs.dtype in (torch.float16, torch.bfloat16) else log_probs
+        with torch.autocast(lp.device.type, enabled=False):
+            picked = lp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+            picked = torch.where(selected, picked, torch.zeros((), dtype=picked.dtype, device=picked.device))
+            return -picked.sum() / selected.sum().clamp(min=1).to(picked.dtype)
 
 
 class MultiMLMLoss(nn.Module):
@@ -83,21 +89,8 @@ class MultiMLMLoss(nn.Module):
         return self.mlm_loss.mask_threshold
 
     def token_mask(self, masks: torch.Tensor) -> torch.Tensor:
-        """bool (B, T'): the tokens the loss is computed on (count them to weight or flag a batch)."""
+        """bool (B, T'): the tokens the loss is computed on."""
         return self.mlm_loss.token_mask(masks)
-
-    def loss_on_tokens(self, picked: torch.Tensor, picked_targets: torch.Tensor) -> torch.Tensor:
-        """The loss from the masked tokens alone: log-probs (N, C, H) and targets (N, H) (no H axis when squeezed).
-
-        Equal to forward() on the whole batch, which selects exactly these tokens, so a caller that knows the masks
-        before decoding can decode only the masked tokens.
-        """
-        if self.squeeze_single and self.num_decoders == 1:
-            return self.mlm_loss.nll(picked, picked_targets)
-        loss = 0.0
-        for i in range(self.num_decoders):
-            loss = loss + self.mlm_loss.nll(picked[:, :, i], picked_targets[:, i])
-        return loss / self.num_decoders
 
     def forward(self, masks, decoder_outputs, targets, decoder_lengths=None, target_lengths=None):
         if self.squeeze_single and self.num_decoders == 1:

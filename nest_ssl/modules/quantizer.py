@@ -3,9 +3,11 @@
 Deliberate deviation: NeMo's `dist_fn="l2"` materialises a (B, T', books, code_dim, num_classes) float64
 difference tensor (25 GB for a 64 x 30 s batch). Both the projected frames and the codewords are unit vectors, so
 ||x - c||^2 = |x|^2 + |c|^2 - 2 x.c and the nearest codeword is the one maximising 2 x.c - |c|^2. We score that in
-float64 with a (chunked) matmul; the few rows whose best two scores are closer than float64 rounding can separate (in
-practice: all-zero padding frames, where every codeword is at distance |c| ~ 1) are re-scored with NeMo's exact
-formula so the tokens equal NeMo's.
+float64 with a (chunked) matmul; the rows whose best two scores are closer than float64 rounding can separate are
+decided with NeMo's exact formula so the tokens equal NeMo's: all-zero (padding) frames, where every codeword is at
+distance |c| ~ 1, take the codeword of smallest norm, and the closest `_TIE_CAPACITY` other near-ties of each chunk
+(a non-zero frame ties within 1e-9 about once in a million) are re-scored exactly. Nothing here depends on a value
+read by the host (no `.any()`, no boolean indexing), so quantising never makes the host wait for the device.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from nest_ssl.modules.frozen import FreezableModule
 
 # Score gaps below this are within float64 rounding of |c|^2 - 1 and of the sums; decide them NeMo's way.
 _TIE_GAP = 1e-9
-_EXACT_CHUNK = 64  # rows per exact re-score: 64 x 8192 x 16 float64 = 64 MiB at most
+_TIE_CAPACITY = 16  # near-tied (frame, book) pairs re-scored exactly per chunk: 16 x 8192 x 16 float64 = 16 MiB
 _SCORE_ELEMS = 1 << 25  # float64 scores per chunk (256 MiB)
 
 
@@ -105,27 +107,28 @@ class RandomProjectionVectorQuantizer(FreezableModule):
                 xid[start:start + chunk] = 0
                 continue
             top2 = score.topk(2, dim=-1)
-            ids = top2.indices[..., 0]
-            close = (top2.values[..., 0] - top2.values[..., 1]) < _TIE_GAP
-            if close.any():
-                ids[close] = self._exact_l2(part, close)
-            xid[start:start + chunk] = ids
+            gap = top2.values[..., 0] - top2.values[..., 1]  # (n, H)
+            zero = (part == 0).all(dim=-1)  # (n, H): padding
+            ids = torch.where(zero, self._zero_ids()[None, :], top2.indices[..., 0])
+            xid[start:start + chunk] = self._rescore_ties(part, ids, torch.where(zero, torch.inf, gap))
         return xid.view(x.shape[:3])
 
-    def _exact_l2(self, rows: torch.Tensor, close: torch.Tensor) -> torch.Tensor:
-        # NeMo's formula on the ambiguous (row, book) pairs only: norm of the float64 difference over code_dim.
-        n, h = close.nonzero(as_tuple=True)
-        vecs = rows[n, h]  # (K, D)
+    def _zero_ids(self) -> torch.Tensor:
+        """(H,): NeMo's nearest codeword to an all-zero frame, per book (NeMo's expression: the norms of all the
+        unit codewords agree to rounding, so the rounding decides)."""
         cb_t = self.codebooks.detach().transpose(1, 2)  # (H, D, C)
-        out = torch.empty(len(vecs), dtype=torch.long, device=rows.device)
-        # An all-zero frame (padding) has the same answer wherever it is: compute it once per book.
-        zero = (vecs == 0).all(dim=-1)
-        if zero.any():
-            zero_ids = (torch.zeros_like(cb_t[:, :, :1]) - cb_t).norm(dim=-2).argmin(dim=-1)  # (H,)
-            out[zero] = zero_ids[h[zero]]
-        rest = (~zero).nonzero(as_tuple=True)[0]
-        for start in range(0, len(rest), _EXACT_CHUNK):
-            idx = rest[start:start + _EXACT_CHUNK]
-            diff = vecs[idx].unsqueeze(-1) - cb_t[h[idx]]  # (k, D, C)
-            out[idx] = diff.norm(dim=-2).argmin(dim=-1)
-        return out
+        return (torch.zeros_like(cb_t[:, :, :1]) - cb_t).norm(dim=-2).argmin(dim=-1)
+
+    def _rescore_ties(self, rows: torch.Tensor, ids: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+        """NeMo's formula (norm of the float64 difference over code_dim) for the `_TIE_CAPACITY` (row, book) pairs
+        of smallest score gap, kept where the gap is below _TIE_GAP: a fixed amount of work, no host read."""
+        H = self.num_books
+        flat_gap = gap.reshape(-1)
+        k = min(_TIE_CAPACITY, flat_gap.numel())
+        gaps, idx = flat_gap.topk(k, largest=False)
+        vecs = rows.reshape(-1, self.code_dim)[idx]  # (k, D)
+        cb_t = self.codebooks.detach().transpose(1, 2)  # (H, D, C)
+        exact = (vecs.unsqueeze(-1) - cb_t[idx % H]).norm(dim=-2).argmin(dim=-1)  # (k,)
+        flat = ids.reshape(-1).clone()
+        flat[idx] = torch.where(gaps < _TIE_GAP, exact, flat[idx])
+        return flat.view_as(ids)

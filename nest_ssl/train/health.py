@@ -58,39 +58,39 @@ def _with_book_axis(t: torch.Tensor, dims: int) -> torch.Tensor:
     return t.unsqueeze(-1) if t.dim() == dims else t
 
 
-def valid_tokens(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Target codes (B, T', H) or (B, T') of a batch -> (M, H): the M unpadded tokens (t < length)."""
-    tokens = _with_book_axis(tokens, 2)
-    if tokens.numel() == 0:
-        return tokens.reshape(0, tokens.shape[-1] if tokens.dim() == 3 else 1)
-    T = tokens.shape[1]
-    keep = torch.arange(T, device=tokens.device)[None, :] < lengths.to(tokens.device)[:, None]
-    return tokens[keep]
+def code_counts(ids: torch.Tensor, num_classes: int, num_books: int,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Codes (M, H) (or (M,) for one book) -> float64 counts (H, num_classes), one row per codebook; `weights` (M,)
+    (bool or float) counts each row that many times (0: not at all).
 
-
-def code_counts(ids: torch.Tensor, num_classes: int, num_books: int) -> torch.Tensor:
-    """Codes (M, H) (or (M,) for one book) -> float64 counts (H, num_classes), one row per codebook."""
+    A scatter into a fixed-size tensor (not bincount, whose output size depends on the largest code, which makes the
+    host wait for the device); a code outside [0, num_classes) is an index error.
+    """
     ids = _with_book_axis(ids, 1).reshape(-1, num_books).long()
     offsets = torch.arange(num_books, device=ids.device) * num_classes
     flat = (ids + offsets[None, :]).reshape(-1)
-    counts = torch.bincount(flat, minlength=num_books * num_classes)  # negative codes raise here
-    if counts.numel() != num_books * num_classes:  # checked on the result: no extra device sync per batch
-        raise ValueError(f"a target code is >= num_classes={num_classes}; model.num_classes must be the quantizer's "
-                         "codebook size")
-    return counts.double().reshape(num_books, num_classes)
+    if weights is None:
+        w = torch.ones(flat.shape, dtype=torch.float64, device=ids.device)
+    else:
+        w = weights.reshape(-1, 1).to(torch.float64).expand(-1, num_books).reshape(-1)
+    counts = torch.zeros(num_books * num_classes, dtype=torch.float64, device=ids.device)
+    return counts.index_add_(0, flat, w).reshape(num_books, num_classes)
 
 
-def masked_correct(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """float64 (H,): masked tokens whose top-1 prediction is the target, per codebook.
+def masked_correct(log_probs: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """float64 (H,): tokens whose top-1 prediction is the target, per codebook; `weights` (N,) bool selects tokens.
 
-    log_probs (N, C, H) or (N, C); targets (N, H) or (N,) (StepOutput.masked_targets).
+    log_probs (N, C, H) or (N, C); targets (N, H) or (N,).
     """
     log_probs = _with_book_axis(log_probs, 2)
     targets = _with_book_axis(targets, 1)
     if log_probs.shape[0] != targets.shape[0] or log_probs.shape[2] != targets.shape[1]:
         raise ValueError(f"log_probs {tuple(log_probs.shape)} and targets {tuple(targets.shape)} do not describe "
-                         "the same masked tokens")
-    return (log_probs.argmax(dim=1) == targets).sum(0).double()
+                         "the same tokens")
+    hits = log_probs.argmax(dim=1) == targets
+    if weights is not None:
+        hits = hits & weights.reshape(-1, 1).bool()
+    return hits.sum(0).double()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -187,20 +187,19 @@ class HealthLayout:
 
     def add(self, buf: torch.Tensor, out: Any, count: str) -> None:
         """Adds one batch's StepOutput to `buf`; count="valid" (training) or "masked" (validation) says whose codes
-        are counted. Batches whose log_probs are not per masked token (no token masked) add no accuracy."""
+        are counted. On the device, without reading a value (the trainer reads the sums once per step)."""
+        if count not in ("valid", "masked"):
+            raise ValueError(f"count must be 'valid' or 'masked', not {count!r}")
         with torch.no_grad():
-            targets = getattr(out, "masked_targets", None)
-            if targets is not None and targets.shape[0] > 0:
-                buf[: self.num_books] += masked_correct(out.log_probs.detach(), targets)
-                buf[self.num_books] += targets.shape[0]
-            if count == "valid":
-                ids = valid_tokens(out.tokens, out.encoded_len) if out.tokens.numel() else None
-            elif count == "masked":
-                ids = targets
-            else:
-                raise ValueError(f"count must be 'valid' or 'masked', not {count!r}")
-            if ids is not None and ids.shape[0] > 0:
-                self.counts(buf).add_(code_counts(ids, self.num_classes, self.num_books))
+            log_probs = _with_book_axis(out.log_probs.detach(), 3)  # (B, T', C, H)
+            tokens = _with_book_axis(out.tokens, 2)  # (B, T', H)
+            C, H = log_probs.shape[2], log_probs.shape[3]
+            selected = out.selected.reshape(-1)
+            buf[: self.num_books] += masked_correct(log_probs.reshape(-1, C, H), tokens.reshape(-1, H), selected)
+            buf[self.num_books] += selected.sum()
+            weights = out.valid if count == "valid" else out.selected
+            self.counts(buf).add_(code_counts(tokens.reshape(-1, H), self.num_classes, self.num_books,
+                                              weights=weights.reshape(-1)))
 
     def accuracy(self, buf: torch.Tensor) -> float | None:
         n = float(self.masked(buf))

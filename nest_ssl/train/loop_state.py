@@ -13,7 +13,8 @@ class LoopState:
     global_step: int = 0  # optimizer steps
     epoch_finished: bool = False  # the epoch's last batch has been trained on
     nonfinite_in_a_row: int = 0
-    skipped_nonfinite: int = 0  # steps skipped because the loss was not finite
+    skipped_nonfinite: int = 0  # steps skipped because the loss or the gradient norm was not finite
+    skipped_nonfinite_grad: int = 0  # of those, steps whose loss was finite and gradient norm was not
     skipped_empty: int = 0  # steps skipped because no token was masked on any rank
     rejected_cuts: int = 0  # training cuts this rank's loader dropped (unreadable, NaN/Inf, empty audio)
     last_saved_step: int = -1

@@ -56,6 +56,12 @@ def _source_of(streams: Any) -> Any:
     return getattr(getattr(streams, "sampler", None), "source", None)
 
 
+def streams_end(streams: Any) -> bool:
+    """Whether the iterable input ends (a one-pass epoch, force_finite): then ranks can run out at different
+    batches. An infinite stream never ends."""
+    return not bool(getattr(_source_of(streams), "infinite", False))
+
+
 def resume_streams(streams: Any, saved: Optional[list], saved_ws: int, *, rank: int, world_size: int,
                    num_workers: int, epoch: int, global_step: int, num_parts: int) -> StreamPositions:
     """Iterable input: every (rank, worker) stream continues after the last batch it gave that was trained on

@@ -9,7 +9,7 @@ Logged to metrics.jsonl (and TensorBoard) at every log step, over the steps sinc
     mfu                tflops_per_device / the device's dense bf16 peak (nest_ssl.models.flops); null on a CPU or
                        an unknown device
     data_wait_share    share of training time this rank spent waiting for the data loader's next batch
-    padding_share      padded samples / computed samples (B x the longest utterance, summed over batches)
+    padding_share      padded samples / computed samples (B x the longest utterance, summed over batches), all ranks
 
 FLOPs are counted by PyTorch's FlopCounterMode over the forward and backward of the model on the shapes the
 steps ran at (nest_ssl.models.flops.step_flops: the padded batch size and length, the first batch's lengths), at
@@ -81,7 +81,7 @@ class Telemetry:
         self.peak_tflops = peak_tflops if peak_tflops is not None else dense_peak_tflops(device_name(device))
         self.flop_model = _FlopModel(max_counted)
         self.count_fn = count_fn
-        self.lengths: dict[tuple[int, int], list[int]] = {}
+        self.lengths: dict[tuple[int, int], torch.Tensor] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -90,18 +90,17 @@ class Telemetry:
         self.steps = 0
         self.audio_seconds = 0.0  # all ranks
         self.tokens = 0.0  # all ranks
-        self.valid_samples = 0
-        self.computed_samples = 0
+        self.computed_seconds = 0.0  # all ranks: batch size x longest utterance
         self.shapes: dict[tuple[int, int], int] = {}  # padded shape -> micro-batches of the window
 
     def micro_batch(self, batch) -> None:
-        """After a micro-batch: its padding, and its shape for the FLOPs (its lengths kept if the shape is new)."""
+        """After a micro-batch: its padding, and its shape for the FLOPs (its lengths kept if the shape is new).
+        Nothing is read from the device (the trainer's one host synchronisation per step stays one): the lengths
+        of a new shape stay a device tensor until the FLOP count, which needs none of their values on the host."""
         shape = (int(batch.audio.shape[0]), int(batch.audio.shape[1]) if batch.audio.dim() > 1 else 0)
-        self.valid_samples += int(batch.audio_len.sum())
-        self.computed_samples += shape[0] * shape[1]
         self.shapes[shape] = self.shapes.get(shape, 0) + 1
         if self.flop_model.wants(shape) and shape not in self.lengths:
-            self.lengths[shape] = batch.audio_len.detach().cpu().tolist()
+            self.lengths[shape] = batch.audio_len.detach().clone()
 
     def _count_new_shapes(self) -> None:
         for shape in list(self.shapes):
@@ -109,14 +108,16 @@ class Telemetry:
                 self.flop_model.add(shape, float(self.count_fn(shape, self.lengths.pop(shape))))
         self.lengths.clear()
 
-    def step(self, step_time: float, data_wait: float, audio_seconds: float, tokens: float) -> None:
+    def step(self, step_time: float, data_wait: float, audio_seconds: float, tokens: float,
+             computed_seconds: float = 0.0) -> None:
         """After an optimizer step: its training time, of which `data_wait` waiting for data, and the all-rank
-        audio seconds and valid tokens it trained on."""
+        audio seconds and valid tokens it trained on and audio seconds it computed (padding included)."""
         self.steps += 1
         self.train_time += step_time
         self.data_wait += data_wait
         self.audio_seconds += audio_seconds
         self.tokens += tokens
+        self.computed_seconds += computed_seconds
 
     def metrics(self) -> dict[str, Optional[float]]:
         """The window's figures (module docstring), and a new window."""
@@ -137,7 +138,7 @@ class Telemetry:
             "tflops_per_device": tflops,
             "mfu": tflops / self.peak_tflops if (tflops is not None and self.peak_tflops) else None,
             "data_wait_share": min(1.0, self.data_wait / t),
-            "padding_share": 1.0 - self.valid_samples / self.computed_samples if self.computed_samples else 0.0,
+            "padding_share": 1.0 - self.audio_seconds / self.computed_seconds if self.computed_seconds > 0 else 0.0,
             "train_time": self.train_time,
         }
         self._reset()

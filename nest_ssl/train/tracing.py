@@ -1,6 +1,12 @@
-"""A debugging aid for tests and bug hunts: with NEST_SSL_TRACE_DIR=DIR set, every rank appends to DIR/rank<r>.jsonl
-one line per training batch (epoch, batch, sample ids, loss) and one per optimizer step (a digest of the weights),
-so runs can be compared batch by batch (ranks disjoint, resumes exact, DDP replicas equal)."""
+"""Debugging aids for tests and bug hunts.
+
+With NEST_SSL_TRACE_DIR=DIR set, every rank appends to DIR/rank<r>.jsonl one line per training batch (epoch, batch,
+sample ids, loss) and one per optimizer step (a digest of the weights), so runs can be compared batch by batch (ranks
+disjoint, resumes exact, DDP replicas equal).
+
+With NEST_SSL_DEBUG_NONFINITE_GRAD=RANK:BATCH[,BATCH...] rank RANK's gradient is made NaN (after DDP's all-reduce) at
+the optimizer steps that end with these training batches (counted from 1 in the run), to watch every rank skip them.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,13 @@ import torch
 from torch import nn
 
 TRACE_ENV = "NEST_SSL_TRACE_DIR"
+NONFINITE_GRAD_ENV = "NEST_SSL_DEBUG_NONFINITE_GRAD"
+
+
+def nonfinite_grad_requested(rank: int, batch: int) -> bool:
+    """Whether NEST_SSL_DEBUG_NONFINITE_GRAD asks for a NaN gradient on `rank` at the step ending with `batch`."""
+    who, _, batches = os.environ.get(NONFINITE_GRAD_ENV, "").partition(":")
+    return who == str(rank) and str(batch) in batches.split(",")
 
 
 def weights_digest(model: nn.Module) -> str:

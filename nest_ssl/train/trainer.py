@@ -51,10 +51,10 @@ from nest_ssl.train.preemption import stop_for_preemption
 from nest_ssl.train.rejects import RejectedCutsLog
 from nest_ssl.train.signals import StopRequests
 from nest_ssl.train.step_stats import StepStats
-from nest_ssl.train.stream_positions import StreamPositions, end_of_epoch
+from nest_ssl.train.stream_positions import StreamPositions, end_of_epoch, streams_end
 from nest_ssl.train.telemetry import DataWaitClock, Telemetry
 from nest_ssl.train.trainer_config import RunSettings
-from nest_ssl.train.tracing import StepTrace
+from nest_ssl.train.tracing import NONFINITE_GRAD_ENV, StepTrace, nonfinite_grad_requested
 
 __all__ = ["EmptyEpochError", "LoopState", "NonFiniteLossError", "Trainer"]
 
@@ -66,7 +66,7 @@ class EmptyEpochError(UserError, RuntimeError):
 
 
 class NonFiniteLossError(RuntimeError):
-    """Too many optimizer steps in a row had a non-finite loss."""
+    """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
 
 
 class _StepModule(nn.Module):
@@ -183,7 +183,7 @@ class Trainer:
             self.ddp = DDP(
                 self.step_module,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.t.find_unused_parameters,
+                find_unused_parameters=self.t.find_unused_parameters or not self._trains_every_parameter(model),
             )
         else:
             self.ddp = None
@@ -240,6 +240,21 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------------------
     # Helpers
 
+    def _trains_every_parameter(self, model: nn.Module) -> bool:
+        """False when the model leaves some parameters without gradient in training (mask_position: post_conv);
+        DDP then has to look for them (find_unused_parameters), or it fails at the second step."""
+        every = bool(getattr(model, "trains_every_parameter", True))
+        if not every and not self.t.find_unused_parameters and self.info.is_global_zero:
+            log.info("mask_position: post_conv leaves the subsampler without gradient in training: DDP runs with "
+                     "find_unused_parameters=True")
+        return every
+
+    def _needs_join(self) -> bool:
+        """Finite iterable input (force_finite) gives ranks different numbers of batches: the join decides the end
+        of an epoch. Map-style data gives every rank the same number and an infinite stream never ends, so they
+        skip it (it is a collective and a host synchronisation before every batch)."""
+        return self.info.world_size > 1 and self.streams is not None and streams_end(self.streams)
+
     def _autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -280,15 +295,15 @@ class Trainer:
         counter = self.state.total_batch_idx if n is None else self.state.batch_idx
         return counter % vci == 0
 
-    def _clip(self) -> torch.Tensor | None:
+    def _clip(self, total_norm: torch.Tensor | None) -> None:
+        """Clips the gradients as trainer.gradient_clip_* say; `total_norm` is their norm (`_grad_norm_into`)."""
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if not params:
-            return None
-        if self.t.gradient_clip_val > 0 and self.t.gradient_clip_algorithm == "value":
+        if not params or self.t.gradient_clip_val <= 0 or total_norm is None:
+            return
+        if self.t.gradient_clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, self.t.gradient_clip_val)
-            return torch.nn.utils.get_total_norm([p.grad for p in params])
-        max_norm = self.t.gradient_clip_val if self.t.gradient_clip_val > 0 else float("inf")
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else:
+            torch.nn.utils.clip_grads_with_norm_(params, self.t.gradient_clip_val, total_norm)
 
     def _record_rejects(self, rejected, purpose: str) -> None:
         """Training goes on without the cuts the loader dropped; they are counted and listed (rejects.py)."""
@@ -519,8 +534,9 @@ class Trainer:
         step_t0 = time.time()
         # The join: with finite iterable data (force_finite) ranks can run out at different batches; all of them
         # end the epoch after the last batch every rank has (the step in progress is completed by all).
-        fetcher = _Lookahead(self.train_loader, self.seed, self.info.rank, st.total_batch_idx,
-                             join=lambda has_batch: all_ranks_have(self.info, has_batch), clock=self.data_wait)
+        join = (lambda has_batch: all_ranks_have(self.info, has_batch)) if self._needs_join() else None
+        fetcher = _Lookahead(self.train_loader, self.seed, self.info.rank, st.total_batch_idx, join=join,
+                             clock=self.data_wait)
         if self.streams is not None:
             self.streams.resume = None  # used by this epoch's iter(); later epochs start their streams afresh
         if not fetcher.has_next and st.batch_idx == 0:
@@ -556,8 +572,9 @@ class Trainer:
                     self.scaler.scale(loss).backward()
                 else:
                     loss.backward()
-            stats.add_micro_batch(out, float(batch.audio_len.sum()) / self.sample_rate)
-            self.telemetry.micro_batch(batch)
+            stats.add_micro_batch(out, batch.audio_len.sum() / self.sample_rate)  # on the device: no host read
+            stats.computed_seconds += batch.audio.shape[0] * batch.audio.shape[-1] / self.sample_rate  # padded shape
+            self.telemetry.micro_batch(batch)  # shapes only: no host read
             self.health.add(stats.health, out, count="valid")
             self.trace.batch(batch=st.total_batch_idx, epoch=st.epoch, sample_ids=batch.sample_id or [],
                              loss=out.loss)
@@ -569,26 +586,30 @@ class Trainer:
             if step_boundary:
                 stats.stop_request = 1.0 if self.stop_requests.requested() else 0.0
                 stats.preempt_request = 1.0 if self.stop_requests.preempted else 0.0
+                self._grad_norm_into(stats)
                 stats.all_reduce(self.info)
-                self.cum_counts.add(self.health.counts(stats.health))  # every rank adds the same sums
-                stepped = self._optimizer_step(stats, micro)
+                # The step's one host synchronisation: every decision and figure below is read from this copy.
+                host = stats.host()
+                self.cum_counts.add(self.health.counts(host.health))  # every rank adds the same sums
+                stepped = self._optimizer_step(host, micro)
                 if stepped:
-                    grad_norm = self._last_grad_norm
+                    grad_norm = float(host.grad_norm)  # every rank holds the same gradients: the mean is the norm
                 step_time = time.time() - step_t0
-                audio_seconds = float(stats.audio_seconds)
-                self.telemetry.step(step_time, self.data_wait.take(), audio_seconds, float(stats.tokens))
+                audio_seconds = float(host.audio_seconds)
+                self.telemetry.step(step_time, self.data_wait.take(), audio_seconds, float(host.tokens),
+                                    float(host.computed_seconds))
                 self._audio_since_log += audio_seconds
                 self._train_time_since_log += step_time
                 rate = audio_seconds / max(1e-9, step_time)
                 self._audio_per_s_ema = rate if self._audio_per_s_ema is None else 0.9 * self._audio_per_s_ema + 0.1 * rate
                 if stepped and st.global_step % t.log_every_n_steps == 0:
-                    self._log_step(stats, grad_norm, step_time)
+                    self._log_step(host, grad_norm, step_time)
                 elif stepped:
-                    self.bar.update(st.global_step, stats.mean_loss(), self._step_lr, self._audio_per_s_ema / 3600.0,
-                                    acc=self.health.accuracy(stats.health))
-                if stats.stop_request > 0 and not self.stop_reason:
+                    self.bar.update(st.global_step, host.mean_loss(), self._step_lr, self._audio_per_s_ema / 3600.0,
+                                    acc=self.health.accuracy(host.health))
+                if float(host.stop_request) > 0 and not self.stop_reason:
                     # Every rank decides from the summed requests: the same reason on all of them.
-                    self.stop_reason = "preempted" if stats.preempt_request > 0 else "max_time_per_run"
+                    self.stop_reason = "preempted" if float(host.preempt_request) > 0 else "max_time_per_run"
                 stats.zero()
                 micro = 0
                 if stepped:
@@ -645,39 +666,73 @@ class Trainer:
         st.epoch_finished = False
         self.stream_positions = end_of_epoch(self.streams)
 
-    def _optimizer_step(self, stats: StepStats, micro: int) -> bool:
-        """One optimizer step from the accumulated gradients, unless some rank saw a non-finite loss or no rank
-        had a masked token; every rank decides the same from the all-reduced stats."""
+    def _grad_norm_into(self, stats: StepStats) -> None:
+        """The accumulated gradients' total norm (after DDP's all-reduce, before clipping), on the device: kept for
+        clipping, and written into the step's statistics (divided by the world size: every rank holds the same
+        gradients, so the all-reduced sum is the norm) with this rank's verdict on its finiteness, so that every
+        rank skips a step with a non-finite gradient (bf16 overflow) together. Under 16-mixed the gradients are
+        unscaled first and the GradScaler keeps the verdict (it skips inf steps and lowers its scale)."""
+        self._grad_norm, self._unscaled = None, False
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            return
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+            self._unscaled = True
+        if nonfinite_grad_requested(self.info.rank, self.state.total_batch_idx):  # a debugging aid (tracing.py)
+            params[0].grad.fill_(float("nan"))
+            log.warning("%s: rank %d's gradient made NaN at batch %d", NONFINITE_GRAD_ENV, self.info.rank,
+                        self.state.total_batch_idx)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        self._grad_norm = norm
+        stats.grad_norm = norm.double() / self.info.world_size
+        if self.scaler is None:
+            stats.nonfinite_grad = (~torch.isfinite(norm)).double()
+
+    def _skip_step(self, stats: StepStats) -> bool:
+        """Whether the step is skipped (every rank decides the same from the all-reduced sums): a non-finite loss
+        or gradient norm on some rank, counted towards nest_trainer.max_consecutive_nonfinite, or no masked token
+        on any rank."""
         st = self.state
-        self._last_grad_norm = None
-        nonfinite = stats.nonfinite > 0
-        all_empty = stats.empty_mask >= stats.micro_batches
-        if nonfinite or all_empty:
+        nonfinite_loss = float(stats.nonfinite) > 0
+        nonfinite_grad = float(stats.nonfinite_grad) > 0
+        if not (nonfinite_loss or nonfinite_grad):
+            if float(stats.empty_mask) < float(stats.micro_batches):
+                return False
+            st.skipped_empty += 1
+            log.warning("no masked token in any batch of this step (batch %d): step skipped", st.total_batch_idx)
+            return True
+        what = "loss" if nonfinite_loss else "gradient norm"
+        st.skipped_nonfinite += 1
+        st.skipped_nonfinite_grad += 0 if nonfinite_loss else 1
+        st.nonfinite_in_a_row += 1
+        log.warning("non-finite %s at batch %d (after global step %d): step skipped on every rank (%d in a row, %d "
+                    "in total)", what, st.total_batch_idx, st.global_step, st.nonfinite_in_a_row, st.skipped_nonfinite)
+        self.metrics_writer.log({"skipped_steps": st.skipped_nonfinite,
+                                 "skipped_nonfinite_grad": st.skipped_nonfinite_grad}, st.global_step)
+        limit = self.s.nest_trainer.max_consecutive_nonfinite
+        if st.nonfinite_in_a_row >= limit:
+            self.stop_reason = "nonfinite"
+            last = self.ckpt.last_model_path or "none written yet"
+            raise NonFiniteLossError(
+                f"{st.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient norm (limit "
+                f"nest_trainer.max_consecutive_nonfinite={limit}); stopped at "
+                f"global step {st.global_step}. The last good checkpoint is untouched: {last}. Lower the "
+                f"learning rate, use precision=32 or bf16-mixed, or check the data.")
+        return True
+
+    def _optimizer_step(self, stats: StepStats, micro: int) -> bool:
+        """One optimizer step from the accumulated gradients, unless `_skip_step` says otherwise. `stats` is the
+        host copy of the all-reduced sums."""
+        st = self.state
+        if self._skip_step(stats):
             self.optimizer.zero_grad(set_to_none=True)
-            if nonfinite:
-                st.skipped_nonfinite += 1
-                st.nonfinite_in_a_row += 1
-                log.warning("non-finite loss at batch %d (after global step %d): step skipped (%d in a row, %d "
-                            "in total)", st.total_batch_idx, st.global_step, st.nonfinite_in_a_row, st.skipped_nonfinite)
-                self.metrics_writer.log({"skipped_steps": st.skipped_nonfinite}, st.global_step)
-                limit = self.s.nest_trainer.max_consecutive_nonfinite
-                if st.nonfinite_in_a_row >= limit:
-                    self.stop_reason = "nonfinite"
-                    last = self.ckpt.last_model_path or "none written yet"
-                    raise NonFiniteLossError(
-                        f"{st.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss (limit "
-                        f"nest_trainer.max_consecutive_nonfinite={limit}); stopped at "
-                        f"global step {st.global_step}. The last good checkpoint is untouched: {last}. Lower the "
-                        f"learning rate, use precision=32 or bf16-mixed, or check the data.")
-            else:
-                st.skipped_empty += 1
-                log.warning("no masked token in any batch of this step (batch %d): step skipped", st.total_batch_idx)
+            if self._unscaled:
+                self.scaler.update()  # ends this step's unscale_ (an inf found lowers the scale)
             return False
         st.nonfinite_in_a_row = 0
         self._step_lr = self._lr()
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        self._last_grad_norm = self._clip()
+        self._clip(self._grad_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -699,12 +754,13 @@ class Trainer:
             "learning_rate": lr,
             "global_step": st.global_step,
             "epoch": st.epoch,
-            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "grad_norm": grad_norm,
             "throughput": audio_per_s,  # audio seconds trained per wall second, all ranks together
             "throughput_per_device": audio_per_s / self.info.world_size,
             "step_time": step_time if self.s.exp_manager.log_step_timing else None,
             "masked_fraction": stats.masked_fraction(),
             "skipped_steps": st.skipped_nonfinite,
+            "skipped_nonfinite_grad": st.skipped_nonfinite_grad,
             "rejected_cuts": st.rejected_cuts,
         }
         # masked_acc, chances, this step's all-rank target_perplexity / coverage, the cumulative ones, the alarm

@@ -183,7 +183,7 @@ def test_train_mode_gradients(models, batch):
     _with_masks(nemo, masked, masks)
     _with_masks(ours, masked, masks)
     l_nemo = _forward_loss(nemo, audio, lengths, noisy)
-    # ours through training_output: the trainer's path, which decodes only the masked tokens
+    # ours through training_output: the trainer's path, which weights the masked tokens instead of selecting them
     batch = SimpleNamespace(audio=audio, audio_len=lengths, noisy_audio=noisy, noisy_audio_len=lengths)
     l_ours = ours.training_output(batch, apply_mask=True).loss
     l_nemo.backward()

@@ -1,0 +1,6 @@
+"""ASR on top of the pretrained encoder: tokenizers (.tokenizer), transcript manifests (.manifest), the CTC model
+(.ctc_model, .spec_augment, .init), fine-tuning (.finetune), checkpoint averaging (.average), word n-gram language
+models in ARPA format (.lm), decoding (.decode) and icefall-style results (.results). See docs/asr.md.
+
+Sits above checkpoint/data/export and below evaluate and cli in the import layering.
+"""

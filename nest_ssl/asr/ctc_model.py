@@ -1,0 +1,89 @@
+"""The CTC recognizer: preprocessor -> SpecAugment (training) -> our Conformer encoder -> NeMo's ConvASRDecoder.
+
+Module names are NeMo's `EncDecCTCModel(BPE)` ones, so the state-dict keys are too: `preprocessor.*`, `encoder.*`,
+`decoder.decoder_layers.0.weight` (V+1, d_model, 1) and `decoder.decoder_layers.0.bias` (V+1); the CTC blank is the
+last class (index V), as in NeMo. The config is a plain dict with NeMo's section names:
+`{preprocessor, spec_augment, encoder, decoder: {feat_in, num_classes, vocabulary}, tokenizer: {type}}`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nest_ssl.asr.spec_augment import SpecAugment
+from nest_ssl.config import instantiate
+
+ENCODER_KEYS_CHECKED = ("n_layers", "d_model", "feat_in")  # what must match a checkpoint's encoder
+
+
+class ConvASRDecoder(nn.Module):
+    """NeMo's CTC head: a 1x1 convolution to V+1 classes, log-softmax over them."""
+
+    def __init__(self, feat_in: int, num_classes: int):
+        super().__init__()
+        self.num_classes_with_blank = num_classes + 1
+        self.decoder_layers = nn.Sequential(nn.Conv1d(feat_in, self.num_classes_with_blank, kernel_size=1, bias=True))
+
+    def forward(self, encoder_output: torch.Tensor) -> torch.Tensor:
+        """(B, d_model, T') -> log-probabilities (B, T', V+1)."""
+        return F.log_softmax(self.decoder_layers(encoder_output).transpose(1, 2).float(), dim=-1)
+
+
+class CTCModel(nn.Module):
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__()
+        self.cfg = copy.deepcopy(dict(cfg))
+        self.preprocessor = instantiate(cfg["preprocessor"])
+        self.spec_augmentation = SpecAugment(**{k: v for k, v in (cfg.get("spec_augment") or {}).items()
+                                                if k != "_target_"})
+        self.encoder = instantiate(cfg["encoder"])
+        self.decoder = ConvASRDecoder(cfg["decoder"]["feat_in"], cfg["decoder"]["num_classes"])
+
+    @property
+    def blank(self) -> int:
+        return int(self.cfg["decoder"]["num_classes"])
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.cfg["preprocessor"].get("sample_rate", 16000))
+
+    def forward(self, input_signal: torch.Tensor, input_signal_length: torch.Tensor):
+        """Waveforms (B, samples) -> (log_probs (B, T', V+1), encoded lengths (B,))."""
+        feats, feat_len = self.preprocessor(input_signal=input_signal, length=input_signal_length)
+        feats = self.spec_augmentation(feats, feat_len)
+        encoded, encoded_len = self.encoder(audio_signal=feats, length=feat_len)
+        return self.decoder(encoded), encoded_len
+
+    def ctc_loss(self, log_probs, lengths, targets: list[torch.Tensor]) -> torch.Tensor:
+        """NeMo's CTC loss reduction (`mean_batch`): the per-utterance sum, averaged over the batch."""
+        target_len = torch.tensor([len(t) for t in targets], dtype=torch.int64)
+        flat = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.int64)
+        return F.ctc_loss(log_probs.transpose(0, 1), flat, lengths.cpu(), target_len, blank=self.blank,
+                          reduction="sum", zero_infinity=True) / max(1, len(targets))
+
+
+def asr_config(nest_model_cfg: Mapping[str, Any], tokenizer_kind: str, vocabulary: list[str],
+               spec_augment: Mapping[str, Any] | None = None) -> dict:
+    """The CTC model's config from a NEST model config (its preprocessor and encoder) and a tokenizer."""
+    from omegaconf import OmegaConf
+
+    nest = OmegaConf.to_container(OmegaConf.create(dict(nest_model_cfg)), resolve=True)
+    encoder = dict(nest["encoder"])
+    d_model = int(encoder["d_model"])
+    if encoder.get("feat_out", -1) not in (-1, None):
+        d_model = int(encoder["feat_out"])
+    return {
+        "sample_rate": int(nest["preprocessor"].get("sample_rate", 16000)),
+        "preprocessor": dict(nest["preprocessor"]),
+        "spec_augment": {"_target_": "nemo.collections.asr.modules.SpectrogramAugmentation",
+                         **dict(spec_augment or {})},
+        "encoder": encoder,
+        "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": d_model,
+                    "num_classes": len(vocabulary), "vocabulary": list(vocabulary)},
+        "tokenizer": {"type": tokenizer_kind},
+    }

@@ -1,0 +1,115 @@
+"""Initialising the CTC model's encoder (and preprocessor) from a pretrained NEST checkpoint, loudly.
+
+The checkpoint is read through nest_ssl.checkpoint.model.load_model (our .ckpt, a .nemo of ours or NeMo's, a NeMo
+Lightning .ckpt). Nothing fails silently: a config that does not match the checkpoint's encoder (layers, d_model,
+mel bins), or a tensor that is missing, unexpected or of another shape, is an ASRError of one line, unless the user
+names it in `skip`: a config key (`n_layers`, `d_model`, `feat_in`) or a state-dict key prefix
+(`encoder.layers.1.`). The report says how many encoder tensors were loaded, and from where.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from nest_ssl.asr.ctc_model import ENCODER_KEYS_CHECKED, CTCModel
+from nest_ssl.asr.errors import ASRError
+
+log = logging.getLogger(__name__)
+PARTS = ("encoder.", "preprocessor.")
+
+
+@dataclass
+class InitReport:
+    source: str
+    loaded: int  # encoder tensors loaded
+    encoder_tensors: int  # encoder tensors of the model
+    preprocessor: int  # preprocessor buffers loaded
+    skipped: list[str]
+
+    def line(self) -> str:
+        skipped = f"; skipped {len(self.skipped)} as asked ({', '.join(self.skipped[:3])}...)" if self.skipped else ""
+        return (f"initialised {self.loaded} of {self.encoder_tensors} encoder tensors (and {self.preprocessor} "
+                f"preprocessor buffers) from {self.source}{skipped}")
+
+
+def _skipped(key: str, skip: Sequence[str]) -> bool:
+    return any(key.startswith(s) for s in skip if s not in ENCODER_KEYS_CHECKED)
+
+
+def check_config(model: CTCModel, ckpt_cfg: dict, source: Path, skip: Sequence[str]) -> None:
+    ours = model.cfg["encoder"]
+    theirs = dict(ckpt_cfg.get("encoder") or {})
+    for key in ENCODER_KEYS_CHECKED:
+        if key in skip or key not in theirs:
+            continue
+        if int(ours[key]) != int(theirs[key]):
+            raise ASRError(f"--init-from {source}: its encoder has {key}={theirs[key]} but the model's config says "
+                           f"{key}={ours[key]}; drop the override (or pass --init-skip {key} and the tensors to skip)")
+
+
+def _read_config(path: str | Path) -> dict:
+    """The model config a NEST checkpoint was written with (to build the ASR encoder like it)."""
+    import os
+    import tarfile
+
+    from nest_ssl.checkpoint.nemo import load_checkpoint_any, model_config_of, read_nemo
+    from nest_ssl.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ASRError(f"--init-from {path}: does not exist; give a NEST .ckpt or .nemo")
+    try:
+        if path.suffix == ".nemo" or (os.access(path, os.R_OK) and tarfile.is_tarfile(path)):
+            cfg, _ = read_nemo(path)
+        else:
+            cfg = model_config_of(load_checkpoint_any(path), path)
+    except UserError as err:
+        raise ASRError(f"--init-from {err}" if str(err).startswith(str(path)) else f"--init-from {path}: {err}") from None
+    return {k: v for k, v in cfg.items() if k not in ("target", "nemo_version")}
+
+
+def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] = ()) -> InitReport:
+    from nest_ssl.checkpoint.model import load_model
+    from nest_ssl.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ASRError(f"--init-from {path}: does not exist; give a NEST .ckpt or .nemo")
+    try:
+        nest, nest_cfg = load_model(path)
+    except UserError as err:
+        raise ASRError(f"--init-from {err}" if str(err).startswith(str(path)) else f"--init-from {path}: {err}") from None
+    check_config(model, nest_cfg, path, skip)
+    theirs = {k: v for k, v in nest.state_dict().items() if k.startswith(PARTS)}
+    if getattr(nest, "pre_encoder", None) is not None:
+        # post_conv masking: NEST wraps the subsampler (`encoder.pre_encode.pre_encode.*`) with its mask vector
+        # (`encoder.pre_encode.masking.*`); the recognizer has the subsampler alone and no masking
+        theirs = {k.replace("encoder.pre_encode.pre_encode.", "encoder.pre_encode.", 1): v for k, v in theirs.items()
+                  if not k.startswith("encoder.pre_encode.masking.")}
+    ours = {k: v for k, v in model.state_dict().items() if k.startswith(PARTS)}
+    missing = [k for k in ours if k not in theirs and not _skipped(k, skip)]
+    unexpected = [k for k in theirs if k not in ours and not _skipped(k, skip)]
+    shapes = [k for k in ours if k in theirs and ours[k].shape != theirs[k].shape and not _skipped(k, skip)]
+    for what, keys in (("has no tensor", missing), ("has a tensor the model lacks", unexpected),
+                       ("has another shape for", shapes)):
+        if keys:
+            detail = (f" ({tuple(theirs[keys[0]].shape)} there, {tuple(ours[keys[0]].shape)} here)"
+                      if what.startswith("has another") else "")
+            raise ASRError(f"--init-from {path}: the checkpoint {what} {keys[0]}{detail} and {len(keys) - 1} more; "
+                           f"pass --init-skip {keys[0].rsplit('.', 1)[0]}. to leave them as initialised")
+    take = {k: v for k, v in theirs.items() if k in ours and not _skipped(k, skip)}
+    with torch.no_grad():
+        state = model.state_dict()
+        for k, v in take.items():
+            state[k].copy_(v)
+    report = InitReport(source=str(path), loaded=sum(k.startswith("encoder.") for k in take),
+                        encoder_tensors=sum(k.startswith("encoder.") for k in ours),
+                        preprocessor=sum(k.startswith("preprocessor.") for k in take),
+                        skipped=sorted(k for k in set(ours) | set(theirs) if _skipped(k, skip)))
+    log.info("%s", report.line())
+    return report
