@@ -7,7 +7,8 @@ from torch import nn
 
 from nest_ssl.config import load_config
 from nest_ssl.models import NESTModel
-from nest_ssl.models.flops import count_flops as _count_flops, dense_peak_tflops, flops_per_audio_second, step_flops, synthetic_batch
+from nest_ssl.models.flops import count_flops as _count_flops
+from nest_ssl.models.flops import dense_peak_tflops, flops_per_audio_second, step_flops, synthetic_batch
 
 
 def count_flops(fn):

@@ -96,7 +96,8 @@ def test_run_summary_reports_the_run_throughput(run_dir):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("summary", Path(__file__).resolve().parent.parent / "local" / "summary.py")
+    path = Path(__file__).resolve().parent.parent / "local" / "summary.py"
+    spec = importlib.util.spec_from_file_location("summary", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     rows = [r for r in read_metrics(run_dir) if "train_loss" in r]

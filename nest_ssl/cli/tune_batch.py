@@ -46,7 +46,8 @@ def run(args) -> int:
     try:
         bins = [float(x) for x in (raw.replace("[", "").replace("]", "").split(",") if isinstance(raw, str) else raw)]
     except ValueError:
-        raise ConfigError(f"tune-batch: --bins {raw!r}: give increasing durations in seconds, e.g. 2.5,5,10,20") from None
+        raise ConfigError(f"tune-batch: --bins {raw!r}: give increasing durations in seconds, "
+                          "e.g. 2.5,5,10,20") from None
     if not bins or any(b <= 0 for b in bins) or any(b2 <= b1 for b1, b2 in zip(bins, bins[1:])):
         raise ConfigError(f"tune-batch: bins {bins}: must be positive and strictly increasing")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -5,7 +5,8 @@ often it recompiles (a trainer option NeMo does not have).
       compile:
         enabled: false        # true: compile model.encoder (in place: state-dict names and checkpoints unchanged)
         dynamic: true         # symbolic batch and time sizes: one graph for many shapes, not one per shape
-        pad_to_multiple: 0    # encoder frames (compiled or not); >0 pads every batch's time axis up to a multiple of this many
+        pad_to_multiple: 0    # encoder frames (compiled or not); >0 pads every batch's time axis up to a
+                              # multiple of this many
                               # frames (zeros past the lengths), so a recompilation is needed for at most
                               # max_duration / (multiple x frame) lengths; 0: no padding
         mode: null            # torch.compile's mode (null: "default"; "max-autotune" on a GPU)
