@@ -17,6 +17,9 @@ import time
 
 import pytest
 
+# Each test reads the module fixture, a whole egs/mini run (minutes on 2 cores): `make test-slow`.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINI = os.path.join(REPO, "egs", "mini", "run.sh")
 LIBRILIGHT = os.path.join(REPO, "egs", "librilight", "run.sh")

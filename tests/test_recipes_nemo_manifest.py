@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import soundfile as sf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +29,7 @@ def _nemo_manifest(path, flacs, relative_to=None):
             f.write(json.dumps({"audio_filepath": audio, "duration": info.frames / info.samplerate, "text": ""}) + "\n")
 
 
+@pytest.mark.slow  # a whole recipe or several processes: minutes on 2 cores
 def test_nemo_manifests_through_shar_bins_and_training(tmp_path):
     make_corpus(str(tmp_path / "audio"), ("small",), speakers=3, books=1, files=2, min_seconds=12, max_seconds=16,
                 seed=5)

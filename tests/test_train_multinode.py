@@ -155,6 +155,7 @@ def _steps_saved(ckdir: Path) -> list[int]:
     return steps
 
 
+@pytest.mark.slow  # a whole recipe or several processes: minutes on 2 cores
 def test_two_nodes_train_checkpoint_and_resume_after_a_node_is_killed(data_dir):
     d = data_dir
     run_dir = d / "exp" / RUN_NAME

@@ -140,10 +140,25 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
 
 
 def torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save through a Python file: a full disk then raises OSError(ENOSPC) instead of torch's opaque
-    "unexpected pos" RuntimeError."""
-    with open(path, "wb") as f:
-        torch.save(obj, f)
+    """torch.save through a Python file, so that a full disk raises OSError(ENOSPC) rather than torch's opaque
+    "unexpected pos" RuntimeError. Python's buffered writer can swallow the failed write, in which case torch's zip
+    writer only sees a short count: that RuntimeError on a file system with no room left is the full disk too."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as err:
+        if "unexpected pos" in str(err) and _nearly_full(Path(path).parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+        raise
+
+
+def _nearly_full(folder: Path, room: int = 1 << 20) -> bool:
+    """Less than `room` bytes left to an unprivileged writer in `folder`'s file system."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < room
 
 
 def unreadable_error(path: Path, err: Exception) -> CheckpointError:
