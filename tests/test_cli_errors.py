@@ -256,6 +256,7 @@ def test_version_and_cfg_job_with_options_between_overrides(tmp_path):
 # export / import-nemo
 
 
+@pytest.mark.slow  # several export subprocesses (tens of seconds on 2 cores): `make test-slow`
 def test_export_mistakes(ckpt, data, tmp_path):
     out = tmp_path / "out.nemo"
     assert_user_error(_run(["export", tmp_path / "none.ckpt", out], tmp_path), "none.ckpt", "does not exist")

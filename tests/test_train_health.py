@@ -267,6 +267,7 @@ HEALTH_KEYS = ("cum_target_coverage", "cum_target_entropy", "cum_target_perplexi
                "alarm_at_floor", "val_floor", "val_acc", "val_loss_minus_floor")
 
 
+@pytest.mark.slow  # a kill-and-resume run (tens of seconds on 2 cores): `make test-slow`
 def test_cumulative_metrics_survive_sigkill_and_resume(workdir):
     common = ["trainer.max_steps=8", "trainer.val_check_interval=3", "trainer.check_val_every_n_epoch=null",
               "trainer.log_every_n_steps=1", "+trainer.deterministic=true",

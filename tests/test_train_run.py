@@ -123,6 +123,7 @@ def _losses(run_dir):
     return series(rows, "train_loss"), series(rows, "val_loss")
 
 
+@pytest.mark.slow  # a kill-and-resume run (tens of seconds on 2 cores): `make test-slow`
 def test_sigkill_and_rerun_gives_the_same_losses(workdir):
     common = ["trainer.max_steps=14", "trainer.val_check_interval=5", "trainer.log_every_n_steps=1",
               "+trainer.deterministic=true", "++exp_manager.checkpoint_callback_params.every_n_train_steps=3", *QUIET]

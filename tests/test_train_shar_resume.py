@@ -52,7 +52,7 @@ def _cmd(d, *extra):
             "+trainer.enable_model_summary=false", "+trainer.deterministic=true", *extra]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 2 workers: make test-slow
 def test_shar_sigkill_and_rerun_gives_the_same_losses(shar_dir, workers):
     d = shar_dir
     common = ["trainer.max_steps=9", f"model.train_ds.num_workers={workers}",
@@ -105,6 +105,7 @@ def _trained(trace: Path) -> list[list[str]]:
     return out
 
 
+@pytest.mark.slow  # a kill-and-resume run (tens of seconds on 2 cores): `make test-slow`
 def test_finite_epoch_resumed_on_another_world_size_trains_no_cut_twice(shar_dir):
     d = shar_dir
     common = ["++model.train_ds.force_finite=true", "model.train_ds.batch_size=2", "trainer.max_epochs=1",

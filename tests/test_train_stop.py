@@ -23,6 +23,7 @@ def workdir(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow  # a full time-limited run (tens of seconds on 2 cores): `make test-slow`
 def test_time_limit_checkpoint_is_named_by_a_validation_at_its_step(workdir):
     common = ["exp_manager.exp_dir=stop", "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=1",
               "trainer.check_val_every_n_epoch=null", *ttr.QUIET]
