@@ -18,11 +18,8 @@ encoder frames after 8x subsampling of 10 ms features).
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import math
 import os
-import random
 import sys
 import tempfile
 import time
@@ -31,19 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-
-def generate(path: str, num_cuts: int, seed: int = 0) -> None:
-    rng = random.Random(seed)
-    with gzip.open(path, "wt", compresslevel=1) as f:
-        for i in range(num_cuts):
-            dur = round(rng.uniform(5.0, 20.0) if rng.random() < 0.85 else rng.uniform(1.0, 5.0), 3)
-            rid = f"spk{i % 7439:04d}/book{i % 997:03d}/rec{i:07d}"
-            n = int(round(dur * 16000))
-            f.write(json.dumps({"id": rid, "start": 0.0, "duration": dur, "channel": 0, "type": "MonoCut",
-                                "recording": {"id": rid, "sampling_rate": 16000, "num_samples": n, "duration": dur,
-                                              "channel_ids": [0], "sources": [{"type": "file", "channels": [0],
-                                                                               "source": f"/data/{rid}.flac"}]}})
-                    + "\n")
+from sampler import generate  # noqa: E402  (bench/sampler.py: the LibriLight-like window durations)
 
 
 def frames(duration: float) -> int:
@@ -82,7 +67,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="nest_bench_padding_") as tmp:
         manifest = os.path.join(tmp, "cuts.jsonl.gz")
-        generate(manifest, args.num_cuts)
+        generate(manifest, args.num_cuts, max_duration=20.0)  # the recipe's 1-20 s windows
         bins = estimate_bucket_bins(open_source(manifest), args.num_buckets)
         print(f"{args.num_cuts} LibriLight-like windows (1-20 s); {len(bins) + 1} buckets, bins from "
               f"`nest-ssl cuts estimate-bins`: {bins[0]:.2f} .. {bins[-1]:.2f} s")

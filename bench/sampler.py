@@ -27,13 +27,13 @@ import tempfile
 import time
 
 
-def generate(path: str, num_cuts: int, seed: int = 0) -> None:
+def generate(path: str, num_cuts: int, seed: int = 0, max_duration: float = 30.0) -> None:
     """Lhotse MonoCut lines written directly as JSON (fast); each cut has its own 16 kHz recording."""
     rng = random.Random(seed)
     with gzip.open(path, "wt", compresslevel=1) as f:
         for i in range(num_cuts):
-            # LibriLight windows after `cuts windows --max-duration 30`: mostly 5-30 s, some short ones
-            dur = round(rng.uniform(5.0, 30.0) if rng.random() < 0.85 else rng.uniform(1.0, 5.0), 3)
+            # LibriLight windows after `cuts windows --max-duration MAX`: 85% U(5, MAX) s, 15% U(1, 5) s
+            dur = round(rng.uniform(5.0, max_duration) if rng.random() < 0.85 else rng.uniform(1.0, 5.0), 3)
             rid = f"spk{i % 7439:04d}/book{i % 997:03d}/rec{i:07d}"
             n = int(round(dur * 16000))
             cut = {
