@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nest_ssl.data.manifests import open_cutset
 from nest_ssl.train.exit_codes import EXIT_RESUMABLE
-from dummy_data import make_dummy_data
+from dummy_data import BUCKET_BINS_LINE, make_prepared_data
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "egs" / "librilight" / "run.sh"
@@ -22,11 +21,7 @@ RECIPE = REPO / "egs" / "librilight" / "run.sh"
 @pytest.fixture()
 def data_dir(tmp_path):
     """What stages 0-3 leave for stage 5: data/cuts/{train,val}.jsonl.gz."""
-    make_dummy_data(tmp_path, num_train=16, num_val=4)
-    (tmp_path / "data" / "cuts").mkdir(parents=True)
-    for split in ("train", "val"):
-        open_cutset(str(tmp_path / f"data/dummy_ssl/{split}_manifest.json")).to_file(
-            tmp_path / f"data/cuts/{split}.jsonl.gz")
+    make_prepared_data(tmp_path, num_train=16, num_val=4, bucket_bins=False)
     return tmp_path
 
 
@@ -76,7 +71,7 @@ def test_sigusr1_to_run_sh_alone_reaches_training_and_leaves_stage_6_pending(dat
     """SLURM's --signal=B:USR1@T signals the job's shell only: run.sh passes it on to the training processes (torchrun
     itself ignores it, instead of dying of it) and exits with EXIT_RESUMABLE once they have saved."""
     d = data_dir
-    (d / "data" / "bucket_bins.txt").write_text("model.train_ds.bucket_duration_bins=[1.8,2.2]\n")
+    (d / "data" / "bucket_bins.txt").write_text(BUCKET_BINS_LINE)
     trace = d / "trace"
     opts = ("trainer.max_steps=40 trainer.val_check_interval=1000 trainer.check_val_every_n_epoch=null "
             "++exp_manager.checkpoint_callback_params.every_n_train_steps=40 "

@@ -20,12 +20,11 @@ from pathlib import Path
 import pytest
 
 from nest_ssl.checkpoint import load_checkpoint
-from nest_ssl.data.manifests import open_cutset
 from nest_ssl.train.exit_codes import EXIT_RESUMABLE
 from nest_ssl.train.loggers import read_metrics, series
 from nest_ssl.train.run_lock import FILE_LOCK_NAME
 from nest_ssl.train.slurm import master_port_for_job
-from dummy_data import make_dummy_data
+from dummy_data import make_prepared_data
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "egs" / "librilight" / "run.sh"
@@ -88,11 +87,7 @@ CLEAN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     d = tmp_path_factory.mktemp("shared")
-    make_dummy_data(d, num_train=16, num_val=4)
-    (d / "data" / "cuts").mkdir(parents=True)
-    for split in ("train", "val"):
-        open_cutset(str(d / f"data/dummy_ssl/{split}_manifest.json")).to_file(d / f"data/cuts/{split}.jsonl.gz")
-    (d / "data" / "bucket_bins.txt").write_text("model.train_ds.bucket_duration_bins=[1.8,2.2]\n")
+    make_prepared_data(d, num_train=16, num_val=4)
     (d / "hook").mkdir()
     (d / "hook" / "sitecustomize.py").write_text(SITECUSTOMIZE)
     (d / "bin").mkdir()

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from nest_ssl.checkpoint import load_checkpoint
-from nest_ssl.data.manifests import open_cutset
 from nest_ssl.train.loggers import read_metrics, series
-from dummy_data import make_dummy_data
+from dummy_data import make_prepared_data
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "egs" / "librilight" / "run.sh"
@@ -61,11 +60,7 @@ if _dir:
 def data_dir(tmp_path_factory):
     """What stages 0-5 leave for stage 6: data/cuts/{train,val}.jsonl.gz and data/bucket_bins.txt."""
     d = tmp_path_factory.mktemp("multinode")
-    make_dummy_data(d, num_train=32, num_val=4)
-    (d / "data" / "cuts").mkdir(parents=True)
-    for split in ("train", "val"):
-        open_cutset(str(d / f"data/dummy_ssl/{split}_manifest.json")).to_file(d / f"data/cuts/{split}.jsonl.gz")
-    (d / "data" / "bucket_bins.txt").write_text("model.train_ds.bucket_duration_bins=[1.8,2.2]\n")
+    make_prepared_data(d, num_train=32, num_val=4)
     audit = d / "sitecustomize"
     audit.mkdir()
     (audit / "sitecustomize.py").write_text(SITECUSTOMIZE)
