@@ -11,6 +11,11 @@
       the LibriLight-format corpus never has.
   make_mini_corpus.py noise OUT_DIR [--files 6]
       OUT_DIR/noise/free-sound/noise-free-sound-NNNN.wav and OUT_DIR/music/fma/music-fma-NNNN.wav.
+  make_mini_corpus.py asr OUT_DIR --skip-speakers 56 [--train-speakers 24 --budgets 10min=600,1h=3600 ...]
+      Labelled ASR sets (nest_ssl.prepare.tts_asr): NeMo manifests OUT_DIR/train_<budget>.json (nested budgets),
+      dev.json, test.json (audio in OUT_DIR/audio/) and OUT_DIR/lm.txt, a language-model text without any dev or
+      test sentence. The speakers are the next ones of the pool after the first --skip-speakers (those of the
+      corpus and of the labelled set, with the same --seed), so none is pretrained on or in another set.
 
 The speech is English synthesised offline by espeak-ng (nest_ssl.prepare.tts, through the espeakng-loader wheel):
 sentences from our own grammar (nest_ssl.prepare.sentences) read by many speakers (accent x voice variant x pitch
@@ -26,6 +31,7 @@ import time
 import numpy as np
 import soundfile as sf
 
+from nest_ssl.prepare.tts_asr import write_asr_sets
 from nest_ssl.prepare.tts_corpus import SentenceStream, long_recording, pink_noise, speaker_pool, write_labelled_set
 
 SR = 16000
@@ -142,6 +148,30 @@ def make_noise(out_dir, files=6, seconds=12.0, seed=1):
     return paths
 
 
+def parse_budgets(text: str) -> dict[str, float]:
+    """"10min=600,1h=3600" -> {"10min": 600.0, "1h": 3600.0}."""
+    out = {}
+    for item in (x for x in text.split(",") if x):
+        name, _, secs = item.partition("=")
+        try:
+            out[name] = float(secs)
+        except ValueError:
+            raise SystemExit(f"--budgets: '{item}' is not NAME=SECONDS (e.g. 10min=600,1h=3600)") from None
+        if not name or out[name] <= 0:
+            raise SystemExit(f"--budgets: '{item}' needs a name and seconds > 0 (e.g. 10min=600)")
+    if not out:
+        raise SystemExit("--budgets: give at least one NAME=SECONDS")
+    return out
+
+
+def make_asr(out_dir, skip_speakers, train_speakers=24, dev_speakers=4, test_speakers=8, budgets=None,
+             dev_utterances=20, test_utterances=25, lm_sentences=5000, seed=0):
+    pool = speaker_pool(skip_speakers + train_speakers + dev_speakers + test_speakers, seed)[skip_speakers:]
+    return write_asr_sets(out_dir, pool[:train_speakers], pool[train_speakers:train_speakers + dev_speakers],
+                          pool[train_speakers + dev_speakers:], budgets or {"10min": 600.0, "1h": 3600.0},
+                          dev_utterances, test_utterances, lm_sentences, seed)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,8 +194,28 @@ def main(argv=None):
     n.add_argument("--files", type=int, default=6)
     n.add_argument("--seconds", type=float, default=12.0)
     n.add_argument("--seed", type=int, default=1)
+    r = sub.add_parser("asr", help="labelled ASR budgets, dev/test sets and an LM text")
+    r.add_argument("out_dir")
+    r.add_argument("--skip-speakers", type=int, required=True,
+                   help="speakers of the pool already used (corpus speakers x subsets + labelled-set speakers)")
+    r.add_argument("--train-speakers", type=int, default=24)
+    r.add_argument("--dev-speakers", type=int, default=4)
+    r.add_argument("--test-speakers", type=int, default=8)
+    r.add_argument("--budgets", default="10min=600,1h=3600", help="NAME=SECONDS,...: nested training budgets")
+    r.add_argument("--dev-utterances", type=int, default=20, help="per dev speaker")
+    r.add_argument("--test-utterances", type=int, default=25, help="per test speaker")
+    r.add_argument("--lm-sentences", type=int, default=5000)
+    r.add_argument("--seed", type=int, default=0, help="the corpus seed (the same speaker pool)")
     a = p.parse_args(argv)
-    if a.what == "corpus":
+    if a.what == "asr":
+        t0 = time.time()
+        sets = make_asr(a.out_dir, a.skip_speakers, a.train_speakers, a.dev_speakers, a.test_speakers,
+                        parse_budgets(a.budgets), a.dev_utterances, a.test_utterances, a.lm_sentences, a.seed)
+        for name, info in sets.items():
+            print(f"{name}: {info['utterances']} utterances, {info['seconds'] / 60:.1f} min, "
+                  f"{info['speakers']} speakers")
+        print(f"wrote the ASR sets and {a.lm_sentences} LM sentences under {a.out_dir} in {time.time() - t0:.1f} s")
+    elif a.what == "corpus":
         t0 = time.time()
         count = make_corpus(a.out_dir, [s for s in a.subsets.split(",") if s], a.speakers, a.books, a.files,
                             a.min_seconds, a.max_seconds, a.seed, a.reuse_audio, a.labelled_dir, a.eval_speakers,
