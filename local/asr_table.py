@@ -40,12 +40,13 @@ def read_summary(path: Path) -> tuple[float, float]:
         raise TableError(f"{path}: line 2 is not 'method<TAB>WER<TAB>CER<TAB>RTF'") from None
 
 
-def collect(finetune_dir: Path, test_set: str = "test") -> list[dict]:
-    """One row per run folder and decoding found; a run without its decoding files yet is left out."""
+def collect(finetune_dir: Path, test_set: str = "test", runs: list[str] | None = None) -> list[dict]:
+    """One row per run folder (those named in `runs`, else all) and decoding found; a run without its decoding
+    files yet is left out."""
     rows = []
     for run in sorted(p for p in finetune_dir.iterdir() if p.is_dir()):
         m = RUN.match(run.name)
-        if not m:
+        if not m or (runs is not None and run.name not in runs):
             continue
         for decoding in DECODINGS:
             summary = run / "decode" / f"wer-summary-{test_set}-{decoding}.txt"
@@ -103,6 +104,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("finetune_dir")
     p.add_argument("--test-set", default="test", help="the decoded set whose WER/CER make the table")
+    p.add_argument("--runs", default=None, help="only these run folders (space-separated names)")
     p.add_argument("--json", default=None, help="where the rows go (default FINETUNE_DIR/results.json)")
     a = p.parse_args(argv)
     d = Path(a.finetune_dir)
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
         print(f"asr_table.py: {d} does not exist; run the fine-tuning and decoding stages first", file=sys.stderr)
         return 2
     try:
-        rows = collect(d, a.test_set)
+        rows = collect(d, a.test_set, a.runs.split() if a.runs is not None else None)
     except TableError as err:
         print(f"asr_table.py: {err}", file=sys.stderr)
         return 2
