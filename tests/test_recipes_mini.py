@@ -1,6 +1,8 @@
-"""egs/mini end to end, as real subprocesses: the whole recipe (stages 0-8: the generated corpus and labelled set,
-the librilight stages, training, export, the downstream evaluation), a rerun that skips what is done, and runs killed
-during stage 1 and during training that resume and end with the same outputs as the uninterrupted run.
+"""egs/mini end to end, as real subprocesses: the whole recipe (stages 0-13: the generated corpus and labelled set,
+the librilight stages, training, export, the downstream evaluation, the labelled ASR sets, fine-tuning the exported
+encoder and random init, decoding greedy and with the LM, the table), a rerun that skips what is done, a grid grown
+by a seed that trains only that seed, and runs killed during stage 1 and during training that resume and end with
+the same outputs as the uninterrupted run.
 
 One uninterrupted run (the module fixture) is the reference for the others; they only read its data folder. Every
 run gets the same small options (SMALL): the recipe's defaults are the hour-long demo.
@@ -30,10 +32,18 @@ SPEAKERS, BOOKS, FILES = 4, 1, 2
 N_FILES = SPEAKERS * BOOKS * FILES
 EVAL_SPEAKERS, EVAL_UTTERANCES = 3, 12
 RANDOM_SEEDS = 2
+# Stages 9-13 on tiny sets: 2 training speakers, budgets of 8 s and 16 s named as the recipe's, 2 seeds, 4 steps.
+# The tokenizer also reads the LM text: so few transcripts miss letters that dev and test have.
+ASR_SEEDS = (1, 2)
+ASR = ["--asr-train-speakers", 2, "--asr-dev-speakers", 1, "--asr-test-speakers", 1, "--asr-budgets", "10min=8,1h=16",
+       "--asr-dev-utterances", 2, "--asr-test-utterances", 3, "--lm-sentences", 300, "--ft-table", "full",
+       "--ft-steps", "10min=4,1h=4", "--ft-seeds", " ".join(map(str, ASR_SEEDS)),
+       "--ft-tokenizer-opts", "--vocab-size 40", "--ft-tokenizer-lm-text", "true",
+       "--ft-opts", "--save-every 2 --batch-size 4", "--decode-opts", "--avg 2 --beam-size 8"]
 SMALL = ["--speakers", SPEAKERS, "--books", BOOKS, "--files", FILES, "--eval-speakers", EVAL_SPEAKERS,
          "--eval-utterances", EVAL_UTTERANCES, "--val-speakers", 1,
          "--train-opts", "trainer.max_steps=20 trainer.val_check_interval=10",
-         "--eval-opts", f"--threads 1 --epochs 3 --steps 10 --random-seeds {RANDOM_SEEDS}"]
+         "--eval-opts", f"--threads 1 --epochs 3 --steps 10 --random-seeds {RANDOM_SEEDS}", *ASR]
 
 
 def run(cmd, timeout=400, **kw):
@@ -75,7 +85,8 @@ def gz_text(path):
 def mini(tmp_path_factory):
     root = tmp_path_factory.mktemp("mini")
     t0 = time.time()
-    r = run([MINI, "--data-dir", root / "data", "--exp-dir", root / "exp", *SMALL], cwd=REPO)
+    # stages 0-13 (stages 9-13 fine-tune and decode 8 tiny runs): minutes on 2 shared cores
+    r = run([MINI, "--data-dir", root / "data", "--exp-dir", root / "exp", *SMALL], timeout=1200, cwd=REPO)
     return root, r, time.time() - t0
 
 
@@ -84,7 +95,7 @@ def test_mini_runs_every_stage_and_ends_with_the_summary_and_the_plot(mini):
     assert r.returncode == 0, explain(r)
     data, run_dir = root / "data", root / "exp" / "nest_tiny"
     at = r"\((?:run|librilight_stages|stages)\.sh:\d+:main\)"  # log(): the recipe, or the stage file it sources
-    for n in range(9):
+    for n in range(14):
         assert re.search(rf"{at} Stage {n}:", r.stderr), f"stage {n} did not run\n{explain(r)}"
         if n != 4:  # stage 4 (Shar) is off in egs/mini
             assert re.search(rf"{at} Stage {n}: [^\n]*\(not done yet\)", r.stderr), f"stage {n}"
@@ -168,6 +179,75 @@ def test_mini_runs_every_stage_and_ends_with_the_summary_and_the_plot(mini):
     print(f"egs/mini took {seconds:.0f} s")
 
 
+def asr_manifest(data, name):
+    return [json.loads(line) for line in (data / "asr" / f"{name}.json").read_text().splitlines()]
+
+
+def test_mini_fine_tunes_decodes_and_tabulates_the_grid(mini):
+    root, r, _ = mini
+    assert r.returncode == 0, explain(r)
+    data, ft = root / "data", root / "exp" / "nest_tiny" / "finetune"
+    # stage 9: the sets, their speakers unseen by pretraining and by the labelled set of stage 0
+    corpus_speakers = {os.path.basename(p) for p in glob.glob(str(data / "corpus" / "small" / "*"))}
+    labelled_speakers = {os.path.basename(p) for p in glob.glob(str(data / "labelled" / "audio" / "*"))}
+    sets = {n: asr_manifest(data, n) for n in ("train_10min", "train_1h", "dev", "test")}
+    speakers = {n: {row["speaker"] for row in rows} for n, rows in sets.items()}
+    assert len(speakers["train_1h"]) == 2 and len(speakers["dev"]) == 1 and len(speakers["test"]) == 1
+    assert not (speakers["train_1h"] | speakers["dev"] | speakers["test"]) & (corpus_speakers | labelled_speakers)
+    assert all(row in sets["train_1h"] for row in sets["train_10min"])
+    assert not {row["text"] for row in sets["test"]} & set((data / "asr" / "lm.txt").read_text().splitlines())
+    # stages 10-12: one tokenizer and LM; each run of the grid fine-tuned (the pretrained ones from the export)
+    # and decoded with the icefall-style files
+    assert (ft / "tokenizer" / "tokenizer.model").is_file() and (ft / "lm.arpa").read_text().startswith("\n\\data\\")
+    runs = [f"{b}_{i}_seed{s}" for b in ("10min", "1h") for i in ("pretrained", "random_init") for s in ASR_SEEDS]
+    for run_name in runs:
+        assert (ft / run_name / "step-4.ckpt").is_file(), run_name
+        log_text = (ft / run_name / "finetune.log").read_text()
+        if "pretrained" in run_name:
+            assert re.search(r"initialised \d+ of \d+ encoder tensors .*export/model\.nemo", log_text), log_text
+        else:
+            assert "initialised at random" in log_text
+        for method in ("greedy", "lm"):
+            for test_set in ("dev", "test"):
+                assert (ft / run_name / "decode" / f"errs-{test_set}-{method}.txt").is_file(), (run_name, method)
+    # stage 13: results.json as the issue asks, the table printed with one line per budget x init x decoding
+    rows = json.loads((ft / "results.json").read_text())
+    assert len(rows) == len(runs) * 2
+    assert all(set(row) == {"budget", "init", "seed", "decoding", "wer", "cer"} for row in rows)
+    assert {(row["budget"], row["init"], row["seed"], row["decoding"]) for row in rows} == {
+        (b, i, s, d) for b in ("10min", "1h") for i in ("pretrained", "random_init") for s in ASR_SEEDS
+        for d in ("greedy", "lm")}
+    for row in rows:
+        summary = (ft / f"{row['budget']}_{row['init']}_seed{row['seed']}" / "decode" /
+                   f"wer-summary-test-{row['decoding']}.txt").read_text().splitlines()[1].split("\t")
+        assert row["wer"] == pytest.approx(float(summary[1]) / 100) and row["cer"] == pytest.approx(
+            float(summary[2]) / 100)
+    table = (ft / "table.txt").read_text()
+    assert table in r.stdout
+    assert len(re.findall(r"^(10min|1h)\s+(pretrained|random_init)\s+(greedy|lm)\s+\d\.\d{3} ± \d\.\d{3}", table,
+                          re.M)) == 8
+
+
+def test_a_grid_grown_by_a_seed_trains_and_decodes_only_that_seed(mini, tmp_path):
+    root, first, _ = mini
+    assert first.returncode == 0, explain(first)
+    import shutil
+
+    exp = tmp_path / "exp"
+    shutil.copytree(root / "exp", exp)
+    ft = exp / "nest_tiny" / "finetune"
+    before = {p: p.stat().st_mtime_ns for p in ft.rglob("*.ckpt")}
+    opts = [*SMALL[:SMALL.index("--ft-seeds")], "--ft-seeds", "1 2 3", *SMALL[SMALL.index("--ft-seeds") + 2:]]
+    r = run([MINI, "--data-dir", root / "data", "--exp-dir", exp, "--stage", 11, *opts], timeout=900, cwd=REPO)
+    assert r.returncode == 0, explain(r)
+    assert [p for p, t in before.items() if p.stat().st_mtime_ns != t] == []  # the old runs: untouched
+    trained = re.findall(r"Stage 11: fine-tuning (\S+) ", r.stderr)
+    assert sorted(trained) == sorted(f"{b}_{i}_seed3" for b in ("10min", "1h") for i in ("pretrained", "random_init"))
+    assert len(re.findall(r"Stage 11: \S+ up to date", r.stderr)) == 8
+    rows = json.loads((ft / "results.json").read_text())
+    assert len(rows) == 2 * 2 * 3 * 2 and {row["seed"] for row in rows} == {1, 2, 3}
+
+
 def test_rerun_skips_the_finished_stages(mini):
     root, first, _ = mini
     assert first.returncode == 0, explain(first)
@@ -176,7 +256,7 @@ def test_rerun_skips_the_finished_stages(mini):
     before = {p: p.stat().st_mtime_ns for p in files}
     r = run([MINI, "--data-dir", root / "data", "--exp-dir", root / "exp", *SMALL], cwd=root)  # from another folder
     assert r.returncode == 0, explain(r)
-    for n in (0, 1, 2, 3, 5, 6, 7, 8):
+    for n in (0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13):
         assert re.search(rf"Stage {n}: [^\n]*: skipped, up to date", r.stderr), f"stage {n}\n{explain(r)}"
     assert "not done yet" not in r.stderr
     changed = [p for p in files if p.stat().st_mtime_ns != before[p]]

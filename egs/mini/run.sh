@@ -82,8 +82,10 @@ lm_sentences=5000
 ft_table=short
 ft_budgets=""                     # default: short 10min; full "10min 1h"
 ft_seeds=""                       # default: short "1 2"; full "1 2 3"
+ft_inits="pretrained random_init" # which initialisations (random_init alone needs no pretrained encoder)
 ft_steps=""                       # NAME=STEPS per budget; default: short 10min=400; full 10min=1000,1h=2500
 ft_tokenizer_opts="--tokenizer-type bpe --vocab-size 256"   # stage 10, trained on the largest budget's transcripts
+ft_tokenizer_lm_text=false        # and on the LM text too (for tiny budgets, which miss letters that dev/test have)
 ft_opts="--lr 2e-3 --batch-size 8 --save-every 100"
 lm_order=3                        # stage 10: the word n-gram's order
 decode_opts="--avg 3 --lm-weight 1.0 --word-score 0 --beam-size 50"
@@ -119,6 +121,7 @@ Options (default):
   --lm-sentences N ($lm_sentences)  --ft-table short|full ($ft_table)  --ft-budgets \"NAMES\" (short: 10min;
   full: 10min 1h)  --ft-seeds \"N...\" (short: 1 2; full: 1 2 3)  --ft-steps NAME=N,... (short: 10min=400;
   full: 10min=1000,1h=2500)  --ft-tokenizer-opts \"OPTIONS\" ($ft_tokenizer_opts)
+  --ft-inits \"pretrained random_init\"  --ft-tokenizer-lm-text true|false ($ft_tokenizer_lm_text)
   --lm-order N ($lm_order)  --ft-opts \"OPTIONS\" ($ft_opts)  --decode-opts \"OPTIONS\" ($decode_opts)"
 
 . "$nest_repo/local/parse_options.sh"
@@ -216,7 +219,8 @@ ft_runs=""
 for b in $ft_budgets; do
   [[ ",$asr_budgets" == *",$b="* ]] || die "--ft-budgets: $b is not one of --asr-budgets ($asr_budgets)"
   [[ "$(budget_steps "$b")" =~ ^[1-9][0-9]*$ ]] || die "--ft-steps: the steps of $b must be a positive integer"
-  for init in pretrained random_init; do
+  for init in $ft_inits; do
+    [ "$init" = pretrained ] || [ "$init" = random_init ] || die "--ft-inits: '$init' is not pretrained or random_init"
     for s in $ft_seeds; do
       [[ "$s" =~ ^[0-9]+$ ]] || die "--ft-seeds: '$s' is not a seed (a non-negative integer)"
       ft_runs+="${b}_${init}_seed$s "
@@ -226,13 +230,16 @@ done
 
 # Stage 10: one tokenizer for every run (trained on the largest budget's transcripts, so every budget spells with
 # the same vocabulary) and the n-gram LM from lm.txt (ARPA, our own Kneser-Ney estimation).
+tokenizer_extra=""
+[ "$ft_tokenizer_lm_text" = true ] && tokenizer_extra="--extra-text $asr_dir/lm.txt"
 if stage_begin 10 "tokenizer ($ft_tokenizer_opts) and ${lm_order}-gram LM" opt:ft_tokenizer_opts="$ft_tokenizer_opts" \
+    opt:ft_tokenizer_lm_text="$ft_tokenizer_lm_text" \
     opt:lm_order="$lm_order" in:"$asr_dir/train_$largest_budget.json" in:"$asr_dir/lm.txt" \
     in:"$nest_repo/local/asr_lang.py" out:"$ft_dir/tokenizer" out:"$ft_dir/lm.arpa"; then
   mkdir -p "$ft_dir"
   # shellcheck disable=SC2086
   python "$nest_repo/local/asr_lang.py" tokenizer "$asr_dir/train_$largest_budget.json" "$ft_dir/tokenizer" \
-    $ft_tokenizer_opts
+    $ft_tokenizer_opts $tokenizer_extra
   python "$nest_repo/local/asr_lang.py" lm "$asr_dir/lm.txt" "$ft_dir/lm.arpa" --order "$lm_order"
   stage_end 10
 fi
@@ -286,10 +293,14 @@ finetune_one() {
 }
 
 # Stage 11: fine-tuning, the pretrained encoder (stage 7's export) and random init, each seed and budget.
-if stage_begin 11 "CTC fine-tuning ($ft_table: ${ft_budgets// /, } x pretrained, random_init x seeds ${ft_seeds// /, })" \
-    opt:ft_runs="$ft_runs" opt:ft_steps="$ft_steps" opt:ft_opts="$ft_opts" in:"$run_dir/export/model.nemo" \
-    in:"$asr_dir" in:"$ft_dir/tokenizer"; then
+pretrained_in=()
+if [[ " $ft_inits " == *" pretrained "* ]] && stage_in_range 11; then
   [ -f "$run_dir/export/model.nemo" ] || die "Stage 11: $run_dir/export/model.nemo is missing; run stages 6-7 first"
+  pretrained_in=(in:"$run_dir/export/model.nemo")
+fi
+if stage_begin 11 "CTC fine-tuning ($ft_table: ${ft_budgets// /, } x ${ft_inits// /, } x seeds ${ft_seeds// /, })" \
+    opt:ft_runs="$ft_runs" opt:ft_steps="$ft_steps" opt:ft_opts="$ft_opts" "${pretrained_in[@]}" \
+    in:"$asr_dir" in:"$ft_dir/tokenizer"; then
   run_grid 11 finetune_one
   stage_end 11
 fi
@@ -331,10 +342,14 @@ if stage_begin 12 "decoding dev and test, greedy and with the LM ($decode_opts)"
 fi
 
 # Stage 13: the table (test set: budget x init x decoding, WER and CER, mean ± std over seeds) and results.json,
-# from the decoding files of this grid's runs (seconds: it always runs).
-if stage_in_range 13; then
-  log "Stage 13: the fine-tuning table ($ft_dir/table.txt, $ft_dir/results.json)"
+# from the decoding files of this grid's runs.
+table_ins=()
+for r in $ft_runs; do table_ins+=(in:"$ft_dir/$r/decode/wer-summary-test-greedy.txt" \
+  in:"$ft_dir/$r/decode/wer-summary-test-lm.txt"); done
+if stage_begin 13 "the fine-tuning table" opt:ft_runs="$ft_runs" in:"$nest_repo/local/asr_table.py" \
+    "${table_ins[@]}" out:"$ft_dir/table.txt" out:"$ft_dir/results.json"; then
   python "$nest_repo/local/asr_table.py" "$ft_dir" --runs "${ft_runs% }" > "$ft_dir/table.txt.tmp"
   mv "$ft_dir/table.txt.tmp" "$ft_dir/table.txt"
+  stage_end 13
   cat "$ft_dir/table.txt"
 fi
