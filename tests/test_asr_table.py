@@ -107,3 +107,12 @@ def test_mean_std_and_budget_order():
     m, s = asr_table.mean_std([0.1, 0.2, 0.3])
     assert m == pytest.approx(0.2) and s == pytest.approx(0.1)
     assert sorted(["1h", "other", "10h", "10min"], key=asr_table._budget_key) == ["10min", "1h", "10h", "other"]
+
+
+def test_runs_restricts_the_table_to_the_grid_asked(grid):
+    r = script(grid, "--runs", "10min_pretrained_seed1 1h_pretrained_seed1 10min_random_init_seed9")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((grid / "results.json").read_text())
+    assert sorted({(x["budget"], x["init"], x["seed"]) for x in rows}) == [("10min", "pretrained", 1),
+                                                                          ("1h", "pretrained", 1)]
+    assert "random_init" not in r.stdout
