@@ -77,13 +77,13 @@ asr_dev_utterances=20             # per dev speaker
 asr_test_utterances=25            # per test speaker
 lm_sentences=5000
 # The grid (stage 11): --ft-table short (the demo: the 10-minute budget, the pretrained encoder against random init,
-# one seed each, fewer steps) or full (both budgets, 3 seeds each, the documented table); --ft-budgets, --ft-seeds,
+# one seed each: a part of the full grid, whose runs it reuses and which reuses them) or full (both budgets, 3 seeds each, the documented table); --ft-budgets, --ft-seeds,
 # --ft-steps override the table's choice. Each run: nest-ssl finetune with these options, then --ft-opts.
 ft_table=short
 ft_budgets=""                     # default: short 10min; full "10min 1h"
 ft_seeds=""                       # default: short "1"; full "1 2 3"
 ft_inits="pretrained random_init" # which initialisations (random_init alone needs no pretrained encoder)
-ft_steps=""                       # NAME=STEPS per budget; default: short 10min=300; full 10min=400,1h=1500
+ft_steps=""                       # NAME=STEPS per budget; default: short 10min=400; full 10min=400,1h=600
 ft_tokenizer_opts="--tokenizer-type bpe --vocab-size 256"   # stage 10, trained on the largest budget's transcripts
 ft_tokenizer_lm_text=false        # and on the LM text too (for tiny budgets, which miss letters that dev/test have)
 # AdamW at a constant 2e-3, the encoder frozen for the first 100 steps (fairseq's freeze_finetune_updates, in small),
@@ -91,7 +91,7 @@ ft_tokenizer_lm_text=false        # and on the LM text too (for tiny budgets, wh
 ft_opts="--lr 2e-3 --batch-size 8 --save-every 100 --freeze-encoder-steps 100 --spec-augment freq_masks=2"
 ft_opts+=" --spec-augment freq_width=27 --spec-augment time_masks=5 --spec-augment time_width=0.05"
 lm_order=3                        # stage 10: the word n-gram's order
-decode_opts="--avg 2 --lm-weight 1.0 --word-score 0 --beam-size 50"
+decode_opts="--avg 2 --lm-weight 0.5 --word-score 1 --beam-size 50"   # LM weight and word score: the best of 4 on dev
 
 help_message="Usage: $0 [options]
 Stages: 0 generate a LibriLight-format corpus, a labelled evaluation set and a MUSAN-format noise set
@@ -122,8 +122,8 @@ Options (default):
   --asr-test-speakers N ($asr_test_speakers)  --asr-budgets NAME=SEC,... ($asr_budgets)
   --asr-dev-utterances N ($asr_dev_utterances)  --asr-test-utterances N ($asr_test_utterances)
   --lm-sentences N ($lm_sentences)  --ft-table short|full ($ft_table)  --ft-budgets \"NAMES\" (short: 10min;
-  full: 10min 1h)  --ft-seeds \"N...\" (short: 1; full: 1 2 3)  --ft-steps NAME=N,... (short: 10min=300;
-  full: 10min=400,1h=1500)  --ft-tokenizer-opts \"OPTIONS\" ($ft_tokenizer_opts)
+  full: 10min 1h)  --ft-seeds \"N...\" (short: 1; full: 1 2 3)  --ft-steps NAME=N,... (short: 10min=400;
+  full: 10min=400,1h=600)  --ft-tokenizer-opts \"OPTIONS\" ($ft_tokenizer_opts)
   --ft-inits \"pretrained random_init\"  --ft-tokenizer-lm-text true|false ($ft_tokenizer_lm_text)
   --lm-order N ($lm_order)
   --ft-opts \"OPTIONS\" ($ft_opts)
@@ -206,9 +206,9 @@ done_dir=$run_dir/.done
 
 # The grid: --ft-table picks budgets, seeds and steps; --ft-budgets/--ft-seeds/--ft-steps override them.
 if [ "$ft_table" = full ]; then
-  : "${ft_budgets:=10min 1h}" "${ft_seeds:=1 2 3}" "${ft_steps:=10min=400,1h=1500}"
+  : "${ft_budgets:=10min 1h}" "${ft_seeds:=1 2 3}" "${ft_steps:=10min=400,1h=600}"
 else
-  : "${ft_budgets:=10min}" "${ft_seeds:=1}" "${ft_steps:=10min=300}"
+  : "${ft_budgets:=10min}" "${ft_seeds:=1}" "${ft_steps:=10min=400}"
 fi
 ft_dir=$run_dir/finetune
 largest_budget=$(python -c 'import sys; b = dict(x.split("=") for x in sys.argv[1].split(",") if x)
@@ -278,13 +278,17 @@ finetune_one() {
   settings="steps=$steps seed=$seed init=$init opts=$ft_opts data=$(fingerprint "$asr_dir/train_$b.json")"
   settings+=" tokenizer=$(fingerprint "$ft_dir/tokenizer/"*)"
   [ "$init" = pretrained ] && settings+=" model=$(fingerprint "$run_dir/export/model.nemo")"
-  if [ -f "$ft_dir/$r/settings.txt" ] && [ "$(cat "$ft_dir/$r/settings.txt")" = "$settings" ] && \
-      [ -f "$ft_dir/$r/step-$steps.ckpt" ]; then
+  local old="" last=0
+  [ -f "$ft_dir/$r/settings.txt" ] && old=$(cat "$ft_dir/$r/settings.txt")
+  last=$(find "$ft_dir/$r" -maxdepth 1 -name 'step-*.ckpt' 2>/dev/null | sed 's/.*step-\([0-9]*\)\.ckpt/\1/' | sort -n | tail -n 1)
+  if [ "$old" = "$settings" ] && [ "${last:-0}" -eq "$steps" ]; then
     log "Stage 11: $r up to date"
     return 0
   fi
-  if [ -f "$ft_dir/$r/settings.txt" ] && [ "$(cat "$ft_dir/$r/settings.txt")" != "$settings" ]; then
-    rm -rf "$ft_dir/$r"  # other settings: start over (same settings: nest-ssl finetune resumes)
+  # Other settings: start over. The same but for more steps: nest-ssl finetune resumes from the last checkpoint
+  # (as it does after a kill); fewer steps than already trained: start over.
+  if [ -n "$old" ] && { [ "${old#* }" != "${settings#* }" ] || [ "${last:-0}" -gt "$steps" ]; }; then
+    rm -rf "$ft_dir/$r"
   fi
   mkdir -p "$ft_dir/$r" "$ft_dir/log"
   echo "$settings" > "$ft_dir/$r/settings.txt"
@@ -293,7 +297,7 @@ finetune_one() {
   # shellcheck disable=SC2086
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nest-ssl finetune --train-manifest "$asr_dir/train_$b.json" \
     --dev-manifest "$asr_dir/dev.json" --out-dir "$ft_dir/$r" --tokenizer "$ft_dir/tokenizer" $init_opt \
-    --seed "$seed" --steps "$steps" $ft_opts > "$ft_dir/log/$r.log" 2>&1 || return 1
+    --seed "$seed" --steps "$steps" $ft_opts >> "$ft_dir/log/$r.log" 2>&1 || return 1
   log "Stage 11: $r done in $((SECONDS - t0)) s: $(tail -n 1 "$ft_dir/log/$r.log")"
 }
 
