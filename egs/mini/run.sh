@@ -280,7 +280,9 @@ finetune_one() {
   [ "$init" = pretrained ] && settings+=" model=$(fingerprint "$run_dir/export/model.nemo")"
   local old="" last=0
   [ -f "$ft_dir/$r/settings.txt" ] && old=$(cat "$ft_dir/$r/settings.txt")
-  last=$(find "$ft_dir/$r" -maxdepth 1 -name 'step-*.ckpt' 2>/dev/null | sed 's/.*step-\([0-9]*\)\.ckpt/\1/' | sort -n | tail -n 1)
+  if [ -d "$ft_dir/$r" ]; then
+    last=$(find "$ft_dir/$r" -maxdepth 1 -name 'step-*.ckpt' | sed 's/.*step-\([0-9]*\)\.ckpt/\1/' | sort -n | tail -n 1)
+  fi
   if [ "$old" = "$settings" ] && [ "${last:-0}" -eq "$steps" ]; then
     log "Stage 11: $r up to date"
     return 0
