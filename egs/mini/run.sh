@@ -83,7 +83,7 @@ ft_table=short
 ft_budgets=""                     # default: short 10min; full "10min 1h"
 ft_seeds=""                       # default: short "1"; full "1 2 3"
 ft_inits="pretrained random_init" # which initialisations (random_init alone needs no pretrained encoder)
-ft_steps=""                       # NAME=STEPS per budget; default: short 10min=400; full 10min=400,1h=600
+ft_steps=""                       # NAME=STEPS per budget; default: short 10min=400; full 10min=400,1h=1500
 ft_tokenizer_opts="--tokenizer-type bpe --vocab-size 256"   # stage 10, trained on the largest budget's transcripts
 ft_tokenizer_lm_text=false        # and on the LM text too (for tiny budgets, which miss letters that dev/test have)
 # AdamW at a constant 2e-3, the encoder frozen for the first 100 steps (fairseq's freeze_finetune_updates, in small),
@@ -123,7 +123,7 @@ Options (default):
   --asr-dev-utterances N ($asr_dev_utterances)  --asr-test-utterances N ($asr_test_utterances)
   --lm-sentences N ($lm_sentences)  --ft-table short|full ($ft_table)  --ft-budgets \"NAMES\" (short: 10min;
   full: 10min 1h)  --ft-seeds \"N...\" (short: 1; full: 1 2 3)  --ft-steps NAME=N,... (short: 10min=400;
-  full: 10min=400,1h=600)  --ft-tokenizer-opts \"OPTIONS\" ($ft_tokenizer_opts)
+  full: 10min=400,1h=1500)  --ft-tokenizer-opts \"OPTIONS\" ($ft_tokenizer_opts)
   --ft-inits \"pretrained random_init\"  --ft-tokenizer-lm-text true|false ($ft_tokenizer_lm_text)
   --lm-order N ($lm_order)
   --ft-opts \"OPTIONS\" ($ft_opts)
@@ -206,7 +206,7 @@ done_dir=$run_dir/.done
 
 # The grid: --ft-table picks budgets, seeds and steps; --ft-budgets/--ft-seeds/--ft-steps override them.
 if [ "$ft_table" = full ]; then
-  : "${ft_budgets:=10min 1h}" "${ft_seeds:=1 2 3}" "${ft_steps:=10min=400,1h=600}"
+  : "${ft_budgets:=10min 1h}" "${ft_seeds:=1 2 3}" "${ft_steps:=10min=400,1h=1500}"
 else
   : "${ft_budgets:=10min}" "${ft_seeds:=1}" "${ft_steps:=10min=400}"
 fi
