@@ -84,7 +84,7 @@ def prepare(opts: FinetuneOptions):
     cfg = asr_config(_base_config(opts), tok.kind, vocabulary, opts.spec_augment)
     torch.manual_seed(opts.seed)
     model = CTCModel(cfg)
-    report = init_from_pretrained(model, opts.init_from, opts.init_skip) if opts.init_from else None
+    report = init_from_pretrained(model, opts.init_from, opts.init_skip, tok) if opts.init_from else None
     return model, tok, report, list(zip(train, targets)), dev
 
 
