@@ -3,7 +3,6 @@
 (decode, transcribe, finetune --init-from), and the one-line refusals of what cannot be loaded."""
 
 import io
-import json
 import re
 import sys
 import tarfile
@@ -146,6 +145,14 @@ def test_an_export_reads_back_into_ours_with_the_same_outputs(kind, runs, export
                  str(tmp_path / "d")]) == 0
     assert f"model: {exported[kind]}" in capsys.readouterr().out
     assert (tmp_path / "d" / "wer-summary-t-greedy.txt").is_file()
+    # a hand-written config with NeMo's interpolations reads the same
+    def interpolate(cfg):
+        cfg["preprocessor"]["sample_rate"] = "${model.sample_rate}"
+        cfg["encoder"]["feat_in"] = "${preprocessor.features}"
+    c, _, _ = load_asr(rewrite(exported[kind], tmp_path / "interpolated.nemo", config=interpolate))
+    assert c.cfg["preprocessor"]["sample_rate"] == 16000 and c.cfg["encoder"]["feat_in"] == 40
+    with torch.no_grad():
+        assert torch.equal(a(x, lengths)[0], c(x, lengths)[0])
 
 
 def test_finetune_init_from_a_ctc_nemo_continues_its_head_only_with_its_tokenizer(runs, exported, tmp_path):

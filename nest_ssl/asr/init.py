@@ -3,7 +3,9 @@
 The checkpoint is read through nest_ssl.checkpoint.model.load_model (our .ckpt, a .nemo of ours or NeMo's, a NeMo
 Lightning .ckpt), or is a CTC ASR `.nemo` (NeMo's EncDecCTCModel(BPE), or our export), read by nemo_ctc.py: then its
 CTC head is taken too when the run's tokenizer is the archive's (same tokens, same order), and starts at random
-otherwise; the report says which. Nothing fails silently: a config that does not match the checkpoint's encoder (layers, d_model,
+otherwise; the report says which.
+
+Nothing fails silently: a config that does not match the checkpoint's encoder (layers, d_model,
 mel bins), or a tensor that is missing, unexpected or of another shape, is an ASRError of one line, unless the user
 names it in `skip`: a config key (`n_layers`, `d_model`, `feat_in`) or a state-dict key prefix
 (`encoder.layers.1.`). The report says how many encoder tensors were loaded, and from where.

@@ -128,7 +128,8 @@ def ctc_from_nemo(path: str | Path, what: str = "model", tokenizer=None):
 
 
 def ctc_sections(path: str | Path, what: str = "--init-from") -> dict:
-    """The preprocessor and encoder config of a NeMo CTC archive nest-ssl can run (checked), to build a model like it."""
+    """The preprocessor and encoder config of a NeMo CTC archive nest-ssl can run (checked), to build a model
+    like it."""
     nemo = read_asr_nemo(path, what)
     _check_ctc(nemo, what)
     return our_sections(nemo)

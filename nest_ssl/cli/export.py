@@ -38,7 +38,7 @@ def run(args) -> int:
 
 
 def _refuse_asr_checkpoint(path: str) -> None:
-    """A fine-tuned CTC checkpoint given to `export` (NEST only): point to `export-asr` instead of 'not a NEST model'."""
+    """A fine-tuned CTC checkpoint given to `export` (NEST only): point to `export-asr`, not 'not a NEST model'."""
     from nest_ssl.asr.model_io import KIND
     from nest_ssl.checkpoint import load_checkpoint
     from nest_ssl.errors import UserError

@@ -198,7 +198,8 @@ def test_ours_decodes_a_nemo_made_ctc_model_as_nemo_does(nemo_made, corpus, tmp_
     assert_same_log_probs(ours, nemo, wavs[:3], f"import {kind}")
 
     theirs = [norm(h.text) for h in nemo.transcribe([str(w) for w in wavs], batch_size=2, verbose=False)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.run([sys.executable, "-m", "nest_ssl.cli", "transcribe", str(path), *map(str, wavs)],
                        capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr
