@@ -37,7 +37,11 @@ def sample(n: int, noise: float, seed: int):
 
 def train(decoder, joint, steps: int = 150, seed: int = 0) -> list[float]:
     """Trains decoder + joint on the task with our RNN-T loss (mean_batch); the losses."""
+    import warnings
+
     from torchaudio.functional import rnnt_loss
+
+    warnings.filterwarnings("ignore", message=".*rnnt_loss has been deprecated", category=UserWarning)
 
     from nest_ssl.asr.rnnt_model import reduce_losses
 
@@ -59,6 +63,6 @@ def train(decoder, joint, steps: int = 150, seed: int = 0) -> list[float]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     decoder.eval(), joint.eval()
     return losses

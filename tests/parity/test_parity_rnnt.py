@@ -21,6 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rnnt_synthetic import D_ENC, SMALL, V, kwargs as _kwargs, sample, train  # noqa: E402
 
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*_rnnt_loss has been deprecated:UserWarning")  # torchaudio 2.9
+
+
 def _pair(seed=0):
     """(NeMo's decoder, joint), (ours), NeMo's freshly initialised weights loaded into ours (strict); eval mode."""
     from nemo.collections.asr import modules
