@@ -1,4 +1,4 @@
-"""`nest-ssl finetune`: CTC fine-tuning of the Conformer encoder, a simple loop of its own.
+"""`nest-ssl finetune`: CTC or RNN-T (`--head`) fine-tuning of the Conformer encoder, a simple loop of its own.
 
 Everything is checked before anything is written: the manifests, every transcript against the tokenizer (named by
 file and line), the model config against the pretrained checkpoint. Then the run folder gets `tokenizer/`,
