@@ -180,6 +180,24 @@ def test_rnnt_user_mistakes_give_one_line_exit_2_and_write_nothing(tmp_path, cap
     assert not (tmp_path / "o2.arpa").exists()
 
 
+def test_rnnt_resume_gives_the_same_losses(tmp_path, capsys):
+    """Stopped after step 3 was logged but before its checkpoint, resumed: the log of an uninterrupted run (the
+    head's dropout draws from the restored RNG)."""
+    from nest_ssl.cli import main
+
+    corpus = make_asr_corpus(tmp_path / "corpus")
+    common = ["finetune", "--head", "rnnt", "--train-manifest", str(corpus["train"]), "--tokenizer-type", "char",
+              "--save-every", "2", "--batch-size", "3", *TINY, "model_defaults.pred_hidden=16",
+              "model_defaults.joint_hidden=16"]
+    assert main([*common, "--out-dir", str(tmp_path / "whole"), "--steps", "6"]) == 0
+    assert main([*common, "--out-dir", str(tmp_path / "cut"), "--steps", "3"]) == 0
+    (tmp_path / "cut" / "step-3.ckpt").unlink()
+    assert main([*common, "--out-dir", str(tmp_path / "cut"), "--steps", "6"]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    whole = (tmp_path / "whole" / "log.tsv").read_text().splitlines()
+    assert len(whole) == 7 and (tmp_path / "cut" / "log.tsv").read_text().splitlines() == whole
+
+
 @pytest.mark.slow
 def test_rnnt_finetune_decodes_its_utterances_exactly_greedy_and_beam(tmp_path):
     corpus = make_asr_corpus(tmp_path / "corpus")

@@ -25,7 +25,7 @@ class Transcripts:
 
 
 @torch.no_grad()
-def transcribe(model, tokenizer, audio_paths: Sequence[Path], lm=None,
+def transcribe(model, tokenizer, audio_paths: Sequence[Path], method=None,
                batch_size: int = 8) -> Transcripts:
     sr = model.sample_rate
     texts: list[str] = []
@@ -39,7 +39,7 @@ def transcribe(model, tokenizer, audio_paths: Sequence[Path], lm=None,
         for j, w in enumerate(wavs):
             batch[j, :len(w)] = w
         out, out_len = model(batch, lengths)
-        texts.extend(model.decode(out, out_len, tokenizer, lm))  # lm: the decoding method, None = greedy
+        texts.extend(model.decode(out, out_len, tokenizer, method))  # None: greedy
         compute += time.perf_counter() - start
         audio_seconds += float(lengths.sum()) / sr
     return Transcripts(texts, audio_seconds, compute)
