@@ -92,7 +92,7 @@ def prepare(opts: FinetuneOptions):
                      head_overrides)
     torch.manual_seed(opts.seed)
     model = build_asr_model(cfg)
-    report = init_from_pretrained(model, opts.init_from, opts.init_skip) if opts.init_from else None
+    report = init_from_pretrained(model, opts.init_from, opts.init_skip, tok) if opts.init_from else None
     return model, tok, report, list(zip(train, targets)), dev
 
 

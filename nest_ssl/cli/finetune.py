@@ -12,10 +12,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--train-manifest", required=True, help="NeMo JSON-lines manifest with audio_filepath, text")
     parser.add_argument("--dev-manifest", help="dev manifest: greedy WER/CER at every checkpoint")
     parser.add_argument("--out-dir", required=True, help="run folder: tokenizer/, step-N.ckpt, log.tsv")
-    parser.add_argument("--tokenizer", help="an existing tokenizer folder (else one is trained from the transcripts)")
+    parser.add_argument("--tokenizer", help="an existing tokenizer folder, or a CTC .nemo whose tokenizer to use (else one is trained from the transcripts)")
     parser.add_argument("--tokenizer-type", default="bpe", choices=("bpe", "unigram", "char"))
     parser.add_argument("--vocab-size", type=int, default=128, help="SentencePiece vocabulary size (default 128)")
-    parser.add_argument("--init-from", help="pretrained NEST .ckpt or .nemo (ours or NeMo's); default: random init")
+    parser.add_argument("--init-from", help="pretrained NEST .ckpt or .nemo (ours or NeMo's), or a CTC .nemo (its head too with its tokenizer); default: random init")
     parser.add_argument("--init-skip", action="append", default=[],
                         help="tolerate a config key (n_layers, d_model, feat_in) or a state-dict key prefix; repeatable")
     parser.add_argument("--config-name", default="nest_tiny", help="model config without --init-from (default nest_tiny)")
