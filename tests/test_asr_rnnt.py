@@ -153,19 +153,29 @@ def nest_ssl(*args, timeout=300):
                           text=True, timeout=timeout)
 
 
-def test_rnnt_user_mistakes_give_one_line_exit_2_and_write_nothing(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def quick_rnnt(tmp_path_factory):
+    """A 1-step `finetune --head rnnt` run (in-process, seconds): for the checks that read a model, not its accuracy."""
     from nest_ssl.cli import main
 
-    corpus = make_asr_corpus(tmp_path / "corpus")
-    out = tmp_path / "run"
+    root = tmp_path_factory.mktemp("rnnt_quick")
+    corpus = make_asr_corpus(root / "corpus")
+    out = root / "run"
     assert main(["finetune", "--head", "rnnt", "--train-manifest", str(corpus["train"]), "--out-dir", str(out),
                  "--tokenizer-type", "char", "--steps", "1", "--save-every", "1", *TINY, *HEAD]) == 0
+    return corpus, out
+
+
+def test_rnnt_user_mistakes_give_one_line_exit_2_and_write_nothing(quick_rnnt, tmp_path, capsys):
+    from nest_ssl.cli import main
+
+    corpus, out = quick_rnnt
     assert torch.load(out / "step-1.ckpt", weights_only=False)["kind"] == "nest_ssl.asr.rnnt"
     capsys.readouterr()
     for args, needles in (
             (["decode", "--model", out, "--test", f"t={corpus['test']}", "--out-dir", tmp_path / "o1", "--lm-text",
               corpus["lm_text"]], ["--lm-text", "CTC"]),
-            (["transcribe", out, tmp_path / "corpus" / "test" / "test-0.wav", "--lm", tmp_path / "o2.arpa"],
+            (["transcribe", out, corpus["test"].parent / "test" / "test-0.wav", "--lm", tmp_path / "o2.arpa"],
              ["--lm", "CTC"]),
             (["decode", "--model", out, "--test", f"t={corpus['test']}", "--out-dir", tmp_path / "o3",
               "--rnnt-beam-size", "0"], ["--rnnt-beam-size 0"]),
@@ -178,6 +188,33 @@ def test_rnnt_user_mistakes_give_one_line_exit_2_and_write_nothing(tmp_path, cap
         assert all(n in errors[0] for n in needles), errors[0]
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
     assert not (tmp_path / "o2.arpa").exists()
+
+
+def test_export_asr_writes_nemo_rnnt_model_config_and_our_weights(quick_rnnt, tmp_path, capsys):
+    """The archive `export-asr` writes for a character RNN-T run (NeMo itself restores it in
+    tests/parity/test_parity_rnnt_nemo.py); NeMo's own RNN-T archives are refused by decode in one line."""
+    from nest_ssl.asr.model_io import load_asr
+    from nest_ssl.checkpoint.nemo import read_nemo
+    from nest_ssl.cli import main
+
+    _, out = quick_rnnt
+    path = tmp_path / "m.nemo"
+    assert main(["export-asr", str(out), str(path)]) == 0
+    cfg, state = read_nemo(path)
+    ours, tok, _ = load_asr(out)
+    assert cfg["target"] == "nemo.collections.asr.models.rnnt_models.EncDecRNNTModel"
+    assert cfg["labels"] == cfg["joint"]["vocabulary"] == list(tok.characters)
+    assert cfg["decoder"]["vocab_size"] == cfg["joint"]["num_classes"] == tok.vocab_size
+    assert cfg["decoder"]["_target_"] == "nemo.collections.asr.modules.RNNTDecoder"
+    assert cfg["joint"]["jointnet"]["encoder_hidden"] == cfg["model_defaults"]["enc_hidden"]
+    assert cfg["decoding"]["strategy"] == "greedy_batch" and cfg["rnnt_reduction"] == "mean_volume"
+    assert "tokenizer" not in cfg
+    assert state.keys() == ours.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in ours.state_dict().items())
+    capsys.readouterr()
+    code = main(["transcribe", str(path), str(out.parent / "corpus" / "test" / "test-0.wav")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "EncDecRNNTModel" in err, err
 
 
 def test_rnnt_resume_gives_the_same_losses(tmp_path, capsys):
