@@ -238,7 +238,7 @@ def test_what_cannot_be_loaded_is_one_line_naming_the_key(runs, exported, tmp_pa
     code = main(["export-asr", str(run["bpe"]), str(tmp_path / "x.ckpt")])
     _one_line_exit_2(code, capsys.readouterr().err, "name the output *.nemo")
     code = main(["export-asr", str(tmp_path / "nest.ckpt"), str(tmp_path / "x.nemo")])
-    _one_line_exit_2(code, capsys.readouterr().err, "not a CTC model of `nest-ssl finetune`")
+    _one_line_exit_2(code, capsys.readouterr().err, "not an ASR model of `nest-ssl finetune`")
     code = main(["export", str(run["bpe"] / "step-2.ckpt"), str(tmp_path / "y.nemo")])
     _one_line_exit_2(code, capsys.readouterr().err, "nest-ssl export-asr")
     assert not any((tmp_path / n).exists() for n in ("ft", "d", "x.ckpt", "x.nemo", "y.nemo"))

@@ -9,7 +9,7 @@ last class (index V), as in NeMo. The config is a plain dict with NeMo's section
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,10 +66,21 @@ class CTCModel(nn.Module):
         return F.ctc_loss(log_probs.transpose(0, 1), flat, lengths.cpu(), target_len, blank=self.blank,
                           reduction="sum", zero_infinity=True) / max(1, len(targets))
 
+    loss = ctc_loss  # the interface both heads share (nest_ssl.asr.models)
+
+    def decode(self, log_probs, lengths, tokenizer, lm=None) -> list[str]:
+        """Texts of a batch: greedy, or beam search with a word LM (a `decode.LMDecoder`)."""
+        from nest_ssl.asr.decode import decode_batch
+
+        return decode_batch(log_probs, lengths, tokenizer, self.blank, lm)
+
 
 def asr_config(nest_model_cfg: Mapping[str, Any], tokenizer_kind: str, vocabulary: list[str],
-               spec_augment: Mapping[str, Any] | None = None) -> dict:
-    """The CTC model's config from a NEST model config (its preprocessor and encoder) and a tokenizer."""
+               spec_augment: Mapping[str, Any] | None = None, head: str = "ctc",
+               head_overrides: Sequence[str] = ()) -> dict:
+    """The ASR model's config from a NEST model config (its preprocessor and encoder) and a tokenizer: NeMo's CTC
+    `decoder` section, or for head="rnnt" NeMo's RNN-T sections (`rnnt_model.rnnt_sections`, `head_overrides`
+    applied to them)."""
     from omegaconf import OmegaConf
 
     nest = OmegaConf.to_container(OmegaConf.create(dict(nest_model_cfg)), resolve=True)
@@ -77,7 +88,7 @@ def asr_config(nest_model_cfg: Mapping[str, Any], tokenizer_kind: str, vocabular
     d_model = int(encoder["d_model"])
     if encoder.get("feat_out", -1) not in (-1, None):
         d_model = int(encoder["feat_out"])
-    return {
+    cfg = {
         "sample_rate": int(nest["preprocessor"].get("sample_rate", 16000)),
         "preprocessor": dict(nest["preprocessor"]),
         "spec_augment": {"_target_": "nemo.collections.asr.modules.SpectrogramAugmentation",
@@ -87,3 +98,11 @@ def asr_config(nest_model_cfg: Mapping[str, Any], tokenizer_kind: str, vocabular
                     "num_classes": len(vocabulary), "vocabulary": list(vocabulary)},
         "tokenizer": {"type": tokenizer_kind},
     }
+    if head == "rnnt":
+        from nest_ssl.asr.rnnt_model import rnnt_sections
+
+        del cfg["decoder"]
+        cfg.update(rnnt_sections(d_model, list(vocabulary), head_overrides))
+    elif head != "ctc" or head_overrides:
+        raise ValueError(f"asr_config: head {head!r} with overrides {list(head_overrides)}: not a CTC config")
+    return cfg

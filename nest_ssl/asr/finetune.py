@@ -1,4 +1,4 @@
-"""`nest-ssl finetune`: CTC fine-tuning of the Conformer encoder, a simple loop of its own.
+"""`nest-ssl finetune`: CTC or RNN-T (`--head`) fine-tuning of the Conformer encoder, a simple loop of its own.
 
 Everything is checked before anything is written: the manifests, every transcript against the tokenizer (named by
 file and line), the model config against the pretrained checkpoint. Then the run folder gets `tokenizer/`,
@@ -21,10 +21,11 @@ from typing import Callable, Sequence
 import torch
 
 from nest_ssl.asr.audio import check_audio, load_audio
-from nest_ssl.asr.ctc_model import CTCModel, asr_config
+from nest_ssl.asr.ctc_model import asr_config
 from nest_ssl.asr.errors import ASRError
 from nest_ssl.asr.init import InitReport, init_from_pretrained
 from nest_ssl.asr.manifest import read_manifest, read_nonempty_manifest
+from nest_ssl.asr.models import build_asr_model
 from nest_ssl.asr.model_io import save_asr
 from nest_ssl.asr.tokenizer import load_tokenizer, train_tokenizer
 
@@ -50,9 +51,10 @@ class FinetuneOptions:
     seed: int = 0
     save_every: int = 50
     freeze_encoder_steps: int = 0
+    head: str = "ctc"  # or "rnnt": overrides of its sections (model_defaults., decoder., joint., ...) go to them
 
 
-def _base_config(opts: FinetuneOptions) -> dict:
+def _base_config(opts: FinetuneOptions, overrides: Sequence[str]) -> dict:
     from omegaconf import OmegaConf
 
     from nest_ssl.config import apply_overrides, load_config
@@ -61,10 +63,10 @@ def _base_config(opts: FinetuneOptions) -> dict:
         from nest_ssl.asr.init import _read_config
 
         cfg = OmegaConf.create(_read_config(opts.init_from))
-        apply_overrides(cfg, opts.overrides)
+        apply_overrides(cfg, overrides)
         return OmegaConf.to_container(cfg, resolve=True)
     full = load_config(config_name=opts.config_name, resolve=False)  # overrides first: `${...}` follow them
-    apply_overrides(full.model, opts.overrides)
+    apply_overrides(full.model, overrides)
     return OmegaConf.to_container(full, resolve=True)["model"]
 
 
@@ -81,9 +83,15 @@ def prepare(opts: FinetuneOptions):
         tok.encode(u.text, u.where)
     check_audio((u.audio, u.where) for u in [*train, *dev])
     vocabulary = tok.tokens()
-    cfg = asr_config(_base_config(opts), tok.kind, vocabulary, opts.spec_augment)
+    overrides, head_overrides = list(opts.overrides), []
+    if opts.head == "rnnt":
+        from nest_ssl.asr.rnnt_model import split_head_overrides
+
+        overrides, head_overrides = split_head_overrides(opts.overrides)
+    cfg = asr_config(_base_config(opts, overrides), tok.kind, vocabulary, opts.spec_augment, opts.head,
+                     head_overrides)
     torch.manual_seed(opts.seed)
-    model = CTCModel(cfg)
+    model = build_asr_model(cfg)
     report = init_from_pretrained(model, opts.init_from, opts.init_skip, tok) if opts.init_from else None
     return model, tok, report, list(zip(train, targets)), dev
 
@@ -115,7 +123,7 @@ def resume_state(opts: FinetuneOptions, path: Path):
     dev = read_manifest(opts.dev_manifest) if opts.dev_manifest else []
     for u in dev:
         tok.encode(u.text, u.where)
-    model = CTCModel(ckpt["asr_config"])
+    model = build_asr_model(ckpt["asr_config"])
     model.load_state_dict(ckpt["state_dict"])
     return model, tok, list(zip(train, targets)), dev, {**state, "step": int(ckpt["global_step"])}
 
@@ -182,8 +190,8 @@ def finetune(opts: FinetuneOptions, say: Callable[[str], None] = print) -> Path:
         batch = torch.zeros(len(idx), int(lengths.max()))
         for j, i in enumerate(idx):
             batch[j, :len(audio[i])] = audio[i]
-        log_probs, enc_len = model(batch, lengths)
-        loss = model.ctc_loss(log_probs, enc_len, [train[i][1] for i in idx])
+        out, out_len = model(batch, lengths)
+        loss = model.loss(out, out_len, [train[i][1] for i in idx])
         optim.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

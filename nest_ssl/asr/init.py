@@ -22,6 +22,7 @@ import torch
 
 from nest_ssl.asr.ctc_model import ENCODER_KEYS_CHECKED, CTCModel
 from nest_ssl.asr.errors import ASRError
+from nest_ssl.asr.models import head_of
 
 log = logging.getLogger(__name__)
 PARTS = ("encoder.", "preprocessor.")
@@ -88,6 +89,8 @@ def _ctc_head(model: CTCModel, source: CTCModel, source_tok, tokenizer) -> tuple
     order, so that every output class means the same); else nothing, and why."""
     if tokenizer is None:
         return {}, ""
+    if head_of(model.cfg) != "ctc":
+        return {}, "its CTC head is left out (this model's head is RNN-T)"
     if tokenizer.kind == "char" and source_tok.kind == "char":
         same = tokenizer.characters == source_tok.characters
     else:

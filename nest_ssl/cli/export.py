@@ -38,8 +38,8 @@ def run(args) -> int:
 
 
 def _refuse_asr_checkpoint(path: str) -> None:
-    """A fine-tuned CTC checkpoint given to `export` (NEST only): point to `export-asr`, not 'not a NEST model'."""
-    from nest_ssl.asr.model_io import KIND
+    """A fine-tuned ASR checkpoint given to `export` (NEST only): point to `export-asr`, not 'not a NEST model'."""
+    from nest_ssl.asr.model_io import KINDS
     from nest_ssl.checkpoint import load_checkpoint
     from nest_ssl.errors import UserError
 
@@ -47,6 +47,6 @@ def _refuse_asr_checkpoint(path: str) -> None:
         kind = load_checkpoint(path).get("kind")
     except Exception:  # only a better hint is at stake: the export's own error is raised as it was
         return
-    if kind == KIND:
-        raise UserError(f"CKPT {path}: a CTC model of `nest-ssl finetune`; export it with `nest-ssl export-asr "
+    if kind in KINDS.values():
+        raise UserError(f"CKPT {path}: an ASR model of `nest-ssl finetune`; export it with `nest-ssl export-asr "
                         f"{path} OUT.nemo`")

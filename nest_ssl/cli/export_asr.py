@@ -1,9 +1,10 @@
-"""`nest-ssl export-asr MODEL OUT.nemo [--avg N] [--tokenizer DIR]`: a fine-tuned CTC model as a NeMo 2.7.3 ASR
-`.nemo` (EncDecCTCModelBPE with its SentencePiece tokenizer inside, or EncDecCTCModel for characters)."""
+"""`nest-ssl export-asr MODEL OUT.nemo [--avg N] [--tokenizer DIR]`: a fine-tuned model as a NeMo 2.7.3 ASR `.nemo`:
+CTC as EncDecCTCModelBPE (its SentencePiece tokenizer inside) or EncDecCTCModel (characters), RNN-T as
+EncDecRNNTBPEModel or EncDecRNNTModel."""
 
 from __future__ import annotations
 
-HELP = "export a fine-tuned CTC model as a NeMo ASR .nemo (EncDecCTCModelBPE / EncDecCTCModel) for restore_from"
+HELP = "export a fine-tuned CTC or RNN-T model as a NeMo ASR .nemo (EncDecCTCModelBPE, EncDecRNNTBPEModel, ...)"
 
 
 def add_arguments(parser) -> None:
@@ -19,6 +20,7 @@ def run(args) -> int:
 
     from nest_ssl.asr.errors import ASRError
     from nest_ssl.asr.model_io import load_asr
+    from nest_ssl.asr.models import head_of
     from nest_ssl.asr.nemo_archive import is_nemo_archive
     from nest_ssl.asr.nemo_ctc import export_ctc
     from nest_ssl.errors import check_output_file
@@ -32,5 +34,10 @@ def run(args) -> int:
                        "step-N.ckpt")
     check_output_file(args.output, "OUT")
     model, tok, paths = load_asr(args.model, args.avg, args.tokenizer)
-    print(export_ctc(model, tok, args.output))
+    if head_of(model.cfg) == "rnnt":
+        from nest_ssl.asr.nemo_rnnt import export_rnnt
+
+        print(export_rnnt(model, tok, args.output))
+    else:
+        print(export_ctc(model, tok, args.output))
     return 0

@@ -1,9 +1,10 @@
-"""`nest-ssl finetune --train-manifest T --out-dir D [--init-from NEST.ckpt|.nemo] [key=value ...]`: CTC ASR
-fine-tuning of the Conformer encoder (nest_ssl.asr.finetune; docs/asr.md). Errors: one line, exit 2, nothing written."""
+"""`nest-ssl finetune --train-manifest T --out-dir D [--init-from NEST.ckpt|.nemo] [--head ctc|rnnt] [key=value
+...]`: ASR fine-tuning of the Conformer encoder (nest_ssl.asr.finetune; docs/asr.md). Errors: one line, exit 2,
+nothing written."""
 
 from __future__ import annotations
 
-HELP = "fine-tune the encoder for ASR with a CTC head (SentencePiece or character tokenizer)"
+HELP = "fine-tune the encoder for ASR with a CTC or RNN-T head (SentencePiece or character tokenizer)"
 INTERMIXED = True
 
 
@@ -26,7 +27,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=50)
     parser.add_argument("--freeze-encoder-steps", type=int, default=0, help="frozen-encoder warm-up steps")
-    parser.add_argument("overrides", nargs="*", help="model config overrides, e.g. encoder.n_layers=4")
+    parser.add_argument("--head", default="ctc", choices=("ctc", "rnnt"),
+                        help="CTC (NeMo's ConvASRDecoder) or RNN-T (NeMo's RNNTDecoder + RNNTJoint); default ctc")
+    parser.add_argument("overrides", nargs="*", help="model config overrides, e.g. encoder.n_layers=4; with --head "
+                        "rnnt also NeMo's RNN-T keys, e.g. model_defaults.pred_hidden=320")
 
 
 def run(args) -> int:
@@ -49,6 +53,6 @@ def run(args) -> int:
         vocab_size=args.vocab_size, init_from=Path(args.init_from) if args.init_from else None,
         init_skip=list(args.init_skip), config_name=args.config_name, overrides=list(args.overrides),
         spec_augment=spec, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-        save_every=args.save_every, freeze_encoder_steps=args.freeze_encoder_steps)
+        save_every=args.save_every, freeze_encoder_steps=args.freeze_encoder_steps, head=args.head)
     finetune(opts, say=lambda line: print(line, flush=True))
     return 0
