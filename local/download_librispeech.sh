@@ -3,14 +3,14 @@
 #
 #   local/download_librispeech.sh DIR ITEM...
 #
-# ITEM (sizes from openslr.org and the Libri-light repository):
-#   dev-clean dev-other test-clean test-other   LibriSpeech parts, openslr 12 (about 340 MB each) -> DIR/LibriSpeech/<part>
-#   train-clean-100                             LibriSpeech, openslr 12 (6.3 GB; the 100h split) -> DIR/LibriSpeech/
-#   librispeech_finetuning                      Libri-light's labelled 10 h (0.6 GB) -> DIR/librispeech_finetuning/{1h,9h}
-#   3-gram.pruned.1e-7.arpa.gz                  openslr 11's pruned 3-gram ARPA (34 MB; kept compressed: the
-#                                               decoder reads .gz) -> DIR/lm/
-#   4-gram.arpa.gz                              openslr 11's full 4-gram ARPA (1.3 GB) -> DIR/lm/
-#   librispeech-lm-norm.txt.gz                  openslr 11's LM text (1.4 GB, about 800 M words) -> DIR/lm/
+# ITEM (see openslr.org/11, openslr.org/12 and the Libri-light repository for the sizes):
+#   dev-clean dev-other test-clean test-other   LibriSpeech parts, openslr 12 -> DIR/LibriSpeech/<part>
+#   train-clean-100                             LibriSpeech, openslr 12 (the 100h split) -> DIR/LibriSpeech/
+#   librispeech_finetuning                      Libri-light's labelled 10 h -> DIR/librispeech_finetuning/{1h,9h}
+#   3-gram.pruned.1e-7.arpa.gz                  openslr 11's pruned 3-gram ARPA (kept compressed: the decoder
+#                                               reads .gz) -> DIR/lm/
+#   4-gram.arpa.gz                              openslr 11's full 4-gram ARPA -> DIR/lm/
+#   librispeech-lm-norm.txt.gz                  openslr 11's LM text (about 800 M words) -> DIR/lm/
 #
 # Resumable: wget -c continues an interrupted download; an archive is deleted once extracted, so an archive left in
 # DIR means an unfinished download or extraction (rerun the same command).
