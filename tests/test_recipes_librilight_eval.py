@@ -240,3 +240,40 @@ def test_stages_10_to_14_finetune_and_decode_every_split(tmp_path):
         assert any(line.split(") ", 1)[-1].startswith(f"Stage {n}:") and "skipped, up to date" in line
                    for line in r.stderr.splitlines()), (n, r.stderr)
     assert ckpt.stat().st_mtime_ns == mtime
+
+
+def test_nemo_manifests_upper_case_and_the_100h_split(tmp_path):
+    ls, ft = _ft_layout(tmp_path)
+    (ls / "dev-clean" / "100" / "10" / "100-10.trans.txt").write_text(
+        "100-10-0000 ONE  TWO three\n100-10-0001 TWO\n100-10-0002 X\n100-10-0003 Y\n100-10-0004 Z\n")
+    out = tmp_path / "m"
+    r = _run([sys.executable, SCRIPT, "--librispeech-dir", ls, "--finetuning-dir", ft, "--out-dir", out,
+              "--subsets", "10h,100h", "--format", "nemo", "--case", "upper"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    dev = [json.loads(x) for x in (out / "dev_clean.json").read_text().splitlines()]
+    assert sorted(x["text"] for x in dev)[:2] == ["ONE TWO THREE", "TWO"]  # upper case, whitespace collapsed
+    assert all(Path(x["audio_filepath"]).is_file() and x["duration"] == 2.0 for x in dev)
+    assert len((out / "train_10h.json").read_text().splitlines()) == sum(len(WORDS[f % 5:][:2]) for f in range(6)) + 3
+    train100 = [json.loads(x) for x in (out / "train_100h.json").read_text().splitlines()]
+    assert {Path(x["audio_filepath"]).parts[-4] for x in train100} == {"train-clean-100"}
+    r = _run([sys.executable, SCRIPT, "--librispeech-dir", tmp_path / "LibriSpeech", "--finetuning-dir", ft,
+              "--out-dir", out, "--subsets", "100h", "--format", "nemo"])
+    assert r.returncode == 0
+    import shutil
+
+    shutil.rmtree(ls / "train-clean-100")
+    r = _run([sys.executable, SCRIPT, "--librispeech-dir", ls, "--finetuning-dir", ft, "--out-dir", out,
+              "--subsets", "100h", "--format", "nemo"])
+    assert r.returncode == 2 and "no train-clean-100/ folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tokenizers_hold_the_required_alphabet():
+    from nest_ssl.asr.tokenizer import train_tokenizer
+
+    texts = ["ONE TWO THREE", "TWO THREE FOUR"] * 3
+    for kind, size in (("bpe", 40), ("unigram", 32), ("char", 0)):
+        tok = train_tokenizer(texts, kind, size, required_chars="ABCDEFGHIJKLMNOPQRSTUVWXYZ'")
+        ids = tok.encode("QUIZ JAX'S", "test")  # letters the texts never had
+        assert tok.decode(ids) == "QUIZ JAX'S", kind
