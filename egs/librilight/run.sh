@@ -69,14 +69,17 @@ ft_steps=auto                    # stage 13: N for every split, or auto: fairseq
 ft_lr=1e-4                       # stage 13: nest-ssl finetune --lr (AdamW, constant; not tuned here)
 ft_batch_size=8                  # stage 13: utterances per step
 ft_save_every=1000               # stage 13: a checkpoint (and dev WER) every N steps; all kept for --avg
-ft_dev=dev_other                 # stage 13: the dev set scored at each checkpoint: dev_other (fairseq's), dev_clean, none
+ft_dev=dev_other                 # stage 13: the dev set scored at each checkpoint: dev_other (as fairseq),
+                                 #   dev_clean, none
 ft_opts=""                       # stage 13: more nest-ssl finetune options (they come last, so they win)
-lm_arpa=""                       # stage 14: an ARPA LM (.arpa or .arpa.gz), e.g. openslr 11's 3-gram.pruned.1e-7.arpa.gz
+lm_arpa=""                       # stage 14: an ARPA LM (.arpa or .arpa.gz), e.g. openslr 11's
+                                 #   3-gram.pruned.1e-7.arpa.gz
 lm_text=""                       # stage 12: or a text file to estimate our own Kneser-Ney LM from (its head, below)
 lm_max_sentences=200000          # stage 12: the first N sentences of --lm-text (0: all; counts are held in memory)
 lm_order=3                       # stage 12: 1, 2 or 3
 avg=5                            # stage 14: decode the average of the last N checkpoints (icefall's --avg)
-decode_opts=""                   # stage 14: more nest-ssl decode options, e.g. "--lm-weight 1.5 --word-score 0 --beam-size 100"
+decode_opts=""                   # stage 14: more nest-ssl decode options,
+                                 #   e.g. "--lm-weight 1.5 --word-score 0 --beam-size 100"
 
 help_message="Usage: $0 [options]
 Stages: 0 corpus check (and download with --download true)  1 LibriLight manifests  2 noise set
@@ -105,7 +108,8 @@ Options (default):
   --ft-init-from MODEL (export/model.nemo)  --ft-steps N|auto ($ft_steps)  --ft-lr LR ($ft_lr)
   --ft-batch-size N ($ft_batch_size)  --ft-save-every N ($ft_save_every)  --ft-dev dev_other|dev_clean|none ($ft_dev)
   --ft-opts '...' ($ft_opts)  --lm-arpa FILE ($lm_arpa)  --lm-text FILE ($lm_text)
-  --lm-max-sentences N ($lm_max_sentences)  --lm-order 1|2|3 ($lm_order)  --avg N ($avg)  --decode-opts '...' ($decode_opts)"
+  --lm-max-sentences N ($lm_max_sentences)  --lm-order 1|2|3 ($lm_order)  --avg N ($avg)
+  --decode-opts '...' ($decode_opts)"
 
 . "$nest_repo/local/parse_options.sh"
 check_choice launcher torchrun srun
@@ -128,7 +132,10 @@ for s in "${ft_split_list[@]}"; do
       exit 2 ;;
   esac
 done
-[ ${#ft_split_list[@]} -gt 0 ] || { echo "$0: option --ft-splits: give at least one of 10min, 1h, 10h, 100h" >&2; exit 2; }
+if [ ${#ft_split_list[@]} -eq 0 ]; then
+  echo "$0: option --ft-splits: give at least one of 10min, 1h, 10h, 100h" >&2
+  exit 2
+fi
 recipe_cd corpus_dir musan_dir data_dir exp_dir config_path eval_librispeech_dir eval_finetuning_dir ft_init_from \
   lm_arpa lm_text
 if [ -n "$lm_arpa" ] && [ -n "$lm_text" ]; then
@@ -240,7 +247,8 @@ fi
 # test sets, greedy and with an n-gram LM (README.md, "Fine-tuning and decoding"). Node 0 only.
 asr_data=$data_dir/asr
 manifests=$asr_data/manifests
-if [ "$tokenizer_type" = char ]; then lang_dir=$asr_data/lang_char; else lang_dir=$asr_data/lang_${tokenizer_type}_${vocab_size}; fi
+lang_dir=$asr_data/lang_${tokenizer_type}_${vocab_size}
+[ "$tokenizer_type" != char ] || lang_dir=$asr_data/lang_char
 ft_root=$run_dir/finetune
 ft_init=${ft_init_from:-$run_dir/export/model.nemo}
 lm_file=$lm_arpa
@@ -309,9 +317,13 @@ else
     ft_out=$ft_root/$s
     steps=$(ft_steps_for "$s")
     dev_args=() dev_in=()
-    if [ "$ft_dev" != none ]; then dev_args=(--dev-manifest "$manifests/$ft_dev.json"); dev_in=(in:"$manifests/$ft_dev.json"); fi
+    if [ "$ft_dev" != none ]; then
+      dev_args=(--dev-manifest "$manifests/$ft_dev.json")
+      dev_in=(in:"$manifests/$ft_dev.json")
+    fi
     if stage_begin "13_$s" "fine-tune on $s ($steps steps) from $ft_init" opt:steps="$steps" opt:lr="$ft_lr" \
-        opt:batch_size="$ft_batch_size" opt:save_every="$ft_save_every" opt:ft_opts="$ft_opts" \
+        opt:batch_size="$ft_batch_size" opt:save_every="$ft_save_every" opt:ft_dev="$ft_dev" \
+        opt:ft_opts="$ft_opts" \
         in:"$ft_init" in:"$manifests/train_$s.json" "${dev_in[@]}" in:"$lang_dir/$s" \
         out:"$ft_out/log.tsv" out:"$ft_out/tokenizer"; then
       # A rerun on the same folder resumes from its last checkpoint (nest-ssl finetune); for a fresh run delete
