@@ -124,13 +124,15 @@ class SentencePieceTokenizer:
         (folder / "vocab.txt").write_text("".join(t + "\n" for t in lines), encoding="utf-8")
 
 
-def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 128):
-    """A tokenizer trained on `texts` (already checked and normalised). char: every character seen, sorted."""
+def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 128, required_chars: str = ""):
+    """A tokenizer trained on `texts` (already checked and normalised). char: every character seen, sorted.
+    `required_chars` are in the vocabulary even where `texts` lack them (SentencePiece's required_chars): a small
+    training set may miss a letter that test transcripts or LM words have."""
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise ASRError("no transcript to train the tokenizer on (all are empty)")
     if kind == "char":
-        return CharTokenizer(sorted({c for t in texts for c in t}))
+        return CharTokenizer(sorted({c for t in texts for c in t} | set(required_chars)))
     if kind not in KINDS:
         raise ASRError(f"--type {kind}: choose one of {', '.join(KINDS)}")
     spm = import_asr_dependency("sentencepiece")
@@ -141,7 +143,7 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 128):
         spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, model_type=kind,
                                        vocab_size=vocab_size, character_coverage=1.0, bos_id=-1, eos_id=-1,
                                        unk_id=0, pad_id=-1, hard_vocab_limit=True, num_threads=1,
-                                       minloglevel=2)
+                                       minloglevel=2, required_chars=required_chars)
     except RuntimeError as err:
         raise ASRError(f"SentencePiece cannot train a {kind} vocabulary of {vocab_size} on these transcripts: "
                        f"{str(err).strip().splitlines()[-1][:200]}; choose a smaller --vocab-size") from None
