@@ -60,11 +60,26 @@ class CTCModel(nn.Module):
         return self.decoder(encoded), encoded_len
 
     def ctc_loss(self, log_probs, lengths, targets: list[torch.Tensor]) -> torch.Tensor:
-        """NeMo's CTC loss reduction (`mean_batch`): the per-utterance sum, averaged over the batch."""
+        """NeMo's CTC loss reductions (`ctc_reduction`): `mean_batch` (default), the per-utterance sum averaged over
+        the batch; `mean_volume`, the sum over the batch divided by its target tokens."""
         target_len = torch.tensor([len(t) for t in targets], dtype=torch.int64)
         flat = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.int64)
-        return F.ctc_loss(log_probs.transpose(0, 1), flat, lengths.cpu(), target_len, blank=self.blank,
-                          reduction="sum", zero_infinity=True) / max(1, len(targets))
+        total = F.ctc_loss(log_probs.transpose(0, 1), flat.to(log_probs.device), lengths, target_len.to(lengths.device),
+                           blank=self.blank, reduction="sum", zero_infinity=True)
+        if self.cfg.get("ctc_reduction", "mean_batch") == "mean_volume":
+            return total / max(1, int(target_len.sum()))
+        return total / max(1, len(targets))
+
+    # The fine-tuning loop's model interface (nest_ssl.asr.heads.ASRModel): loss of a batch, greedy transcripts.
+    def loss(self, audio: torch.Tensor, audio_len: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        log_probs, enc_len = self(audio, audio_len)
+        return self.ctc_loss(log_probs, enc_len, targets)
+
+    def greedy_texts(self, audio: torch.Tensor, audio_len: torch.Tensor, tokenizer) -> list[str]:
+        from nest_ssl.asr.decode import decode_batch
+
+        log_probs, enc_len = self(audio, audio_len)
+        return decode_batch(log_probs.float().cpu(), enc_len.cpu(), tokenizer, self.blank)
 
 
 def asr_config(nest_model_cfg: Mapping[str, Any], tokenizer_kind: str, vocabulary: list[str],

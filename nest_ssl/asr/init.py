@@ -37,7 +37,14 @@ class InitReport:
                 f"preprocessor buffers) from {self.source}{skipped}")
 
 
-def _skipped(key: str, skip: Sequence[str]) -> bool:
+def _skipped(key: str, skip: Sequence[str], include: Sequence[str] | None = None,
+             exclude: Sequence[str] | None = None) -> bool:
+    """Named by the user to be left as initialised: an --init-skip prefix, or outside NeMo's include/exclude
+    selection (a tensor is loaded when its name contains one of `include` and none of `exclude`)."""
+    if include and not any(i in key for i in include):
+        return True
+    if exclude and any(x in key for x in exclude):
+        return True
     return any(key.startswith(s) for s in skip if s not in ENCODER_KEYS_CHECKED)
 
 
@@ -73,7 +80,8 @@ def _read_config(path: str | Path) -> dict:
     return {k: v for k, v in cfg.items() if k not in ("target", "nemo_version")}
 
 
-def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] = ()) -> InitReport:
+def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] = (),
+                         include: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> InitReport:
     from nest_ssl.checkpoint.model import load_model
     from nest_ssl.errors import UserError
 
@@ -92,9 +100,9 @@ def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] 
         theirs = {k.replace("encoder.pre_encode.pre_encode.", "encoder.pre_encode.", 1): v for k, v in theirs.items()
                   if not k.startswith("encoder.pre_encode.masking.")}
     ours = {k: v for k, v in model.state_dict().items() if k.startswith(PARTS)}
-    missing = [k for k in ours if k not in theirs and not _skipped(k, skip)]
-    unexpected = [k for k in theirs if k not in ours and not _skipped(k, skip)]
-    shapes = [k for k in ours if k in theirs and ours[k].shape != theirs[k].shape and not _skipped(k, skip)]
+    missing = [k for k in ours if k not in theirs and not _skipped(k, skip, include, exclude)]
+    unexpected = [k for k in theirs if k not in ours and not _skipped(k, skip, include, exclude)]
+    shapes = [k for k in ours if k in theirs and ours[k].shape != theirs[k].shape and not _skipped(k, skip, include, exclude)]
     for what, keys in (("has no tensor", missing), ("has a tensor the model lacks", unexpected),
                        ("has another shape for", shapes)):
         if keys:
@@ -102,7 +110,7 @@ def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] 
                       if what.startswith("has another") else "")
             raise ASRError(f"--init-from {path}: the checkpoint {what} {keys[0]}{detail} and {len(keys) - 1} more; "
                            f"pass --init-skip {keys[0].rsplit('.', 1)[0]}. to leave them as initialised")
-    take = {k: v for k, v in theirs.items() if k in ours and not _skipped(k, skip)}
+    take = {k: v for k, v in theirs.items() if k in ours and not _skipped(k, skip, include, exclude)}
     with torch.no_grad():
         state = model.state_dict()
         for k, v in take.items():
@@ -110,6 +118,6 @@ def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] 
     report = InitReport(source=str(path), loaded=sum(k.startswith("encoder.") for k in take),
                         encoder_tensors=sum(k.startswith("encoder.") for k in ours),
                         preprocessor=sum(k.startswith("preprocessor.") for k in take),
-                        skipped=sorted(k for k in set(ours) | set(theirs) if _skipped(k, skip)))
+                        skipped=sorted(k for k in set(ours) | set(theirs) if _skipped(k, skip, include, exclude)))
     log.info("%s", report.line())
     return report
