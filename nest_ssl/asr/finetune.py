@@ -141,6 +141,7 @@ def finetune(cfg: DictConfig, nest_overrides: list[str] | None = None,
     else:
         model, tok, asr_cfg, lines, utterances = prepare(cfg, nest_overrides or [])
         pending.extend(lines)
+    _check_data_sections(cfg, settings.seed)
     # Everything checked: the folder is written from here on.
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = RunFolderLock(out_dir).acquire()
@@ -226,10 +227,7 @@ def _run_process(container: dict, asr_cfg: dict, last: Path | None, identity: di
         sched_cfg = cfg.model.optim.get("sched")
         scheduler = build_scheduler(optimizer, sched_cfg, max_steps=s.max_steps if s.max_steps > 0 else None) \
             if sched_cfg is not None else None
-        train_ds = parse_data_config(_data_node(cfg.model.train_ds), "model.train_ds")
-        source = open_source(train_ds.manifest_filepath, what="model.train_ds.manifest_filepath", sample_rate=sr)
-        sampler = build_sampler(source, train_ds, section="model.train_ds", seed=s.seed, rank=info.rank,
-                                world_size=info.world_size, training=True)
+        train_ds, sampler = _train_sampler(cfg, s.seed, info.rank, info.world_size)
         dataset = ASRDataset(tok, sr)
         loader = make_dataloader(dataset, sampler, train_ds, seed=s.seed)
         dev = None
@@ -263,6 +261,28 @@ def _run_process(container: dict, asr_cfg: dict, last: Path | None, identity: di
     finally:
         stops.uninstall()
         destroy_distributed()
+
+
+def _train_sampler(cfg: DictConfig, seed: int, rank: int, world_size: int):
+    from nest_ssl.data import parse_data_config
+    from nest_ssl.data.manifests import open_source
+    from nest_ssl.data.sampler import build_sampler
+
+    train_ds = parse_data_config(_data_node(cfg.model.train_ds), "model.train_ds")
+    source = open_source(train_ds.manifest_filepath, what="model.train_ds.manifest_filepath",
+                         sample_rate=int(cfg.model.sample_rate))
+    sampler = build_sampler(source, train_ds, section="model.train_ds", seed=seed, rank=rank,
+                            world_size=world_size, training=True)
+    return train_ds, sampler
+
+
+def _check_data_sections(cfg: DictConfig, seed: int) -> None:
+    """The data sections' keys and the sampler they make (bucket bins included), before anything is written."""
+    from nest_ssl.data import parse_data_config
+
+    _train_sampler(cfg, seed, 0, 1)
+    if _dev_spec(cfg) is not None:
+        parse_data_config(_data_node(cfg.model.validation_ds), "model.validation_ds")
 
 
 def _data_node(node) -> dict:
