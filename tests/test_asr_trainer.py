@@ -196,5 +196,8 @@ def test_two_gloo_ranks_train_as_one_rank_with_the_doubled_batch(corpus, tmp_pat
         assert ra[2:] == rb[2:]  # the dev WER/CER, the dev set split over the ranks
     wa = load_checkpoint(tmp_path / "one" / "step-4.ckpt")["state_dict"]
     wb = load_checkpoint(tmp_path / "two" / "step-4.ckpt")["state_dict"]
-    for k in wa:
-        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-4), k
+    # Adam turns rounding-level gradient differences of near-zero gradients into steps of up to lr (1e-3): the
+    # weights agree as a whole, not to the last digit
+    diff = sum(float((wa[k].double() - wb[k].double()).norm() ** 2) for k in wa if wa[k].is_floating_point())
+    norm = sum(float(wa[k].double().norm() ** 2) for k in wa if wa[k].is_floating_point())
+    assert (diff / norm) ** 0.5 < 1e-3
