@@ -22,16 +22,27 @@ ENCODER_KEYS_CHECKED = ("n_layers", "d_model", "feat_in")  # what must match a c
 
 
 class ConvASRDecoder(nn.Module):
-    """NeMo's CTC head: a 1x1 convolution to V+1 classes, log-softmax over them."""
+    """NeMo's CTC head: a 1x1 convolution to V+1 classes, log-softmax over them.
 
-    def __init__(self, feat_in: int, num_classes: int):
+    `upsample` > 1 (ours, not NeMo's; `nest-ssl evaluate` uses it for characters, which outrun 80 ms frames): the
+    convolution gives `upsample` x (V+1) outputs per frame, read as `upsample` consecutive label positions."""
+
+    def __init__(self, feat_in: int, num_classes: int, upsample: int = 1):
         super().__init__()
+        if upsample < 1:
+            raise ValueError(f"decoder.upsample must be at least 1, got {upsample}")
         self.num_classes_with_blank = num_classes + 1
-        self.decoder_layers = nn.Sequential(nn.Conv1d(feat_in, self.num_classes_with_blank, kernel_size=1, bias=True))
+        self.upsample = int(upsample)
+        self.decoder_layers = nn.Sequential(
+            nn.Conv1d(feat_in, self.num_classes_with_blank * self.upsample, kernel_size=1, bias=True))
 
     def forward(self, encoder_output: torch.Tensor) -> torch.Tensor:
-        """(B, d_model, T') -> log-probabilities (B, T', V+1)."""
-        return F.log_softmax(self.decoder_layers(encoder_output).transpose(1, 2).float(), dim=-1)
+        """(B, d_model, T') -> log-probabilities (B, T' x upsample, V+1)."""
+        logits = self.decoder_layers(encoder_output).transpose(1, 2)
+        if self.upsample > 1:
+            b, t, _ = logits.shape
+            logits = logits.reshape(b, t * self.upsample, self.num_classes_with_blank)
+        return F.log_softmax(logits.float(), dim=-1)
 
 
 class CTCModel(nn.Module):
@@ -42,7 +53,8 @@ class CTCModel(nn.Module):
         self.spec_augmentation = SpecAugment(**{k: v for k, v in (cfg.get("spec_augment") or {}).items()
                                                 if k != "_target_"})
         self.encoder = instantiate(cfg["encoder"])
-        self.decoder = ConvASRDecoder(cfg["decoder"]["feat_in"], cfg["decoder"]["num_classes"])
+        self.decoder = ConvASRDecoder(cfg["decoder"]["feat_in"], cfg["decoder"]["num_classes"],
+                                      int(cfg["decoder"].get("upsample", 1)))
 
     @property
     def blank(self) -> int:
@@ -57,7 +69,7 @@ class CTCModel(nn.Module):
         feats, feat_len = self.preprocessor(input_signal=input_signal, length=input_signal_length)
         feats = self.spec_augmentation(feats, feat_len)
         encoded, encoded_len = self.encoder(audio_signal=feats, length=feat_len)
-        return self.decoder(encoded), encoded_len
+        return self.decoder(encoded), encoded_len * self.decoder.upsample
 
     def ctc_loss(self, log_probs, lengths, targets: list[torch.Tensor]) -> torch.Tensor:
         """NeMo's CTC loss reductions (`ctc_reduction`): `mean_batch` (default), the per-utterance sum averaged over

@@ -204,6 +204,7 @@ class LoopSettings:
     precision: str
     seed: int
     devices: int
+    monitor: str = "wer"  # the dev score best.ckpt is chosen by: wer | cer (lower is better; ties keep the earlier)
 
 
 def loop_settings(cfg: DictConfig) -> LoopSettings:
@@ -228,6 +229,9 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
         val_every = int(vci)
         if val_every < 1:
             raise ConfigError("trainer.val_check_interval (--val-every) must be >= 1")
+    monitor = str(cfg.exp_manager.checkpoint_callback_params.get("monitor", "val_wer"))
+    if monitor not in ("val_wer", "val_cer"):
+        raise ConfigError(f"exp_manager.checkpoint_callback_params.monitor={monitor}: use val_wer or val_cer")
     devices = int(t.devices)
     if devices < 1:
         raise ConfigError(f"trainer.devices={devices}: give the number of processes (>= 1)")
@@ -237,4 +241,4 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
                         log_every=max(1, int(t.log_every_n_steps)),
                         freeze_encoder_steps=int(cfg.model.freeze_encoder_steps),
                         grad_clip=float(t.gradient_clip_val), precision=precision, seed=int(cfg.seed),
-                        devices=devices)
+                        devices=devices, monitor=monitor[4:])

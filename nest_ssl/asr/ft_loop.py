@@ -20,7 +20,7 @@ import copy
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,11 +66,12 @@ class FitInputs:
     scheduler: Any
     train_loader: Any  # nest_ssl.data.NestDataLoader over ASRDataset
     dev: Any  # (sampler over the dev cuts, ASRDataset) or None
-    out_dir: Path
+    out_dir: Path | None  # None: no files (log.tsv, metrics, checkpoints); `save` and `on_best` decide
     identity: dict  # what the checkpoint's `training.data` must equal for a resume
     save: Callable[[Path, dict], None]  # writes one step-N.ckpt (rank 0)
     say: Callable[[str], None] = print
-    extra: dict = field(default_factory=dict)
+    # called on rank 0 when the dev score improves, with the step's checkpoint path when it has one; None: best.ckpt
+    on_best: Callable[[Path | None], None] | None = None
 
 
 class FinetuneLoop:
@@ -92,8 +93,8 @@ class FinetuneLoop:
 
             self.ddp = DDP(self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                            find_unused_parameters=s.freeze_encoder_steps > 0)
-        self.metrics = MetricsWriter(inputs.out_dir, enabled=info.is_global_zero, tensorboard=True,
-                                     summary_writer_kwargs={})
+        self.metrics = MetricsWriter(inputs.out_dir, enabled=info.is_global_zero and inputs.out_dir is not None,
+                                     tensorboard=True, summary_writer_kwargs={})
         self.rows: list[str] = [LOG_HEADER]
 
     # ------------------------------------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ class FinetuneLoop:
                 or (self.s.max_epochs > 0 and st.epoch >= self.s.max_epochs))
 
     def _write_log(self) -> None:
-        if not self.info.is_global_zero:
+        if not self.info.is_global_zero or self.x.out_dir is None:
             return
         path = self.x.out_dir / LOG_TSV
         tmp = path.with_suffix(".tsv.tmp")
@@ -259,7 +260,8 @@ class FinetuneLoop:
             wer_s, cer_s = f"{w:.4f}", f"{c:.4f}"
             self.rows[-1] = f"{st.global_step}\t{self._loss:.6f}\t{wer_s}\t{cer_s}"
             self.metrics.log({"val_wer": w, "val_cer": c}, st.global_step)
-            if self.best.wer is None or w < self.best.wer:
+            score, best = (w, self.best.wer) if self.s.monitor == "wer" else (c, self.best.cer)
+            if best is None or score < best:
                 self.best = Best(w, c, st.global_step)
                 improved = True
         saved_now = False
@@ -267,8 +269,11 @@ class FinetuneLoop:
             self._save()
             saved_now = True
         if improved and self.info.is_global_zero:
-            step_file = self.x.out_dir / f"step-{st.global_step}.ckpt"
-            if st.last_saved_step == st.global_step and step_file.is_file():
+            step_file = None if self.x.out_dir is None else self.x.out_dir / f"step-{st.global_step}.ckpt"
+            saved = st.last_saved_step == st.global_step and step_file is not None and step_file.is_file()
+            if self.x.on_best is not None:
+                self.x.on_best(step_file if saved else None)
+            elif saved:
                 _link(step_file, self.x.out_dir / "best.ckpt")
             else:
                 self.x.save(self.x.out_dir / "best.ckpt", self.training_state())
@@ -299,7 +304,7 @@ class FinetuneLoop:
 
     def _save(self) -> None:
         st = self.state
-        if self.info.is_global_zero:
+        if self.info.is_global_zero and self.x.out_dir is not None:
             training = self.training_state()
             t0 = time.time()
             path = self.x.out_dir / f"step-{st.global_step}.ckpt"
@@ -320,3 +325,10 @@ def _link(src: Path, dst: Path) -> None:
 
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
+
+
+def fit_in_process(s: LoopSettings, inputs: FitInputs, device: torch.device) -> FinetuneLoop:
+    """One process, no preemption handling (a caller's loop inside its own run, e.g. `nest-ssl evaluate`)."""
+    loop = FinetuneLoop(s, DistInfo(device=device), inputs, StopRequests(handle_signals=False, max_time_per_run=None))
+    loop.fit()
+    return loop

@@ -80,6 +80,17 @@ def _read_config(path: str | Path) -> dict:
     return {k: v for k, v in cfg.items() if k not in ("target", "nemo_version")}
 
 
+def nest_parts(nest) -> dict:
+    """A NEST model's preprocessor and encoder tensors under the recognizer's names."""
+    theirs = {k: v for k, v in nest.state_dict().items() if k.startswith(PARTS)}
+    if getattr(nest, "pre_encoder", None) is not None:
+        # post_conv masking: NEST wraps the subsampler (`encoder.pre_encode.pre_encode.*`) with its mask vector
+        # (`encoder.pre_encode.masking.*`); the recognizer has the subsampler alone and no masking
+        theirs = {k.replace("encoder.pre_encode.pre_encode.", "encoder.pre_encode.", 1): v for k, v in theirs.items()
+                  if not k.startswith("encoder.pre_encode.masking.")}
+    return theirs
+
+
 def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] = (),
                          include: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> InitReport:
     from nest_ssl.checkpoint.model import load_model
@@ -93,12 +104,7 @@ def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] 
     except UserError as err:
         raise ASRError(f"--init-from {err}" if str(err).startswith(str(path)) else f"--init-from {path}: {err}") from None
     check_config(model, nest_cfg, path, skip)
-    theirs = {k: v for k, v in nest.state_dict().items() if k.startswith(PARTS)}
-    if getattr(nest, "pre_encoder", None) is not None:
-        # post_conv masking: NEST wraps the subsampler (`encoder.pre_encode.pre_encode.*`) with its mask vector
-        # (`encoder.pre_encode.masking.*`); the recognizer has the subsampler alone and no masking
-        theirs = {k.replace("encoder.pre_encode.pre_encode.", "encoder.pre_encode.", 1): v for k, v in theirs.items()
-                  if not k.startswith("encoder.pre_encode.masking.")}
+    theirs = nest_parts(nest)
     ours = {k: v for k, v in model.state_dict().items() if k.startswith(PARTS)}
     missing = [k for k in ours if k not in theirs and not _skipped(k, skip, include, exclude)]
     unexpected = [k for k in theirs if k not in ours and not _skipped(k, skip, include, exclude)]
