@@ -147,9 +147,11 @@ def nest_ssl(*args, **kw):
 
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_exits_75_and_the_resumed_run_repeats_the_losses(corpus, tmp_path):
+    """With a DataLoader worker, which reads ahead of the step trained on: the checkpoint's sampler state is
+    rewound to the batches trained on."""
     common = ["finetune", "--train-manifest", corpus["train"], "--dev-manifest", corpus["test"], "--tokenizer-type",
-              "char", "--batch-size", 3, "--steps", 30, "--save-every", 100, "--val-every", 5, "--spec-augment",
-              "time_masks=2", "--spec-augment", "time_width=0.05", *TINY]
+              "char", "--batch-size", 2, "--steps", 16, "--save-every", 100, "--val-every", 5, "--spec-augment",
+              "time_masks=2", "--spec-augment", "time_width=0.05", "--num-workers", 1, *TINY]
     whole = nest_ssl(*common, "--out-dir", tmp_path / "whole")
     out, err = whole.communicate(timeout=600)
     assert whole.returncode == 0, out + err
@@ -161,7 +163,7 @@ def test_sigterm_writes_a_checkpoint_exits_75_and_the_resumed_run_repeats_the_lo
     out, err = cut.communicate(timeout=600)
     assert cut.returncode == 75, out + err
     saved = [int(p.stem.split("-")[1]) for p in (tmp_path / "cut").glob("step-*.ckpt")]
-    assert len(saved) == 1 and 5 <= saved[0] < 30, saved
+    assert len(saved) == 1 and 5 <= saved[0] < 16, saved
     assert json.loads((tmp_path / "cut" / "train_status.json").read_text())["stop_reason"] == "preempted"
     again = nest_ssl(*common, "--out-dir", tmp_path / "cut")
     out, err = again.communicate(timeout=600)
@@ -201,3 +203,17 @@ def test_two_gloo_ranks_train_as_one_rank_with_the_doubled_batch(corpus, tmp_pat
     diff = sum(float((wa[k].double() - wb[k].double()).norm() ** 2) for k in wa if wa[k].is_floating_point())
     norm = sum(float(wa[k].double().norm() ** 2) for k in wa if wa[k].is_floating_point())
     assert (diff / norm) ** 0.5 < 1e-3
+
+
+def test_config_mistakes_give_one_line_exit_2_and_write_nothing(corpus, tmp_path, capsys):
+    base = ["finetune", "--config-name", "fast-conformer_ctc_bpe", f"model.train_ds.manifest_filepath={corpus['train']}",
+            "model.tokenizer.type=char"]
+    cases = [(["trainer.max_steps=-1"], "set trainer.max_steps"),  # CosineAnnealing needs it (NeMo derives it)
+             (["trainer.max_steps=2", "trainer.precision=fp8"], "trainer.precision=fp8"),
+             (["trainer.max_steps=2", "model.optim.lrr=1"], "model.optim.lrr"),
+             (["trainer.max_steps=2", "init_from_pretrained_model=stt_en_fastconformer_ctc_large"], "not downloaded")]
+    for i, (extra, needle) in enumerate(cases):
+        code = cli(*base, f"exp_manager.explicit_log_dir={tmp_path / str(i)}", *extra)
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert not (tmp_path / str(i)).exists()

@@ -142,6 +142,7 @@ def finetune(cfg: DictConfig, nest_overrides: list[str] | None = None,
         model, tok, asr_cfg, lines, utterances = prepare(cfg, nest_overrides or [])
         pending.extend(lines)
     _check_data_sections(cfg, settings.seed)
+    build_optim(cfg, [torch.nn.Parameter(torch.zeros(1))], settings.max_steps)
     # Everything checked: the folder is written from here on.
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = RunFolderLock(out_dir).acquire()
@@ -202,7 +203,6 @@ def _run_process(container: dict, asr_cfg: dict, last: Path | None, identity: di
     from nest_ssl.data import make_dataloader, parse_data_config
     from nest_ssl.data.manifests import open_source
     from nest_ssl.data.sampler import build_sampler
-    from nest_ssl.optim import build_optimizer, build_scheduler
     from nest_ssl.train.distributed import barrier, destroy_distributed, init_distributed
     from nest_ssl.train.run_status import write_status
     from nest_ssl.train.signals import StopRequests
@@ -223,10 +223,7 @@ def _run_process(container: dict, asr_cfg: dict, last: Path | None, identity: di
         model.to(info.device)
         tok = load_tokenizer(out_dir / "tokenizer", asr_cfg.get("tokenizer", {}).get("type"))
         sr = int(model.sample_rate)
-        optimizer = build_optimizer(model.parameters(), cfg.model.optim)
-        sched_cfg = cfg.model.optim.get("sched")
-        scheduler = build_scheduler(optimizer, sched_cfg, max_steps=s.max_steps if s.max_steps > 0 else None) \
-            if sched_cfg is not None else None
+        optimizer, scheduler = build_optim(cfg, model.parameters(), s.max_steps)
         train_ds, sampler = _train_sampler(cfg, s.seed, info.rank, info.world_size)
         dataset = ASRDataset(tok, sr)
         loader = make_dataloader(dataset, sampler, train_ds, seed=s.seed)
@@ -274,6 +271,22 @@ def _train_sampler(cfg: DictConfig, seed: int, rank: int, world_size: int):
     sampler = build_sampler(source, train_ds, section="model.train_ds", seed=seed, rank=rank,
                             world_size=world_size, training=True)
     return train_ds, sampler
+
+
+def build_optim(cfg: DictConfig, params, max_steps: int):
+    """model.optim (NeMo's: name, lr, betas, weight_decay, sched) -> (optimizer, scheduler or None); a bad key or a
+    scheduler that needs trainer.max_steps without it is a ConfigError."""
+    from nest_ssl.config import ConfigError
+    from nest_ssl.optim import build_optimizer, build_scheduler
+
+    try:
+        optimizer = build_optimizer(params, cfg.model.optim)
+        sched_cfg = cfg.model.optim.get("sched")
+        scheduler = build_scheduler(optimizer, sched_cfg, max_steps=max_steps if max_steps > 0 else None) \
+            if sched_cfg is not None else None
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model.optim: {err}" + ("; set trainer.max_steps (--steps)" if max_steps <= 0 else ""))
+    return optimizer, scheduler
 
 
 def _check_data_sections(cfg: DictConfig, seed: int) -> None:

@@ -106,9 +106,12 @@ def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] 
     check_config(model, nest_cfg, path, skip)
     theirs = nest_parts(nest)
     ours = {k: v for k, v in model.state_dict().items() if k.startswith(PARTS)}
-    missing = [k for k in ours if k not in theirs and not _skipped(k, skip, include, exclude)]
-    unexpected = [k for k in theirs if k not in ours and not _skipped(k, skip, include, exclude)]
-    shapes = [k for k in ours if k in theirs and ours[k].shape != theirs[k].shape and not _skipped(k, skip, include, exclude)]
+    def named(k: str) -> bool:
+        return _skipped(k, skip, include, exclude)
+
+    missing = [k for k in ours if k not in theirs and not named(k)]
+    unexpected = [k for k in theirs if k not in ours and not named(k)]
+    shapes = [k for k in ours if k in theirs and ours[k].shape != theirs[k].shape and not named(k)]
     for what, keys in (("has no tensor", missing), ("has a tensor the model lacks", unexpected),
                        ("has another shape for", shapes)):
         if keys:
@@ -116,7 +119,7 @@ def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] 
                       if what.startswith("has another") else "")
             raise ASRError(f"--init-from {path}: the checkpoint {what} {keys[0]}{detail} and {len(keys) - 1} more; "
                            f"pass --init-skip {keys[0].rsplit('.', 1)[0]}. to leave them as initialised")
-    take = {k: v for k, v in theirs.items() if k in ours and not _skipped(k, skip, include, exclude)}
+    take = {k: v for k, v in theirs.items() if k in ours and not named(k)}
     with torch.no_grad():
         state = model.state_dict()
         for k, v in take.items():
@@ -124,6 +127,6 @@ def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] 
     report = InitReport(source=str(path), loaded=sum(k.startswith("encoder.") for k in take),
                         encoder_tensors=sum(k.startswith("encoder.") for k in ours),
                         preprocessor=sum(k.startswith("preprocessor.") for k in take),
-                        skipped=sorted(k for k in set(ours) | set(theirs) if _skipped(k, skip, include, exclude)))
+                        skipped=sorted(k for k in set(ours) | set(theirs) if named(k)))
     log.info("%s", report.line())
     return report
