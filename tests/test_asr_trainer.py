@@ -211,6 +211,7 @@ def test_config_mistakes_give_one_line_exit_2_and_write_nothing(corpus, tmp_path
     cases = [(["trainer.max_steps=-1"], "set trainer.max_steps"),  # CosineAnnealing needs it (NeMo derives it)
              (["trainer.max_steps=2", "trainer.precision=fp8"], "trainer.precision=fp8"),
              (["trainer.max_steps=2", "model.optim.lrr=1"], "model.optim.lrr"),
+             (["trainer.max_steps=2", "trainer.precision=16-mixed", "trainer.accelerator=cpu"], "needs a GPU"),
              (["trainer.max_steps=2", "init_from_pretrained_model=stt_en_fastconformer_ctc_large"], "not downloaded")]
     for i, (extra, needle) in enumerate(cases):
         code = cli(*base, f"exp_manager.explicit_log_dir={tmp_path / str(i)}", *extra)

@@ -116,6 +116,8 @@ def finetune(cfg: DictConfig, nest_overrides: list[str] | None = None,
     if under_launcher():
         raise ASRError("nest-ssl finetune starts its own processes (--devices N / trainer.devices=N); run it "
                        "without torchrun")
+    if settings.precision == "16-mixed" and _plan(cfg).accelerator != "gpu":
+        raise ASRError("trainer.precision=16-mixed needs a GPU; on the CPU use bf16-mixed or 32")
     last = _last_checkpoint(out_dir)
     pending: list[str] = []
     if last is not None:
