@@ -73,7 +73,7 @@ def build_model(asr_cfg: dict, cfg: DictConfig, *, init: bool, quiet: bool = Fal
 
 def prepare(cfg: DictConfig, nest_overrides: list[str]):
     """Every check, nothing written: (model, tokenizer, asr config, init report lines, train utterances)."""
-    from nest_ssl.asr.ctc_model import asr_config
+    from nest_ssl.asr.heads import build_asr_config
     from nest_ssl.asr.tokenizer import load_tokenizer, train_tokenizer
 
     sr = int(cfg.model.sample_rate)
@@ -92,8 +92,7 @@ def prepare(cfg: DictConfig, nest_overrides: list[str]):
         check_labelled(_dev_spec(cfg), "model.validation_ds.manifest_filepath", sr, tok)
     nest = nest_model_section(cfg, nest_overrides)
     spec = {k: v for k, v in OmegaConf.to_container(cfg.model.spec_augment, resolve=True).items() if k != "_target_"}
-    asr_cfg = asr_config(nest, tok.kind, tok.tokens(), spec)
-    asr_cfg["head"] = str(cfg.head)
+    asr_cfg = build_asr_config(str(cfg.head), nest, tok.kind, tok.tokens(), spec)
     asr_cfg["ctc_reduction"] = str(cfg.model.ctc_reduction)
     model, reports = build_model(asr_cfg, cfg, init=True)
     lines = [r.line() for r in reports] or ["encoder initialised at random (no --init-from)"]
@@ -103,6 +102,7 @@ def prepare(cfg: DictConfig, nest_overrides: list[str]):
 def finetune(cfg: DictConfig, nest_overrides: list[str] | None = None,
              say: Callable[[str], None] = print) -> FinetuneResult:
     """Runs (or resumes) the fine-tuning; every line `say` gets also goes to OUT/finetune.log."""
+    from nest_ssl.asr.heads import check_head
     from nest_ssl.asr.model_io import read_asr_checkpoint
     from nest_ssl.asr.tokenizer import load_tokenizer
     from nest_ssl.train.distributed import under_launcher
@@ -113,6 +113,7 @@ def finetune(cfg: DictConfig, nest_overrides: list[str] | None = None,
         raise ASRError("no run folder: give --out-dir (exp_manager.explicit_log_dir)")
     out_dir = Path(cfg.exp_manager.explicit_log_dir)
     settings = loop_settings(cfg)
+    check_head(str(cfg.head))
     if under_launcher():
         raise ASRError("nest-ssl finetune starts its own processes (--devices N / trainer.devices=N); run it "
                        "without torchrun")

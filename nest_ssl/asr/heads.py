@@ -14,8 +14,10 @@ import torch
 
 from nest_ssl.asr.errors import ASRError
 
-# head name -> "module:Class"; a head added in its own module registers here
+# head name -> "module:Class", and "module:function" making its config (NeMo's sections) from a NEST model config,
+# a tokenizer kind, its vocabulary and the SpecAugment keys; a head added in its own module registers in both
 HEADS: dict[str, str] = {"ctc": "nest_ssl.asr.ctc_model:CTCModel"}
+HEAD_CONFIGS: dict[str, str] = {"ctc": "nest_ssl.asr.ctc_model:asr_config"}
 
 
 class ASRModel(Protocol):
@@ -34,9 +36,23 @@ def head_of(cfg: Mapping[str, Any]) -> str:
     return str(cfg.get("head") or "ctc")
 
 
+def check_head(name: str) -> None:
+    if name not in HEADS or name not in HEAD_CONFIGS:
+        raise ASRError(f"head {name!r}: not one of {sorted(HEADS)}; choose it with --head / head=")
+
+
+def _load(table: dict[str, str], name: str):
+    check_head(name)
+    module, attr = table[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_asr_config(name: str, nest_model_cfg: Mapping[str, Any], tokenizer_kind: str, vocabulary: list[str],
+                     spec_augment: Mapping[str, Any] | None = None) -> dict:
+    cfg = _load(HEAD_CONFIGS, name)(nest_model_cfg, tokenizer_kind, vocabulary, spec_augment)
+    cfg["head"] = name
+    return cfg
+
+
 def build_asr_model(cfg: Mapping[str, Any]) -> torch.nn.Module:
-    name = head_of(cfg)
-    if name not in HEADS:
-        raise ASRError(f"head {name!r}: not one of {sorted(HEADS)}")
-    module, cls = HEADS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(cfg)
+    return _load(HEADS, head_of(cfg))(cfg)
