@@ -166,8 +166,12 @@ def finetune(cfg: DictConfig, nest_overrides: list[str] | None = None,
         container = OmegaConf.to_container(cfg, resolve=True)
         if settings.devices > 1:
             from nest_ssl.train.distributed import spawn
+            from nest_ssl.train.run import _child_error
 
-            spawn(_spawned, settings.devices, (container, asr_cfg, str(last) if last else None, identity))
+            try:
+                spawn(_spawned, settings.devices, (container, asr_cfg, str(last) if last else None, identity))
+            except Exception as err:  # a process's error, re-raised as its own type (a user error: one line)
+                raise _child_error(err) from err
             status = read_status(out_dir) or {}
             return FinetuneResult(out_dir, status.get("stop_reason"), int(status.get("global_step", 0)))
         return _run_process(container, asr_cfg, last, identity, model=model, say=note)
