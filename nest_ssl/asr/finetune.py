@@ -57,8 +57,9 @@ def _dev_spec(cfg: DictConfig):
     return None if spec is None else (OmegaConf.to_container(spec) if not isinstance(spec, str) else spec)
 
 
-def build_model(asr_cfg: dict, cfg: DictConfig, *, init: bool, quiet: bool = False):
-    """The ASR model, seeded; with `init`, initialised from the config's pretrained sources (strictly)."""
+def build_model(asr_cfg: dict, cfg: DictConfig, *, init: bool, tokenizer=None):
+    """The ASR model, seeded; with `init`, initialised from the config's pretrained sources (strictly; a CTC .nemo's
+    head too when `tokenizer` is the archive's)."""
     from nest_ssl.asr.heads import build_asr_model
     from nest_ssl.asr.init import init_from_pretrained
 
@@ -67,7 +68,7 @@ def build_model(asr_cfg: dict, cfg: DictConfig, *, init: bool, quiet: bool = Fal
     reports = []
     if init:
         for e in init_entries(cfg):
-            reports.append(init_from_pretrained(model, e.path, list(cfg.init_skip), e.include, e.exclude))
+            reports.append(init_from_pretrained(model, e.path, list(cfg.init_skip), tokenizer, e.include, e.exclude))
     return model, reports
 
 
@@ -94,7 +95,7 @@ def prepare(cfg: DictConfig, nest_overrides: list[str]):
     spec = {k: v for k, v in OmegaConf.to_container(cfg.model.spec_augment, resolve=True).items() if k != "_target_"}
     asr_cfg = build_asr_config(str(cfg.head), nest, tok.kind, tok.tokens(), spec)
     asr_cfg["ctc_reduction"] = str(cfg.model.ctc_reduction)
-    model, reports = build_model(asr_cfg, cfg, init=True)
+    model, reports = build_model(asr_cfg, cfg, init=True, tokenizer=tok)
     lines = [r.line() for r in reports] or ["encoder initialised at random (no --init-from)"]
     return model, tok, asr_cfg, lines, train.utterances
 
@@ -223,12 +224,12 @@ def _run_process(container: dict, asr_cfg: dict, last: Path | None, identity: di
     try:
         quiet = say if info.is_global_zero else (lambda line: None)
         ckpt = read_asr_checkpoint(last) if last is not None else None
+        tok = load_tokenizer(out_dir / "tokenizer", asr_cfg.get("tokenizer", {}).get("type"))
         if model is None:
-            model, _ = build_model(asr_cfg, cfg, init=ckpt is None and info.is_global_zero)
+            model, _ = build_model(asr_cfg, cfg, init=ckpt is None and info.is_global_zero, tokenizer=tok)
         if ckpt is not None:
             model.load_state_dict(ckpt["state_dict"])
         model.to(info.device)
-        tok = load_tokenizer(out_dir / "tokenizer", asr_cfg.get("tokenizer", {}).get("type"))
         sr = int(model.sample_rate)
         optimizer, scheduler = build_optim(cfg, model.parameters(), s.max_steps)
         train_ds, sampler = _train_sampler(cfg, s.seed, info.rank, info.world_size)

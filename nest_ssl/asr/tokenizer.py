@@ -155,8 +155,13 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 128):
 
 
 def load_tokenizer(folder: str | Path, kind: str | None = None):
-    """The tokenizer saved in `folder` (tokenizer.model -> SentencePiece, else vocab.txt -> characters)."""
+    """The tokenizer saved in `folder` (tokenizer.model -> SentencePiece, else vocab.txt -> characters), or the one
+    inside an ASR `.nemo` archive given instead of a folder."""
     folder = Path(folder)
+    if folder.is_file() and folder.suffix == ".nemo":
+        from nest_ssl.asr.nemo_ctc import tokenizer_of_nemo
+
+        return tokenizer_of_nemo(folder)
     if not folder.is_dir():
         raise ASRError(f"tokenizer folder {folder}: does not exist; train one with `nest-ssl finetune --tokenizer-"
                        "type ...` or give the folder that holds tokenizer.model / vocab.txt")

@@ -16,9 +16,9 @@ def add_lm_arguments(parser) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="a step-N.ckpt of `nest-ssl finetune` or its --out-dir")
+    parser.add_argument("--model", required=True, help="a step-N.ckpt of `nest-ssl finetune`, its --out-dir, or a NeMo CTC .nemo")
     parser.add_argument("--avg", type=int, default=1, help="average the last N checkpoints (icefall's --avg)")
-    parser.add_argument("--tokenizer", help="tokenizer folder (default: the run's tokenizer/)")
+    parser.add_argument("--tokenizer", help="tokenizer folder or .nemo (default: the run's tokenizer/, a .nemo's own)")
     parser.add_argument("--test", action="append", required=True, metavar="NAME=MANIFEST", help="repeatable")
     parser.add_argument("--out-dir", required=True)
     add_lm_arguments(parser)

@@ -8,10 +8,10 @@ HELP = "transcribe audio files with a fine-tuned CTC model (greedy, or beam sear
 def add_arguments(parser) -> None:
     from nest_ssl.cli.decode import add_lm_arguments
 
-    parser.add_argument("model", help="a step-N.ckpt of `nest-ssl finetune` or its --out-dir")
+    parser.add_argument("model", help="a step-N.ckpt of `nest-ssl finetune`, its --out-dir, or a NeMo CTC .nemo")
     parser.add_argument("audio", nargs="+", help="audio files (any rate soundfile reads; resampled)")
     parser.add_argument("--avg", type=int, default=1)
-    parser.add_argument("--tokenizer", help="tokenizer folder (default: the run's tokenizer/)")
+    parser.add_argument("--tokenizer", help="tokenizer folder or .nemo (default: the run's tokenizer/, a .nemo's own)")
     add_lm_arguments(parser)
 
 
