@@ -13,7 +13,7 @@ sampler's position in the epoch), so the losses are those of an uninterrupted ru
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +25,41 @@ from nest_ssl.asr.ft_config import init_entries, loop_settings, nest_model_secti
 from nest_ssl.asr.labelled import check_labelled
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneOptions:
+    """The plain flags of `nest-ssl finetune` as a library call (`options_config` turns them into the config)."""
+
+    train_manifest: Path
+    out_dir: Path
+    dev_manifest: Path | None = None
+    tokenizer_dir: Path | None = None  # a tokenizer folder or a CTC .nemo; else one is trained from the transcripts
+    tokenizer_type: str = "bpe"
+    vocab_size: int = 128
+    init_from: Path | None = None
+    init_skip: list[str] = field(default_factory=list)
+    config_name: str | None = None  # a NEST config (default nest_tiny) or an ASR fine-tuning yaml
+    overrides: list[str] = field(default_factory=list)
+    spec_augment: dict = field(default_factory=dict)
+    steps: int = 200
+    lr: float = 1e-3
+    batch_size: int = 8
+    seed: int = 0
+    save_every: int = 50
+    freeze_encoder_steps: int = 0
+
+
+def options_config(opts: FinetuneOptions) -> tuple[DictConfig, list[str]]:
+    """(the run's config, the NEST model overrides) of these options, as the command line builds them."""
+    from nest_ssl.asr.ft_config import build_config
+
+    flags = {"train_manifest": opts.train_manifest, "out_dir": opts.out_dir, "dev_manifest": opts.dev_manifest,
+             "tokenizer": opts.tokenizer_dir, "tokenizer_type": opts.tokenizer_type, "vocab_size": opts.vocab_size,
+             "init_from": opts.init_from, "steps": opts.steps, "lr": opts.lr, "batch_size": opts.batch_size,
+             "seed": opts.seed, "save_every": opts.save_every, "freeze_encoder_steps": opts.freeze_encoder_steps,
+             "init_skip": list(opts.init_skip), "spec_augment": dict(opts.spec_augment)}
+    return build_config(config_name=opts.config_name, config_path=None, flags=flags, overrides=list(opts.overrides))
 
 
 @dataclass
@@ -72,8 +107,16 @@ def build_model(asr_cfg: dict, cfg: DictConfig, *, init: bool, tokenizer=None):
     return model, reports
 
 
-def prepare(cfg: DictConfig, nest_overrides: list[str]):
-    """Every check, nothing written: (model, tokenizer, asr config, init report lines, train utterances)."""
+def prepare(cfg: DictConfig | FinetuneOptions, nest_overrides: list[str] | None = None):
+    """Every check, nothing written: (model, tokenizer, the first init report or None, asr config, train
+    utterances)."""
+    if isinstance(cfg, FinetuneOptions):
+        cfg, nest_overrides = options_config(cfg)
+    model, tok, asr_cfg, reports, utterances = _prepare(cfg, nest_overrides or [])
+    return model, tok, (reports[0] if reports else None), asr_cfg, utterances
+
+
+def _prepare(cfg: DictConfig, nest_overrides: list[str]):
     from nest_ssl.asr.heads import build_asr_config
     from nest_ssl.asr.tokenizer import load_tokenizer, train_tokenizer
 
@@ -96,8 +139,7 @@ def prepare(cfg: DictConfig, nest_overrides: list[str]):
     asr_cfg = build_asr_config(str(cfg.head), nest, tok.kind, tok.tokens(), spec)
     asr_cfg["ctc_reduction"] = str(cfg.model.ctc_reduction)
     model, reports = build_model(asr_cfg, cfg, init=True, tokenizer=tok)
-    lines = [r.line() for r in reports] or ["encoder initialised at random (no --init-from)"]
-    return model, tok, asr_cfg, lines, train.utterances
+    return model, tok, asr_cfg, reports, train.utterances
 
 
 def finetune(cfg: DictConfig, nest_overrides: list[str] | None = None,
@@ -143,8 +185,8 @@ def finetune(cfg: DictConfig, nest_overrides: list[str] | None = None,
         utterances = train.utterances
         del ckpt
     else:
-        model, tok, asr_cfg, lines, utterances = prepare(cfg, nest_overrides or [])
-        pending.extend(lines)
+        model, tok, asr_cfg, reports, utterances = _prepare(cfg, nest_overrides or [])
+        pending.extend([r.line() for r in reports] or ["encoder initialised at random (no --init-from)"])
     _check_data_sections(cfg, settings.seed)
     build_optim(cfg, [torch.nn.Parameter(torch.zeros(1))], settings.max_steps)
     # Everything checked: the folder is written from here on.
