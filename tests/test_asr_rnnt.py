@@ -16,7 +16,7 @@ from asr_corpus import SENTENCES, TINY, make_asr_corpus  # noqa: E402
 from rnnt_synthetic import D_ENC, SMALL, V, kwargs, sample, train  # noqa: E402
 
 from nest_ssl.asr.ctc_model import asr_config  # noqa: E402
-from nest_ssl.asr.models import build_asr_model  # noqa: E402
+from nest_ssl.asr.heads import build_asr_model  # noqa: E402
 from nest_ssl.asr.rnnt_decoder import RNNTDecoder  # noqa: E402
 from nest_ssl.asr.rnnt_decoding import RNNTSearch, beam_search, decode_tokens, greedy_batch  # noqa: E402
 from nest_ssl.asr.rnnt_joint import RNNTJoint  # noqa: E402
@@ -69,8 +69,11 @@ def test_rnnt_model_has_nemo_names_shapes_defaults_and_blank_last():
     targets = [torch.tensor([0, 1, 2, 3]), torch.tensor([2])]
     logits, _, _ = model.joint_logits(enc, enc_len, targets)
     assert logits.shape == (2, int(enc_len.max()), 5, 5) and logits.dtype == torch.float32
-    assert torch.isfinite(model.loss(enc, enc_len, targets))
+    assert torch.isfinite(model.rnnt_loss(enc, enc_len, targets))
     assert len(model.decode(enc, enc_len, _CharTok())) == 2
+    audio, audio_len = torch.randn(2, 16000), torch.tensor([16000, 8000])  # the fine-tuning loop's interface
+    assert torch.allclose(model.loss(audio, audio_len, targets), model.rnnt_loss(*model(audio, audio_len), targets))
+    assert model.greedy_texts(audio, audio_len, _CharTok()) == model.decode(*model(audio, audio_len), _CharTok())
 
 
 class _CharTok:

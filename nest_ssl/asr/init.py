@@ -22,7 +22,7 @@ import torch
 
 from nest_ssl.asr.ctc_model import ENCODER_KEYS_CHECKED, CTCModel
 from nest_ssl.asr.errors import ASRError
-from nest_ssl.asr.models import head_of
+from nest_ssl.asr.heads import head_of
 
 log = logging.getLogger(__name__)
 PARTS = ("encoder.", "preprocessor.")
@@ -44,7 +44,14 @@ class InitReport:
                 f"preprocessor buffers) from {self.source}{skipped}{head}")
 
 
-def _skipped(key: str, skip: Sequence[str]) -> bool:
+def _skipped(key: str, skip: Sequence[str], include: Sequence[str] | None = None,
+             exclude: Sequence[str] | None = None) -> bool:
+    """Named by the user to be left as initialised: an --init-skip prefix, or outside NeMo's include/exclude
+    selection (a tensor is loaded when its name contains one of `include` and none of `exclude`)."""
+    if include and not any(i in key for i in include):
+        return True
+    if exclude and any(x in key for x in exclude):
+        return True
     return any(key.startswith(s) for s in skip if s not in ENCODER_KEYS_CHECKED)
 
 
@@ -84,6 +91,17 @@ def _read_config(path: str | Path) -> dict:
     return {k: v for k, v in cfg.items() if k not in ("target", "nemo_version")}
 
 
+def nest_parts(nest) -> dict:
+    """A NEST model's preprocessor and encoder tensors under the recognizer's names."""
+    theirs = {k: v for k, v in nest.state_dict().items() if k.startswith(PARTS)}
+    if getattr(nest, "pre_encoder", None) is not None:
+        # post_conv masking: NEST wraps the subsampler (`encoder.pre_encode.pre_encode.*`) with its mask vector
+        # (`encoder.pre_encode.masking.*`); the recognizer has the subsampler alone and no masking
+        theirs = {k.replace("encoder.pre_encode.pre_encode.", "encoder.pre_encode.", 1): v for k, v in theirs.items()
+                  if not k.startswith("encoder.pre_encode.masking.")}
+    return theirs
+
+
 def _ctc_head(model: CTCModel, source: CTCModel, source_tok, tokenizer) -> tuple[dict, str]:
     """The CTC head of a CTC model we start from, when the run's tokenizer is the same (the same tokens in the same
     order, so that every output class means the same); else nothing, and why."""
@@ -103,9 +121,11 @@ def _ctc_head(model: CTCModel, source: CTCModel, source_tok, tokenizer) -> tuple
     return head, f"and its CTC head ({ours[0]} classes, the tokenizer being the same)"
 
 
-def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] = (), tokenizer=None) -> InitReport:
+def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] = (), tokenizer=None,
+                         include: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> InitReport:
     """Encoder and preprocessor from a NEST checkpoint or a CTC `.nemo`; from a CTC `.nemo` also its CTC head when
-    `tokenizer` (the run's) is the archive's."""
+    `tokenizer` (the run's) is the archive's. `include`/`exclude`: NeMo's selection (init_from_nemo_model entries);
+    the tensors it leaves out count as named in `skip`."""
     from nest_ssl.asr.nemo_ctc import ctc_from_nemo, is_nemo_ctc
     from nest_ssl.checkpoint.model import load_model
     from nest_ssl.errors import UserError
@@ -124,16 +144,14 @@ def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] 
         except UserError as err:
             raise ASRError(f"--init-from {err}" if str(err).startswith(str(path)) else f"--init-from {path}: {err}") from None
     check_config(model, nest_cfg, path, skip)
-    theirs = {k: v for k, v in nest.state_dict().items() if k.startswith(PARTS)}
-    if getattr(nest, "pre_encoder", None) is not None:
-        # post_conv masking: NEST wraps the subsampler (`encoder.pre_encode.pre_encode.*`) with its mask vector
-        # (`encoder.pre_encode.masking.*`); the recognizer has the subsampler alone and no masking
-        theirs = {k.replace("encoder.pre_encode.pre_encode.", "encoder.pre_encode.", 1): v for k, v in theirs.items()
-                  if not k.startswith("encoder.pre_encode.masking.")}
+    theirs = nest_parts(nest)
     ours = {k: v for k, v in model.state_dict().items() if k.startswith(PARTS)}
-    missing = [k for k in ours if k not in theirs and not _skipped(k, skip)]
-    unexpected = [k for k in theirs if k not in ours and not _skipped(k, skip)]
-    shapes = [k for k in ours if k in theirs and ours[k].shape != theirs[k].shape and not _skipped(k, skip)]
+    def named(k: str) -> bool:
+        return _skipped(k, skip, include, exclude)
+
+    missing = [k for k in ours if k not in theirs and not named(k)]
+    unexpected = [k for k in theirs if k not in ours and not named(k)]
+    shapes = [k for k in ours if k in theirs and ours[k].shape != theirs[k].shape and not named(k)]
     for what, keys in (("has no tensor", missing), ("has a tensor the model lacks", unexpected),
                        ("has another shape for", shapes)):
         if keys:
@@ -141,7 +159,7 @@ def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] 
                       if what.startswith("has another") else "")
             raise ASRError(f"--init-from {path}: the checkpoint {what} {keys[0]}{detail} and {len(keys) - 1} more; "
                            f"pass --init-skip {keys[0].rsplit('.', 1)[0]}. to leave them as initialised")
-    take = {k: v for k, v in theirs.items() if k in ours and not _skipped(k, skip)}
+    take = {k: v for k, v in theirs.items() if k in ours and not named(k)}
     take.update(head)
     with torch.no_grad():
         state = model.state_dict()
@@ -150,6 +168,6 @@ def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] 
     report = InitReport(source=str(path), loaded=sum(k.startswith("encoder.") for k in take),
                         encoder_tensors=sum(k.startswith("encoder.") for k in ours),
                         preprocessor=sum(k.startswith("preprocessor.") for k in take),
-                        skipped=sorted(k for k in set(ours) | set(theirs) if _skipped(k, skip)), head=head_note)
+                        skipped=sorted(k for k in set(ours) | set(theirs) if named(k)), head=head_note)
     log.info("%s", report.line())
     return report

@@ -11,7 +11,7 @@ import torch
 
 from nest_ssl.asr.average import average_state_dicts, last_checkpoints
 from nest_ssl.asr.errors import ASRError
-from nest_ssl.asr.models import build_asr_model, head_of
+from nest_ssl.asr.heads import build_asr_model, head_of
 from nest_ssl.asr.tokenizer import load_tokenizer
 
 KINDS = {"ctc": "nest_ssl.asr.ctc", "rnnt": "nest_ssl.asr.rnnt"}  # the checkpoint's `kind`, by head

@@ -81,7 +81,7 @@ class RNNTModel(nn.Module):
         f = encoded[:, :, :int(encoded_len.max())]
         return self.joint.joint_logits(f.transpose(1, 2), g.transpose(1, 2)).float(), padded, target_len
 
-    def loss(self, encoded: torch.Tensor, encoded_len: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+    def rnnt_loss(self, encoded: torch.Tensor, encoded_len: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
         """RNN-T loss of the batch with the config's `rnnt_reduction`."""
         import warnings
 
@@ -94,6 +94,15 @@ class RNNTModel(nn.Module):
             losses = rnnt_loss(logits, padded.int(), encoded_len.int(), target_len.int(), blank=self.blank,
                                reduction="none", fused_log_softmax=True)
         return reduce_losses(losses, target_len, self.reduction)
+
+    # The fine-tuning loop's model interface (nest_ssl.asr.heads.ASRModel): loss of a batch, greedy transcripts.
+    def loss(self, audio: torch.Tensor, audio_len: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        encoded, encoded_len = self(audio, audio_len)
+        return self.rnnt_loss(encoded, encoded_len, targets)
+
+    def greedy_texts(self, audio: torch.Tensor, audio_len: torch.Tensor, tokenizer) -> list[str]:
+        encoded, encoded_len = self(audio, audio_len)
+        return self.decode(encoded, encoded_len, tokenizer)
 
     @torch.no_grad()
     def decode(self, encoded: torch.Tensor, encoded_len: torch.Tensor, tokenizer,

@@ -87,6 +87,12 @@ class SentencePieceTokenizer:
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self._known = self._known_chars()
 
+    def __getstate__(self) -> dict:  # DataLoader workers get a copy: the processor is rebuilt from the model
+        return {"model_proto": self.model_proto, "kind": self.kind}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["model_proto"], state["kind"])
+
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()

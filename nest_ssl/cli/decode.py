@@ -90,7 +90,7 @@ def run(args) -> int:
     from nest_ssl.asr.errors import ASRError
     from nest_ssl.asr.manifest import read_nonempty_manifest
     from nest_ssl.asr.model_io import load_asr
-    from nest_ssl.asr.models import head_of
+    from nest_ssl.asr.heads import head_of
     from nest_ssl.asr.results import write_results
     from nest_ssl.asr.transcribe import transcribe
 

@@ -20,7 +20,7 @@ def run(args) -> int:
 
     from nest_ssl.asr.errors import ASRError
     from nest_ssl.asr.model_io import load_asr
-    from nest_ssl.asr.models import head_of
+    from nest_ssl.asr.heads import head_of
     from nest_ssl.asr.nemo_archive import is_nemo_archive
     from nest_ssl.asr.nemo_ctc import export_ctc
     from nest_ssl.errors import check_output_file

@@ -24,7 +24,7 @@ def run(args) -> int:
     from nest_ssl.asr.errors import ASRError
     from nest_ssl.asr.model_io import load_asr
     from nest_ssl.asr.transcribe import transcribe
-    from nest_ssl.asr.models import head_of
+    from nest_ssl.asr.heads import head_of
     from nest_ssl.cli.decode import lm_decoder, rnnt_methods
 
     paths = [Path(p) for p in args.audio]
