@@ -212,7 +212,9 @@ def test_config_mistakes_give_one_line_exit_2_and_write_nothing(corpus, tmp_path
              (["trainer.max_steps=2", "trainer.precision=fp8"], "trainer.precision=fp8"),
              (["trainer.max_steps=2", "model.optim.lrr=1"], "model.optim.lrr"),
              (["trainer.max_steps=2", "trainer.precision=16-mixed", "trainer.accelerator=cpu"], "needs a GPU"),
-             (["trainer.max_steps=2", "init_from_pretrained_model=stt_en_fastconformer_ctc_large"], "not downloaded")]
+             (["trainer.max_steps=2", "init_from_pretrained_model=stt_en_fastconformer_ctc_large"], "not downloaded"),
+             # the NEST model cards' key, which NeMo ignores (the encoder silently stays random): refused here
+             (["trainer.max_steps=2", "++init_from_pretrained.ssl.path=x.nemo"], "no weights would load")]
     for i, (extra, needle) in enumerate(cases):
         code = cli(*base, f"exp_manager.explicit_log_dir={tmp_path / str(i)}", *extra)
         err = capsys.readouterr().err

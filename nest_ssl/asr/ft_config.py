@@ -92,6 +92,17 @@ def full_key(key: str) -> str:
     return key if bare.split(".")[0] in TOP_LEVEL else f"{prefix}model.{bare}"
 
 
+def _refuse_unread_init_key(key: str) -> None:
+    """An `init_from...` key that nothing reads would leave the encoder at random without a word: NeMo's NEST model
+    cards pass `++init_from_pretrained.ssl...`, which NeMo's maybe_init_from_pretrained_checkpoint ignores."""
+    parts = key.lstrip("+~").split(".")
+    hits = [i for i, p in enumerate(parts) if p.startswith("init_from")]
+    if hits and (hits != [0] or parts[0] not in INIT_KEYS):
+        raise ASRError(f"{key}: not a key the initialisation reads, so no weights would load; use "
+                       "init_from_nemo_model=PATH (or init_from_ptl_ckpt / init_from_pretrained_model), with "
+                       "include/exclude as init_from_nemo_model.NAME.{path,include,exclude}, or --init-from PATH")
+
+
 def is_asr_config(cfg: DictConfig) -> bool:
     model = cfg.get("model")
     return isinstance(model, DictConfig) and "tokenizer" in model
@@ -137,6 +148,7 @@ def build_config(*, config_name: str | None, config_path: str | None, flags: dic
     nest_overrides, own = [], []
     for item in overrides:
         key, sep, value = item.partition("=")
+        _refuse_unread_init_key(key)
         full = full_key(key)
         bare = full.lstrip("+~")
         model_side = bare.startswith(ENCODER_SECTIONS) or (bare + sep).startswith(HEAD_SECTIONS)
