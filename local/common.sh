@@ -167,14 +167,17 @@ recipe_unlock() {
 # stage_begin decides from the marker without writing it and stage_end writes nothing: node 0 keeps the marker.
 # --stage N (given explicitly) forces stage N to run; the stages after it rerun when their inputs changed,
 # which they did if stage N wrote different outputs. --force true forces every stage in the range.
+# A stage that works item by item (egs/librilight's fine-tuning, one run per split) passes N_ITEM (13_10min) to
+# stage_begin and stage_end: each item has its own marker, so adding an item runs only that one.
 stage_in_range() {
   [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ]
 }
 
 stage_begin() {
   local n=$1 desc=$2 a msg rc=0
+  local num=${n%%_*}  # N, or N_ITEM: one marker per item of stage N (stage13_10min.done), in range and forced as N
   shift 2
-  stage_in_range "$n" || return 1
+  stage_in_range "$num" || return 1
   local args=()
   for a in "$@"; do
     case "$a" in
@@ -186,7 +189,7 @@ stage_begin() {
   done
   if [ "${force:-false}" = true ]; then
     args+=(--force "forced by --force true")
-  elif [ "$n" -eq "$stage" ] && [[ "${parsed_options:- }" == *" stage "* ]]; then
+  elif [ "$num" -eq "$stage" ] && [[ "${parsed_options:- }" == *" stage "* ]]; then
     args+=(--force "forced by --stage $stage")
   fi
   local cmd=begin

@@ -1,5 +1,6 @@
 """CTC decoding: greedy (best path) and beam search with a word n-gram LM through torchaudio's `ctc_decoder`
-(flashlight-text, whose KenLM reads ARPA files). Emissions are log-probabilities (T, V+1) with the blank last.
+(flashlight-text, whose KenLM reads ARPA files, plain or gzip-compressed `.arpa.gz`). Emissions are
+log-probabilities (T, V+1) with the blank last.
 
 The beam-search decoder is lexicon-based: every word of the LM (its unigrams but <s>, </s>, <unk>) is spelled with
 the tokenizer. For characters the word separator is the space token (`|` to flashlight); SentencePiece pieces carry
@@ -16,7 +17,7 @@ from typing import Sequence
 import torch
 
 from nest_ssl.asr.errors import ASRError, import_asr_dependency
-from nest_ssl.asr.lm import BOS, EOS, UNK, read_arpa
+from nest_ssl.asr.lm import BOS, EOS, UNK, arpa_unigrams
 
 BLANK_TOKEN = "<blank>"
 
@@ -48,7 +49,7 @@ class LMDecoder:
         arpa = Path(options.arpa)
         if not arpa.is_file():
             raise ASRError(f"--lm {arpa}: does not exist; give an ARPA file (or build one with --lm-text)")
-        words = sorted(g[0] for g in read_arpa(arpa).get(1, {}) if g[0] not in (BOS, EOS, UNK))
+        words = sorted(w for w in arpa_unigrams(arpa) if w not in (BOS, EOS, UNK))
         if not words:
             raise ASRError(f"--lm {arpa}: no unigram; is it an ARPA file?")
         tokens = tokenizer.tokens() + [BLANK_TOKEN]

@@ -1,7 +1,11 @@
 """Initialising the CTC model's encoder (and preprocessor) from a pretrained NEST checkpoint, loudly.
 
 The checkpoint is read through nest_ssl.checkpoint.model.load_model (our .ckpt, a .nemo of ours or NeMo's, a NeMo
-Lightning .ckpt). Nothing fails silently: a config that does not match the checkpoint's encoder (layers, d_model,
+Lightning .ckpt), or is a CTC ASR `.nemo` (NeMo's EncDecCTCModel(BPE), or our export), read by nemo_ctc.py: then its
+CTC head is taken too when the run's tokenizer is the archive's (same tokens, same order), and starts at random
+otherwise; the report says which.
+
+Nothing fails silently: a config that does not match the checkpoint's encoder (layers, d_model,
 mel bins), or a tensor that is missing, unexpected or of another shape, is an ASRError of one line, unless the user
 names it in `skip`: a config key (`n_layers`, `d_model`, `feat_in`) or a state-dict key prefix
 (`encoder.layers.1.`). The report says how many encoder tensors were loaded, and from where.
@@ -18,6 +22,7 @@ import torch
 
 from nest_ssl.asr.ctc_model import ENCODER_KEYS_CHECKED, CTCModel
 from nest_ssl.asr.errors import ASRError
+from nest_ssl.asr.heads import head_of
 
 log = logging.getLogger(__name__)
 PARTS = ("encoder.", "preprocessor.")
@@ -30,14 +35,23 @@ class InitReport:
     encoder_tensors: int  # encoder tensors of the model
     preprocessor: int  # preprocessor buffers loaded
     skipped: list[str]
+    head: str = ""  # from a CTC model: whether its CTC head was taken too, and why (not)
 
     def line(self) -> str:
         skipped = f"; skipped {len(self.skipped)} as asked ({', '.join(self.skipped[:3])}...)" if self.skipped else ""
+        head = f"; {self.head}" if self.head else ""
         return (f"initialised {self.loaded} of {self.encoder_tensors} encoder tensors (and {self.preprocessor} "
-                f"preprocessor buffers) from {self.source}{skipped}")
+                f"preprocessor buffers) from {self.source}{skipped}{head}")
 
 
-def _skipped(key: str, skip: Sequence[str]) -> bool:
+def _skipped(key: str, skip: Sequence[str], include: Sequence[str] | None = None,
+             exclude: Sequence[str] | None = None) -> bool:
+    """Named by the user to be left as initialised: an --init-skip prefix, or outside NeMo's include/exclude
+    selection (a tensor is loaded when its name contains one of `include` and none of `exclude`)."""
+    if include and not any(i in key for i in include):
+        return True
+    if exclude and any(x in key for x in exclude):
+        return True
     return any(key.startswith(s) for s in skip if s not in ENCODER_KEYS_CHECKED)
 
 
@@ -60,9 +74,13 @@ def _read_config(path: str | Path) -> dict:
     from nest_ssl.checkpoint.nemo import load_checkpoint_any, model_config_of, read_nemo
     from nest_ssl.errors import UserError
 
+    from nest_ssl.asr.nemo_ctc import ctc_sections, is_nemo_ctc
+
     path = Path(path)
     if not path.is_file():
-        raise ASRError(f"--init-from {path}: does not exist; give a NEST .ckpt or .nemo")
+        raise ASRError(f"--init-from {path}: does not exist; give a NEST .ckpt or .nemo, or a CTC .nemo")
+    if is_nemo_ctc(path):
+        return ctc_sections(path, "--init-from")
     try:
         if path.suffix == ".nemo" or (os.access(path, os.R_OK) and tarfile.is_tarfile(path)):
             cfg, _ = read_nemo(path)
@@ -73,28 +91,67 @@ def _read_config(path: str | Path) -> dict:
     return {k: v for k, v in cfg.items() if k not in ("target", "nemo_version")}
 
 
-def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] = ()) -> InitReport:
-    from nest_ssl.checkpoint.model import load_model
-    from nest_ssl.errors import UserError
-
-    path = Path(path)
-    if not path.is_file():
-        raise ASRError(f"--init-from {path}: does not exist; give a NEST .ckpt or .nemo")
-    try:
-        nest, nest_cfg = load_model(path)
-    except UserError as err:
-        raise ASRError(f"--init-from {err}" if str(err).startswith(str(path)) else f"--init-from {path}: {err}") from None
-    check_config(model, nest_cfg, path, skip)
+def nest_parts(nest) -> dict:
+    """A NEST model's preprocessor and encoder tensors under the recognizer's names."""
     theirs = {k: v for k, v in nest.state_dict().items() if k.startswith(PARTS)}
     if getattr(nest, "pre_encoder", None) is not None:
         # post_conv masking: NEST wraps the subsampler (`encoder.pre_encode.pre_encode.*`) with its mask vector
         # (`encoder.pre_encode.masking.*`); the recognizer has the subsampler alone and no masking
         theirs = {k.replace("encoder.pre_encode.pre_encode.", "encoder.pre_encode.", 1): v for k, v in theirs.items()
                   if not k.startswith("encoder.pre_encode.masking.")}
+    return theirs
+
+
+def _ctc_head(model: CTCModel, source: CTCModel, source_tok, tokenizer) -> tuple[dict, str]:
+    """The CTC head of a CTC model we start from, when the run's tokenizer is the same (the same tokens in the same
+    order, so that every output class means the same); else nothing, and why."""
+    if tokenizer is None:
+        return {}, ""
+    if head_of(model.cfg) != "ctc":
+        return {}, "its CTC head is left out (this model's head is RNN-T)"
+    if tokenizer.kind == "char" and source_tok.kind == "char":
+        same = tokenizer.characters == source_tok.characters
+    else:
+        same = tokenizer.kind != "char" and source_tok.kind != "char" and tokenizer.tokens() == source_tok.tokens()
+    ours = model.decoder.decoder_layers[0].weight.shape
+    if not same or source.decoder.decoder_layers[0].weight.shape != ours:
+        return {}, ("the CTC head starts at random: the run's tokenizer is not the checkpoint's (pass --tokenizer "
+                    "with the .nemo itself to continue its head)")
+    head = {k: v for k, v in source.state_dict().items() if k.startswith("decoder.")}
+    return head, f"and its CTC head ({ours[0]} classes, the tokenizer being the same)"
+
+
+def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] = (), tokenizer=None,
+                         include: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> InitReport:
+    """Encoder and preprocessor from a NEST checkpoint or a CTC `.nemo`; from a CTC `.nemo` also its CTC head when
+    `tokenizer` (the run's) is the archive's. `include`/`exclude`: NeMo's selection (init_from_nemo_model entries);
+    the tensors it leaves out count as named in `skip`."""
+    from nest_ssl.asr.nemo_ctc import ctc_from_nemo, is_nemo_ctc
+    from nest_ssl.checkpoint.model import load_model
+    from nest_ssl.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ASRError(f"--init-from {path}: does not exist; give a NEST .ckpt or .nemo, or a CTC .nemo")
+    head, head_note = {}, ""
+    if is_nemo_ctc(path):
+        nest, source_tok = ctc_from_nemo(path, "--init-from")
+        nest_cfg = nest.cfg
+        head, head_note = _ctc_head(model, nest, source_tok, tokenizer)
+    else:
+        try:
+            nest, nest_cfg = load_model(path)
+        except UserError as err:
+            raise ASRError(f"--init-from {err}" if str(err).startswith(str(path)) else f"--init-from {path}: {err}") from None
+    check_config(model, nest_cfg, path, skip)
+    theirs = nest_parts(nest)
     ours = {k: v for k, v in model.state_dict().items() if k.startswith(PARTS)}
-    missing = [k for k in ours if k not in theirs and not _skipped(k, skip)]
-    unexpected = [k for k in theirs if k not in ours and not _skipped(k, skip)]
-    shapes = [k for k in ours if k in theirs and ours[k].shape != theirs[k].shape and not _skipped(k, skip)]
+    def named(k: str) -> bool:
+        return _skipped(k, skip, include, exclude)
+
+    missing = [k for k in ours if k not in theirs and not named(k)]
+    unexpected = [k for k in theirs if k not in ours and not named(k)]
+    shapes = [k for k in ours if k in theirs and ours[k].shape != theirs[k].shape and not named(k)]
     for what, keys in (("has no tensor", missing), ("has a tensor the model lacks", unexpected),
                        ("has another shape for", shapes)):
         if keys:
@@ -102,7 +159,8 @@ def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] 
                       if what.startswith("has another") else "")
             raise ASRError(f"--init-from {path}: the checkpoint {what} {keys[0]}{detail} and {len(keys) - 1} more; "
                            f"pass --init-skip {keys[0].rsplit('.', 1)[0]}. to leave them as initialised")
-    take = {k: v for k, v in theirs.items() if k in ours and not _skipped(k, skip)}
+    take = {k: v for k, v in theirs.items() if k in ours and not named(k)}
+    take.update(head)
     with torch.no_grad():
         state = model.state_dict()
         for k, v in take.items():
@@ -110,6 +168,6 @@ def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] 
     report = InitReport(source=str(path), loaded=sum(k.startswith("encoder.") for k in take),
                         encoder_tensors=sum(k.startswith("encoder.") for k in ours),
                         preprocessor=sum(k.startswith("preprocessor.") for k in take),
-                        skipped=sorted(k for k in set(ours) | set(theirs) if _skipped(k, skip)))
+                        skipped=sorted(k for k in set(ours) | set(theirs) if named(k)), head=head_note)
     log.info("%s", report.line())
     return report

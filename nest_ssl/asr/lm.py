@@ -108,11 +108,44 @@ def build_arpa(text_file: str | Path, out: str | Path, order: int = 3) -> Path:
     return write_arpa(estimate(text_file.read_text(encoding="utf-8").splitlines(), order), out)
 
 
+def open_text(path: str | Path):
+    """A text file for reading, gzip-compressed when its name ends in .gz (as KenLM reads ARPA files)."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        import gzip
+
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def arpa_unigrams(path: str | Path) -> list[str]:
+    """The words of an ARPA file's 1-gram section, read line by line up to its end (plain or .gz): what the
+    decoder's lexicon needs, without holding a large LM's higher orders in memory."""
+    words = []
+    inside = False
+    with open_text(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.endswith("-grams:"):
+                if inside:
+                    break
+                inside = line == "\\1-grams:"
+            elif inside and line:
+                parts = line.split()  # a 1-gram is one word: tab- or space-separated alike
+                if len(parts) >= 2:
+                    words.append(parts[1])
+            elif line == "\\end\\":
+                break
+    return words
+
+
 def read_arpa(path: str | Path) -> dict[int, dict[tuple, tuple[float, float | None]]]:
     """Our own reader (for tests and checks): order -> {ngram: (log10 prob, log10 backoff or None)}."""
     model: dict[int, dict] = {}
     n = 0
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    with open_text(path) as f:
+        lines = f.read().splitlines()
+    for line in lines:
         line = line.strip()
         if line.endswith("-grams:"):
             n = int(line[1:].split("-")[0])

@@ -1,6 +1,7 @@
-"""A fine-tuned CTC model on disk: `step-N.ckpt` files (our checkpoint format: digest, atomic write) holding the
-model config and weights, beside the `tokenizer/` folder of the run. `load_asr` reads one checkpoint, a run folder
-(its last checkpoint) or the average of a run's last N checkpoints."""
+"""A fine-tuned ASR model (CTC or RNN-T) on disk: `step-N.ckpt` files (our checkpoint format: digest, atomic
+write) holding the model config and weights, beside the `tokenizer/` folder of the run. `load_asr` reads one
+checkpoint, a run folder (its last checkpoint), the average of a run's last N checkpoints, or a NeMo CTC `.nemo`
+(nemo_ctc.py)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,19 @@ from pathlib import Path
 import torch
 
 from nest_ssl.asr.average import average_state_dicts, last_checkpoints
-from nest_ssl.asr.ctc_model import CTCModel
 from nest_ssl.asr.errors import ASRError
+from nest_ssl.asr.heads import build_asr_model, head_of
 from nest_ssl.asr.tokenizer import load_tokenizer
 
-KIND = "nest_ssl.asr.ctc"
+KINDS = {"ctc": "nest_ssl.asr.ctc", "rnnt": "nest_ssl.asr.rnnt"}  # the checkpoint's `kind`, by head
 
 
-def save_asr(path: Path, model: CTCModel, step: int, training: dict | None = None) -> Path:
+def save_asr(path: Path, model, step: int, training: dict | None = None) -> Path:
     """`training`: what resuming needs (optimizer, RNG states, the rest of the epoch's order, the data's identity)."""
     from nest_ssl.checkpoint import save_checkpoint
 
     ckpt = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "asr_config": model.cfg, "kind": KIND, "global_step": step}
+            "asr_config": model.cfg, "kind": KINDS[head_of(model.cfg)], "global_step": step}
     if training is not None:
         ckpt["training"] = training
     return save_checkpoint(ckpt, path)
@@ -39,8 +40,8 @@ def _read(path: Path) -> dict:
         ckpt = load_checkpoint(path)
     except UserError as err:
         raise ASRError(f"model {err}") from None
-    if ckpt.get("kind") != KIND:
-        raise ASRError(f"model {path}: not a CTC model of `nest-ssl finetune` (a pretrained NEST checkpoint? "
+    if ckpt.get("kind") not in KINDS.values():
+        raise ASRError(f"model {path}: not an ASR model of `nest-ssl finetune` (a pretrained NEST checkpoint? "
                        "fine-tune it first)")
     return ckpt
 
@@ -53,8 +54,21 @@ def _step_of(path: Path) -> int:
 
 
 def load_asr(model: str | Path, avg: int = 1, tokenizer_dir: str | Path | None = None):
-    """(CTCModel in eval mode, tokenizer, [checkpoints used])."""
+    """(CTCModel or RNNTModel in eval mode, tokenizer, [checkpoints used]). `model` may also be a NeMo CTC `.nemo`
+    (NeMo's own or one of `nest-ssl export-asr`), whose tokenizer is read from the archive unless `tokenizer_dir` is
+    given."""
+    from nest_ssl.asr.nemo_archive import is_nemo_archive
+
     model = Path(model)
+    if is_nemo_archive(model):
+        from nest_ssl.asr.nemo_ctc import ctc_from_nemo
+
+        if avg > 1:
+            raise ASRError(f"--avg {avg}: {model} is one model (a .nemo archive); --avg averages the checkpoints of a "
+                           "`nest-ssl finetune` run folder")
+        tok = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
+        net, tok = ctc_from_nemo(model, "model", tok)
+        return net, tok, [model]
     if model.is_dir():
         paths = last_checkpoints(model, avg)
         run_dir = model
@@ -71,7 +85,7 @@ def load_asr(model: str | Path, avg: int = 1, tokenizer_dir: str | Path | None =
         raise ASRError(f"model {model}: does not exist; give a step-*.ckpt or the --out-dir of `nest-ssl finetune`")
     ckpts = [_read(p) for p in paths]
     cfg = ckpts[-1]["asr_config"]
-    net = CTCModel(cfg)
+    net = build_asr_model(cfg)
     state = average_state_dicts([c["state_dict"] for c in ckpts]) if len(ckpts) > 1 else ckpts[0]["state_dict"]
     net.load_state_dict(state)
     tok_dir = Path(tokenizer_dir) if tokenizer_dir else run_dir / "tokenizer"

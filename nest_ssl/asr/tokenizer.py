@@ -87,6 +87,12 @@ class SentencePieceTokenizer:
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self._known = self._known_chars()
 
+    def __getstate__(self) -> dict:  # DataLoader workers get a copy: the processor is rebuilt from the model
+        return {"model_proto": self.model_proto, "kind": self.kind}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["model_proto"], state["kind"])
+
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
@@ -124,13 +130,15 @@ class SentencePieceTokenizer:
         (folder / "vocab.txt").write_text("".join(t + "\n" for t in lines), encoding="utf-8")
 
 
-def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 128):
-    """A tokenizer trained on `texts` (already checked and normalised). char: every character seen, sorted."""
+def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 128, required_chars: str = ""):
+    """A tokenizer trained on `texts` (already checked and normalised). char: every character seen, sorted.
+    `required_chars` are in the vocabulary even where `texts` lack them (SentencePiece's required_chars): a small
+    training set may miss a letter that test transcripts or LM words have."""
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise ASRError("no transcript to train the tokenizer on (all are empty)")
     if kind == "char":
-        return CharTokenizer(sorted({c for t in texts for c in t}))
+        return CharTokenizer(sorted({c for t in texts for c in t} | set(required_chars)))
     if kind not in KINDS:
         raise ASRError(f"--type {kind}: choose one of {', '.join(KINDS)}")
     spm = import_asr_dependency("sentencepiece")
@@ -141,7 +149,7 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 128):
         spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, model_type=kind,
                                        vocab_size=vocab_size, character_coverage=1.0, bos_id=-1, eos_id=-1,
                                        unk_id=0, pad_id=-1, hard_vocab_limit=True, num_threads=1,
-                                       minloglevel=2)
+                                       minloglevel=2, required_chars=required_chars)
     except RuntimeError as err:
         raise ASRError(f"SentencePiece cannot train a {kind} vocabulary of {vocab_size} on these transcripts: "
                        f"{str(err).strip().splitlines()[-1][:200]}; choose a smaller --vocab-size") from None
@@ -149,8 +157,13 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 128):
 
 
 def load_tokenizer(folder: str | Path, kind: str | None = None):
-    """The tokenizer saved in `folder` (tokenizer.model -> SentencePiece, else vocab.txt -> characters)."""
+    """The tokenizer saved in `folder` (tokenizer.model -> SentencePiece, else vocab.txt -> characters), or the one
+    inside an ASR `.nemo` archive given instead of a folder."""
     folder = Path(folder)
+    if folder.is_file() and folder.suffix == ".nemo":
+        from nest_ssl.asr.nemo_ctc import tokenizer_of_nemo
+
+        return tokenizer_of_nemo(folder)
     if not folder.is_dir():
         raise ASRError(f"tokenizer folder {folder}: does not exist; train one with `nest-ssl finetune --tokenizer-"
                        "type ...` or give the folder that holds tokenizer.model / vocab.txt")

@@ -1,4 +1,5 @@
-"""Running a CTC model over audio files: batched forward passes, greedy or LM decoding, real-time factor."""
+"""Running an ASR model over audio files: batched forward passes, decoding (CTC: greedy or an LMDecoder; RNN-T:
+an RNNTSearch, greedy or beam), real-time factor."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Sequence
 import torch
 
 from nest_ssl.asr.audio import load_audio
-from nest_ssl.asr.decode import LMDecoder, decode_batch
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Transcripts:
 
 
 @torch.no_grad()
-def transcribe(model, tokenizer, audio_paths: Sequence[Path], lm: LMDecoder | None = None,
+def transcribe(model, tokenizer, audio_paths: Sequence[Path], method=None,
                batch_size: int = 8) -> Transcripts:
     sr = model.sample_rate
     texts: list[str] = []
@@ -38,8 +38,8 @@ def transcribe(model, tokenizer, audio_paths: Sequence[Path], lm: LMDecoder | No
         batch = torch.zeros(len(wavs), int(lengths.max()))
         for j, w in enumerate(wavs):
             batch[j, :len(w)] = w
-        log_probs, enc_len = model(batch, lengths)
-        texts.extend(decode_batch(log_probs, enc_len, tokenizer, model.blank, lm))
+        out, out_len = model(batch, lengths)
+        texts.extend(model.decode(out, out_len, tokenizer, method))  # None: greedy
         compute += time.perf_counter() - start
         audio_seconds += float(lengths.sum()) / sr
     return Transcripts(texts, audio_seconds, compute)

@@ -77,8 +77,8 @@ def to_nemo_targets(node: Any) -> Any:
     return node
 
 
-def nemo_model_config(model_cfg: Any) -> dict:
-    """The `model_config.yaml` content for a `model:` section of our config."""
+def nemo_model_config(model_cfg: Any, target: str = NEMO_MODEL_TARGET) -> dict:
+    """The `model_config.yaml` content for a `model:` section of our config; `target` is NeMo's model class."""
     cfg = to_nemo_targets(model_cfg)
     # Our training-only encoder key (activation checkpointing): NeMo's ConformerEncoder would refuse it.
     if isinstance(cfg.get("encoder"), dict):
@@ -86,7 +86,7 @@ def nemo_model_config(model_cfg: Any) -> dict:
     cfg.pop("target", None)
     cfg.pop("nemo_version", None)
     # NeMo's ModelPT adds these two keys itself; restore_from reads `target` to pick the class.
-    cfg["target"] = NEMO_MODEL_TARGET
+    cfg["target"] = target
     cfg["nemo_version"] = NEMO_VERSION
     return cfg
 
@@ -95,9 +95,15 @@ def cpu_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict:
     return {k: v.detach().cpu() for k, v in state_dict.items()}
 
 
-def write_nemo(path: str | Path, model_cfg: Any, state_dict: Mapping[str, torch.Tensor]) -> Path:
-    """Writes a .nemo archive atomically (NeMo's layout: `./model_config.yaml`, `./model_weights.ckpt`)."""
-    cfg_bytes = yaml.safe_dump(nemo_model_config(model_cfg), sort_keys=False).encode()
+def write_nemo(path: str | Path, model_cfg: Any, state_dict: Mapping[str, torch.Tensor],
+               target: str = NEMO_MODEL_TARGET, artifacts: Mapping[str, bytes] | None = None) -> Path:
+    """Writes a .nemo archive atomically (NeMo's layout: `./model_config.yaml`, `./model_weights.ckpt`, and the
+    `artifacts` beside them: files the config names as `nemo:NAME`, e.g. an ASR model's tokenizer)."""
+    cfg_bytes = yaml.safe_dump(nemo_model_config(model_cfg, target), sort_keys=False, allow_unicode=True).encode()
+    extra = dict(artifacts or {})
+    clash = [n for n in extra if n in (MODEL_CONFIG_YAML, MODEL_WEIGHTS_CKPT) or "/" in n or not n]
+    if clash:
+        raise ValueError(f"artifact names must be plain file names other than the config and weights: {clash}")
 
     def write(tmp: str) -> None:
         # The weights go through a file beside the archive (a temporary name that cleanup_temporaries knows), so
@@ -107,8 +113,10 @@ def write_nemo(path: str | Path, model_cfg: Any, state_dict: Mapping[str, torch.
             torch_save(cpu_state_dict(state_dict), weights)
             now = time.time()
             with tarfile.open(tmp, "w:") as tar, open(weights, "rb") as f:
-                for name, size, fileobj in ((MODEL_CONFIG_YAML, len(cfg_bytes), io.BytesIO(cfg_bytes)),
-                                            (MODEL_WEIGHTS_CKPT, os.path.getsize(weights), f)):
+                members = [(MODEL_CONFIG_YAML, len(cfg_bytes), io.BytesIO(cfg_bytes)),
+                           (MODEL_WEIGHTS_CKPT, os.path.getsize(weights), f)]
+                members += [(name, len(blob), io.BytesIO(blob)) for name, blob in sorted(extra.items())]
+                for name, size, fileobj in members:
                     info = tarfile.TarInfo(f"./{name}")
                     info.size = size
                     info.mtime = now
@@ -174,6 +182,28 @@ def read_nemo(path: str | Path) -> tuple[dict, dict]:
     if "model" in cfg and isinstance(cfg["model"], dict):
         cfg = cfg["model"]
     return cfg, state_dict
+
+
+def read_nemo_files(path: str | Path, names: list[str]) -> dict[str, bytes]:
+    """The archive members `names` (matched by file name, wherever they sit in the tar) of a .nemo file; a name
+    given as NeMo's config writes it (`nemo:NAME`) is looked up as NAME. Missing members: a CheckpointError."""
+    path = check_checkpoint_file(path, "nemo file")
+    wanted = {n: os.path.basename(n[5:] if n.startswith("nemo:") else n) for n in names}
+    out: dict[str, bytes] = {}
+    try:
+        with _tar_open(path) as tar:
+            for name, base in wanted.items():
+                m = _member(tar, base)
+                if m is None:
+                    raise CheckpointError(f"{path}: the archive has no {base} (its config names {name}); the file is "
+                                          "incomplete: export or save it again")
+                out[name] = tar.extractfile(m).read()
+    except (tarfile.TarError, EOFError) as err:
+        raise CheckpointError(f"{path}: the archive is damaged or truncated ({type(err).__name__}); download or "
+                              "export it again") from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read: {describe_os_error(err)}") from None
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ COMMANDS = {
     "noise": "noise",  # nest-ssl noise bank NOISE_MANIFEST OUT_DIR
     "train": "train",  # nest-ssl train [--config-path DIR] [--config-name NAME] key=value ...
     "export": "export",  # nest-ssl export CKPT --to nemo OUT.nemo [--encoder-only]
+    "export-asr": "export_asr",  # nest-ssl export-asr RUN_DIR|step-N.ckpt OUT.nemo [--avg N]
     "import-nemo": "import_nemo",  # nest-ssl import-nemo IN.nemo OUT.ckpt
     "extract": "extract",  # nest-ssl extract CKPT CUTS OUT_DIR --layer N
     "plot": "plot",  # nest-ssl plot EXP_DIR

@@ -27,6 +27,26 @@ def run(args) -> int:
     if not args.checkpoint.endswith(".nemo"):  # a .nemo is checked as an archive when it is read
         check_checkpoint_file(args.checkpoint, "CKPT")
     check_output_file(args.output, "OUT")
-    out = export_encoder(args.checkpoint, args.output) if args.encoder_only else export_nemo(args.checkpoint, args.output)
+    try:
+        out = (export_encoder(args.checkpoint, args.output) if args.encoder_only
+               else export_nemo(args.checkpoint, args.output))
+    except UserError:
+        _refuse_asr_checkpoint(args.checkpoint)
+        raise
     print(out)
     return 0
+
+
+def _refuse_asr_checkpoint(path: str) -> None:
+    """A fine-tuned ASR checkpoint given to `export` (NEST only): point to `export-asr`, not 'not a NEST model'."""
+    from nest_ssl.asr.model_io import KINDS
+    from nest_ssl.checkpoint import load_checkpoint
+    from nest_ssl.errors import UserError
+
+    try:
+        kind = load_checkpoint(path).get("kind")
+    except Exception:  # only a better hint is at stake: the export's own error is raised as it was
+        return
+    if kind in KINDS.values():
+        raise UserError(f"CKPT {path}: an ASR model of `nest-ssl finetune`; export it with `nest-ssl export-asr "
+                        f"{path} OUT.nemo`")

@@ -1,40 +1,59 @@
-"""`nest-ssl finetune --train-manifest T --out-dir D [--init-from NEST.ckpt|.nemo] [key=value ...]`: CTC ASR
-fine-tuning of the Conformer encoder (nest_ssl.asr.finetune; docs/asr.md). Errors: one line, exit 2, nothing written."""
+"""`nest-ssl finetune --train-manifest T --out-dir D [--init-from NEST.ckpt|.nemo] [key=value ...]`: ASR fine-tuning
+of the Conformer encoder (nest_ssl.asr.finetune; docs/asr.md). `--config-name fast-conformer_ctc_bpe` reads NeMo's
+fine-tuning keys; flags given override the yaml, `key=value` overrides everything. Errors: one line, exit 2, nothing
+written; a run stopped by SIGTERM/SIGUSR1 exits 75 after its checkpoint (the same command continues it)."""
 
 from __future__ import annotations
 
-HELP = "fine-tune the encoder for ASR with a CTC head (SentencePiece or character tokenizer)"
+HELP = "fine-tune the encoder for ASR with a CTC or RNN-T head (SentencePiece or character tokenizer)"
 INTERMIXED = True
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--train-manifest", required=True, help="NeMo JSON-lines manifest with audio_filepath, text")
-    parser.add_argument("--dev-manifest", help="dev manifest: greedy WER/CER at every checkpoint")
-    parser.add_argument("--out-dir", required=True, help="run folder: tokenizer/, step-N.ckpt, log.tsv")
-    parser.add_argument("--tokenizer", help="an existing tokenizer folder (else one is trained from the transcripts)")
-    parser.add_argument("--tokenizer-type", default="bpe", choices=("bpe", "unigram", "char"))
-    parser.add_argument("--vocab-size", type=int, default=128, help="SentencePiece vocabulary size (default 128)")
-    parser.add_argument("--init-from", help="pretrained NEST .ckpt or .nemo (ours or NeMo's); default: random init")
+    parser.add_argument("--train-manifest", help="NeMo JSON-lines manifest with audio_filepath, duration, text")
+    parser.add_argument("--train-cuts", help="Lhotse CutSet (.jsonl.gz) whose supervisions hold the text")
+    parser.add_argument("--dev-manifest", help="dev manifest: greedy WER/CER at every validation")
+    parser.add_argument("--dev-cuts", help="dev Lhotse CutSet (.jsonl.gz) with supervision text")
+    parser.add_argument("--out-dir", help="run folder: tokenizer/, step-N.ckpt, best.ckpt, log.tsv, metrics.jsonl")
+    parser.add_argument("--tokenizer", help="an existing tokenizer folder, or a CTC .nemo whose tokenizer to use (else "
+                        "one is trained from the transcripts)")
+    parser.add_argument("--tokenizer-type", choices=("bpe", "unigram", "char"), help="default bpe")
+    parser.add_argument("--vocab-size", type=int, help="SentencePiece vocabulary size (default 128)")
+    parser.add_argument("--init-from", help="pretrained NEST .ckpt or .nemo (ours or NeMo's), or a CTC .nemo (its head "
+                        "too with its tokenizer); default: random init")
     parser.add_argument("--init-skip", action="append", default=[],
                         help="tolerate a config key (n_layers, d_model, feat_in) or a state-dict key prefix; repeatable")
-    parser.add_argument("--config-name", default="nest_tiny", help="model config without --init-from (default nest_tiny)")
+    parser.add_argument("--config-path", help="folder of --config-name (default: the package's nest_ssl/conf)")
+    parser.add_argument("--config-name",
+                        help="a NEST config for the encoder without --init-from (default nest_tiny), or an ASR "
+                             "fine-tuning yaml (fast-conformer_ctc_bpe: NeMo's keys)")
     parser.add_argument("--spec-augment", action="append", default=[],
                         help="NeMo SpecAugment key=value (freq_masks, time_masks, freq_width, time_width); repeatable")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--save-every", type=int, default=50)
-    parser.add_argument("--freeze-encoder-steps", type=int, default=0, help="frozen-encoder warm-up steps")
-    parser.add_argument("overrides", nargs="*", help="model config overrides, e.g. encoder.n_layers=4")
+    parser.add_argument("--head", choices=("ctc", "rnnt"),
+                        help="CTC (NeMo's ConvASRDecoder; default) or RNN-T (NeMo's RNNTDecoder + RNNTJoint)")
+    parser.add_argument("--steps", type=int, help="trainer.max_steps (default 200)")
+    parser.add_argument("--lr", type=float, help="model.optim.lr (default 1e-3)")
+    parser.add_argument("--batch-size", type=int, help="utterances per batch (default 8)")
+    parser.add_argument("--max-duration", type=float,
+                        help="seconds of audio per batch: Lhotse's DynamicBucketingSampler (bucketing on)")
+    parser.add_argument("--num-workers", type=int, help="DataLoader workers (default 0)")
+    parser.add_argument("--precision", help="32 (default), bf16-mixed or 16-mixed (GPU)")
+    parser.add_argument("--devices", type=int, help="processes (DDP; gloo on the CPU); default 1")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--save-every", type=int, help="step-N.ckpt every N steps (default 50)")
+    parser.add_argument("--val-every", type=int, help="dev WER every N steps (default: --save-every)")
+    parser.add_argument("--freeze-encoder-steps", type=int, help="frozen-encoder warm-up steps")
+    parser.add_argument("overrides", nargs="*",
+                        help="config overrides: encoder.n_layers=4 (model section), trainer.max_steps=..., with --head rnnt "
+                             "also NeMo's RNN-T keys (model_defaults.pred_hidden=320, joint.jointnet.dropout=0.1)")
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     from nest_ssl.asr.errors import ASRError
-    from nest_ssl.asr.finetune import FinetuneOptions, finetune
+    from nest_ssl.asr.finetune import finetune
+    from nest_ssl.asr.ft_config import FLAG_KEYS, build_config
     from nest_ssl.config import parse_value
+    from nest_ssl.train.run_status import exit_code_for
 
     spec = {}
     for item in args.spec_augment:
@@ -42,13 +61,9 @@ def run(args) -> int:
         if not sep:
             raise ASRError(f"--spec-augment {item}: write key=value, e.g. time_masks=10")
         spec[key] = parse_value(value)
-    opts = FinetuneOptions(
-        train_manifest=Path(args.train_manifest), out_dir=Path(args.out_dir),
-        dev_manifest=Path(args.dev_manifest) if args.dev_manifest else None,
-        tokenizer_dir=Path(args.tokenizer) if args.tokenizer else None, tokenizer_type=args.tokenizer_type,
-        vocab_size=args.vocab_size, init_from=Path(args.init_from) if args.init_from else None,
-        init_skip=list(args.init_skip), config_name=args.config_name, overrides=list(args.overrides),
-        spec_augment=spec, steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-        save_every=args.save_every, freeze_encoder_steps=args.freeze_encoder_steps)
-    finetune(opts, say=lambda line: print(line, flush=True))
-    return 0
+    flags = {dest: getattr(args, dest) for dest in FLAG_KEYS}
+    flags.update(init_skip=list(args.init_skip), spec_augment=spec, max_duration=args.max_duration)
+    cfg, nest_overrides = build_config(config_name=args.config_name, config_path=args.config_path, flags=flags,
+                                       overrides=list(args.overrides))
+    result = finetune(cfg, nest_overrides, say=lambda line: print(line, flush=True))
+    return exit_code_for(result.stop_reason)

@@ -1,60 +1,83 @@
-"""CTC fine-tuning of the whole encoder, NeMo-style: preprocessor + Conformer encoder + a linear CTC head over
-characters (NeMo's ConvASRDecoder is a 1x1 convolution, i.e. a linear map per frame), trained end to end.
+"""CTC fine-tuning of the whole encoder for `nest-ssl evaluate`, on the fine-tuning code of `nest-ssl finetune`
+(nest_ssl.asr): its recognizer (nest_ssl.asr.ctc_model: NeMo's ConvASRDecoder head over our preprocessor and
+encoder), its dataset and Lhotse sampler, and its loop (nest_ssl.asr.ft_loop), run without a run folder: the
+splits are already in memory, the weights with the best dev CER are kept in memory and reported on test.
 
-Differences from a NeMo ASR fine-tuning run, all for a short CPU budget: no SpecAugment, Adam with a linear warm-up
-over the first 10% of steps then cosine decay (NeMo: AdamW + Noam/cosine over many epochs), and the head emits
-`upsample` labels per frame (see nest_ssl.evaluate.ctc) because characters outrun 80 ms frames. Dropout is the
-encoder's own (train mode). The dev CER is measured every `eval_every` steps and at the end; the weights with the
-best dev CER are the ones reported on test.
+What differs from `nest-ssl finetune`'s defaults, for a short CPU budget: no SpecAugment, Adam with a linear warm-up
+over the first 10% of steps then cosine decay, gradient clipping at 1, and the head emits `upsample` labels per
+frame (decoder.upsample; see nest_ssl.evaluate.ctc) because characters outrun 80 ms frames. The vocabulary is the
+evaluation's characters (nest_ssl.evaluate.data.CHARACTERS).
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 
-from nest_ssl.evaluate.ctc import CTCHead, count_infeasible, ctc_loss, encode_text, greedy_decode
-from nest_ssl.evaluate.data import Utterance
-from nest_ssl.evaluate.fit import better, shuffled
+from nest_ssl.asr.ctc_model import CTCModel, asr_config
+from nest_ssl.asr.tokenizer import CharTokenizer
+from nest_ssl.evaluate.data import CHARACTERS, Utterance
 from nest_ssl.evaluate.metrics import cer, wer
 
 log = logging.getLogger(__name__)
 
-
-class CTCModel(nn.Module):
-    """Audio -> character log-probabilities; the preprocessor and encoder of a NESTModel plus a CTC head."""
-
-    def __init__(self, preprocessor: nn.Module, encoder: nn.Module, d_model: int, upsample: int):
-        super().__init__()
-        self.preprocessor = preprocessor
-        self.encoder = encoder
-        self.head = CTCHead(d_model, upsample=upsample)
-
-    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats, feat_len = self.preprocessor(input_signal=audio, length=lengths)
-        encoded, enc_len = self.encoder(audio_signal=feats, length=feat_len)
-        return self.head(encoded.transpose(1, 2), enc_len)
+TOKENIZER = CharTokenizer(CHARACTERS)
 
 
 def from_nest(nest_model, upsample: int) -> CTCModel:
-    """A CTC model holding a copy of the NEST model's preprocessor and encoder (the NEST model is not changed)."""
-    encoder = copy.deepcopy(nest_model.encoder)
-    d_model = int(nest_model.cfg.encoder.d_model) if getattr(encoder, "out_proj", None) is None else \
-        int(encoder.out_proj.out_features)
-    return CTCModel(copy.deepcopy(nest_model.preprocessor), encoder, d_model, upsample)
+    """A CTC recognizer holding a copy of the NEST model's preprocessor and encoder (the NEST model is unchanged)."""
+    from omegaconf import OmegaConf
+
+    from nest_ssl.asr.init import nest_parts
+
+    cfg = nest_model.cfg
+    cfg = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    asr_cfg = asr_config(cfg, TOKENIZER.kind, TOKENIZER.tokens())
+    asr_cfg["decoder"]["upsample"] = int(upsample)
+    model = CTCModel(asr_cfg)
+    parts = nest_parts(nest_model)
+    own = {k for k in model.state_dict() if k.startswith(("encoder.", "preprocessor."))}
+    missing = sorted(own - set(parts))
+    if missing:
+        raise ValueError(f"the NEST model has no tensor {missing[0]} (and {len(missing) - 1} more)")
+    model.load_state_dict({k: v for k, v in parts.items() if k in own}, strict=False)
+    return model.to(next(nest_model.parameters()).device)
 
 
-def _batch(utts: Sequence[Utterance], device) -> tuple[torch.Tensor, torch.Tensor]:
-    audio = pad_sequence([torch.from_numpy(u.audio) for u in utts], batch_first=True).to(device)
-    lengths = torch.tensor([len(u.audio) for u in utts], dtype=torch.int64, device=device)
-    return audio, lengths
+def _cuts(utts: Sequence[Utterance], sample_rate: int):
+    """The in-memory utterances as Lhotse cuts (audio held as wav bytes), for the fine-tuning sampler."""
+    import soundfile as sf
+    from lhotse import CutSet, MonoCut, Recording, SupervisionSegment
+    from lhotse.audio import AudioSource
+
+    cuts = []
+    for u in utts:
+        buf = io.BytesIO()
+        sf.write(buf, u.audio, sample_rate, format="WAV", subtype="FLOAT")
+        n = len(u.audio)
+        rec = Recording(id=u.cut_id, sources=[AudioSource(type="memory", channels=[0], source=buf.getvalue())],
+                        sampling_rate=sample_rate, num_samples=n, duration=n / sample_rate)
+        sup = SupervisionSegment(id=u.cut_id, recording_id=u.cut_id, start=0, duration=rec.duration, text=u.text)
+        cuts.append(MonoCut(id=u.cut_id, start=0, duration=rec.duration, channel=0, recording=rec,
+                            supervisions=[sup]))
+    return CutSet.from_cuts(cuts)
+
+
+def _batches(utts: Sequence[Utterance], device, batch_size: int):
+    order = sorted(range(len(utts)), key=lambda i: len(utts[i].audio))
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        lengths = torch.tensor([len(utts[j].audio) for j in idx], dtype=torch.int64)
+        audio = torch.zeros(len(idx), int(lengths.max()))
+        for row, j in enumerate(idx):
+            audio[row, :len(utts[j].audio)] = torch.from_numpy(utts[j].audio)
+        yield idx, audio.to(device), lengths.to(device)
 
 
 @torch.no_grad()
@@ -62,12 +85,9 @@ def transcribe(model: CTCModel, utts: Sequence[Utterance], batch_size: int) -> l
     """Greedy transcripts in the order of `utts` (batched by length so that padding stays small)."""
     model.eval()
     device = next(model.parameters()).device
-    order = sorted(range(len(utts)), key=lambda i: len(utts[i].audio))
     hyps: dict[int, str] = {}
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        log_probs, lengths = model(*_batch([utts[j] for j in idx], device))
-        for j, h in zip(idx, greedy_decode(log_probs, lengths)):
+    for idx, audio, lengths in _batches(utts, device, batch_size):
+        for j, h in zip(idx, model.greedy_texts(audio, lengths, TOKENIZER)):
             hyps[j] = h
     return [hyps[i] for i in range(len(utts))]
 
@@ -90,45 +110,40 @@ class FineTuneOutcome:
 def finetune(model: CTCModel, splits: dict[str, Sequence[Utterance]], *, steps: int, lr: float, batch_size: int,
              seed: int, eval_every: int | None = None, grad_clip: float = 1.0) -> FineTuneOutcome:
     """Trains `model` end to end on splits["train"] for `steps` steps; reports test CER/WER of the best-on-dev."""
+    from nest_ssl.asr.dataset import ASRDataset
+    from nest_ssl.asr.ft_config import LoopSettings
+    from nest_ssl.asr.ft_loop import FitInputs, fit_in_process
+    from nest_ssl.data import DataLoadingConfig, make_dataloader
+    from nest_ssl.data.sampler import build_sampler
+
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    torch.manual_seed(seed)
     device = next(model.parameters()).device
-    train = list(splits["train"])
-    targets = [encode_text(u.text) for u in train]
-    generator = torch.Generator().manual_seed(seed)
+    sr = model.sample_rate
+    dataset = ASRDataset(TOKENIZER, sr)
+    train_cfg = DataLoadingConfig(batch_size=batch_size, shuffle=True)
+    sampler = build_sampler(_cuts(splits["train"], sr), train_cfg, section="finetune train", seed=seed)
+    dev_sampler = build_sampler(_cuts(splits["dev"], sr), DataLoadingConfig(batch_size=batch_size),
+                                section="finetune dev", seed=seed, training=False)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps))
     eval_every = eval_every or max(1, steps // 5)
-    dev_refs = [u.text for u in splits["dev"]]
-    best, best_step, best_state = None, -1, None
-    batches: list[torch.Tensor] = []
-    infeasible = 0
-    for step in range(steps):
-        if not batches:
-            batches = shuffled(len(train), generator, batch_size)
-        idx = batches.pop(0).tolist()
-        model.train()
-        log_probs, lengths = model(*_batch([train[i] for i in idx], device))
-        batch_targets = [targets[i] for i in idx]
-        infeasible += count_infeasible(lengths.tolist(), batch_targets)
-        loss = ctc_loss(log_probs.float().cpu(), lengths.cpu(), batch_targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        scheduler.step()
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            score = cer(dev_refs, transcribe(model, splits["dev"], batch_size))
-            log.info("finetune step %d: loss %.3f, dev CER %.3f", step + 1, float(loss.detach()), score)
-            if better(score, best, higher_is_better=False):
-                best, best_step = score, step + 1
-                best_state = copy.deepcopy(model.state_dict())
-    if infeasible:
-        log.warning("finetune: %d times a train utterance needed more CTC outputs than its frames x upsample; its "
-                    "loss was zeroed (raise --ctc-upsample)", infeasible)
+    settings = LoopSettings(max_steps=steps, max_epochs=-1, save_every=steps, val_every=eval_every,
+                            log_every=max(1, eval_every), freeze_encoder_steps=0, grad_clip=grad_clip,
+                            precision="32", seed=seed, devices=1, monitor="cer")
+    best_state: dict = {}
+
+    def keep_best(_path) -> None:
+        best_state.clear()
+        best_state.update(copy.deepcopy(model.state_dict()))
+
+    inputs = FitInputs(model=model, tokenizer=TOKENIZER, optimizer=optimizer, scheduler=scheduler,
+                       train_loader=make_dataloader(dataset, sampler, train_cfg, seed=seed),
+                       dev=(dev_sampler, dataset), out_dir=None, identity={}, save=lambda path, training: None,
+                       say=lambda line: log.info("finetune %s", line), on_best=keep_best)
+    loop = fit_in_process(settings, inputs, device)
     model.load_state_dict(best_state)
     hyps = transcribe(model, splits["test"], batch_size)
     refs = [u.text for u in splits["test"]]
-    return FineTuneOutcome(test={"cer": cer(refs, hyps), "wer": wer(refs, hyps)}, dev=float(best), step=best_step,
-                           hypotheses=hyps)
+    return FineTuneOutcome(test={"cer": cer(refs, hyps), "wer": wer(refs, hyps)}, dev=float(loop.best.cer),
+                           step=loop.best.step, hypotheses=hyps)

@@ -1,0 +1,231 @@
+"""NeMo 2.7.3 ASR `.nemo` archives: the parts every recognizer head shares (CTC in .nemo_ctc; RNN-T can be one
+more module of the same shape).
+
+Writing: the config NeMo's ASR models read (the keys of NeMo's `fast-conformer_ctc_bpe.yaml`: `train_ds`,
+`validation_ds`, `test_ds` stubs with `manifest_filepath: null`, `preprocessor`, `spec_augment`, `encoder` with
+NeMo's `_target_`s, `optim`), and the tokenizer as NeMo keeps it inside an archive: for SentencePiece a `tokenizer:`
+section (`type: bpe`, NeMo's name for every SentencePiece model) whose `model_path`, `vocab_path` and
+`spe_tokenizer_vocab` are `nemo:NAME` artifacts, files stored beside `model_config.yaml` (NeMo names them
+`<32 hex>_tokenizer.model`; here the hex is the file's digest, so that an export is reproducible). A character
+model has no tokenizer section: its labels are the head's vocabulary, which the head module writes.
+
+Reading: a NeMo ASR archive (made by NeMo or by us) is checked for what nest-ssl can run (the Conformer encoder,
+NeMo's mel preprocessor, no adapters) before anything is built; what it cannot run is one line naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from nest_ssl.asr.errors import ASRError
+
+log = logging.getLogger(__name__)
+
+NEMO_MODELS = "nemo.collections.asr.models"
+NEMO_MODULES = "nemo.collections.asr.modules"
+SUPPORTED_SECTIONS = {"preprocessor": "AudioToMelSpectrogramPreprocessor", "encoder": "ConformerEncoder"}
+# NeMo's tokenizer config key -> the file of a SentencePiece tokenizer folder it names
+SP_ARTIFACTS = {"model_path": "tokenizer.model", "vocab_path": "vocab.txt", "spe_tokenizer_vocab": "tokenizer.vocab"}
+# spec_augment keys nest-ssl's SpecAugment lacks; training-only, so an imported model decodes without them
+_UNIMPLEMENTED_SPEC_AUGMENT = ("rect_masks", "rect_time", "rect_freq")
+
+# NeMo's fast-conformer_ctc_bpe.yaml values for what a NeMo user would continue training with
+NEMO_OPTIM = {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.98], "weight_decay": 1e-3,
+              "sched": {"name": "CosineAnnealing", "warmup_steps": 15000, "warmup_ratio": None, "min_lr": 1e-4}}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def artifact_name(base: str, blob: bytes) -> str:
+    """NeMo's artifact naming (`<32 hex>_<file name>`), the hex being the content's digest."""
+    return f"{hashlib.sha256(blob).hexdigest()[:32]}_{base}"
+
+
+def tokenizer_section(tok) -> tuple[dict | None, dict[str, bytes]]:
+    """(NeMo's `tokenizer:` section, the artifact files it names) for a SentencePiece tokenizer; (None, {}) for
+    characters, whose labels go into the head's vocabulary instead."""
+    if tok.kind == "char":
+        return None, {}
+    with tempfile.TemporaryDirectory(prefix="nest_ssl_tok_") as tmp:
+        tok.save(Path(tmp))
+        files = {base: (Path(tmp) / base).read_bytes() for base in SP_ARTIFACTS.values()}
+    section: dict[str, Any] = {"dir": None, "type": "bpe"}
+    artifacts = {}
+    for key, base in SP_ARTIFACTS.items():
+        name = artifact_name(base, files[base])
+        section[key] = f"nemo:{name}"
+        artifacts[name] = files[base]
+    return section, artifacts
+
+
+def data_stubs(sample_rate: int, labels: list[str] | None = None) -> dict:
+    """`train_ds`, `validation_ds`, `test_ds` as in NeMo's yaml with no data (`manifest_filepath: null`): NeMo's
+    transcribe() reads `validation_ds.use_start_end_token`, and a user fine-tuning in NeMo fills in the paths."""
+    common = {"manifest_filepath": None, "sample_rate": sample_rate, "batch_size": 16, "num_workers": 8,
+              "pin_memory": True}
+    if labels is not None:
+        common["labels"] = list(labels)
+    return {
+        "train_ds": {**common, "shuffle": True, "max_duration": 16.7, "min_duration": 0.1, "is_tarred": False,
+                     "tarred_audio_filepaths": None, "shuffle_n": 2048, "bucketing_strategy": "fully_randomized",
+                     "bucketing_batch_size": None},
+        "validation_ds": {**common, "shuffle": False, "use_start_end_token": False},
+        "test_ds": {**common, "shuffle": False, "use_start_end_token": False},
+    }
+
+
+def base_config(model_cfg: Mapping[str, Any], labels: list[str] | None = None) -> dict:
+    """The head-independent part of an ASR model_config.yaml from our model config: data stubs, preprocessor,
+    spec_augment, encoder, optim. `_target_`s are turned into NeMo's when the archive is written."""
+    cfg = copy.deepcopy(dict(model_cfg))
+    sample_rate = int(cfg.get("sample_rate") or cfg["preprocessor"].get("sample_rate", 16000))
+    # NeMo's keys written out (the defaults of both SpectrogramAugmentation and ours: no masking)
+    spec = {"_target_": f"{NEMO_MODULES}.SpectrogramAugmentation", "freq_masks": 0, "time_masks": 0,
+            "freq_width": 10, "time_width": 10,
+            **{k: v for k, v in (cfg.get("spec_augment") or {}).items() if k != "_target_"}}
+    out = {"sample_rate": sample_rate, "log_prediction": True, "skip_nan_grad": False,
+           **data_stubs(sample_rate, labels)}
+    if labels is not None:
+        out["labels"] = list(labels)
+    out.update({"preprocessor": cfg["preprocessor"], "spec_augment": spec, "encoder": cfg["encoder"],
+                "optim": copy.deepcopy(NEMO_OPTIM)})
+    return out
+
+
+def write_asr_nemo(out_path: str | Path, cfg: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor],
+                   target: str, artifacts: Mapping[str, bytes]) -> Path:
+    """The archive, written atomically through the NEST export's writer (nest_ssl.checkpoint.nemo)."""
+    from nest_ssl.checkpoint.nemo import write_nemo
+
+    return write_nemo(out_path, cfg, {k: v.detach().cpu() for k, v in state_dict.items()}, target=target,
+                      artifacts=artifacts)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class NemoASR:
+    path: Path
+    cfg: dict  # model_config.yaml's model section
+    state_dict: dict
+    model_class: str  # the class name of `target` ("" when the archive names none)
+
+
+def is_nemo_archive(path: str | Path) -> bool:
+    import os
+    import tarfile
+
+    p = Path(path)
+    return p.is_file() and (p.suffix == ".nemo" or (os.access(p, os.R_OK) and tarfile.is_tarfile(p)))
+
+
+def read_asr_nemo(path: str | Path, what: str = "model") -> NemoASR:
+    """A .nemo archive's config and weights (nothing extracted to disk); reading errors name `what` and the file."""
+    from nest_ssl.checkpoint.nemo import read_nemo
+    from nest_ssl.errors import UserError
+
+    path = Path(path)
+    try:
+        cfg, state_dict = read_nemo(path)
+    except UserError as err:
+        msg = str(err)
+        raise ASRError(f"{what} {msg}" if msg.startswith(str(path)) else f"{what} {path}: {msg}") from None
+    target = str(cfg.get("target") or "")
+    return NemoASR(path, resolved(cfg), state_dict, target.rpartition(".")[2])
+
+
+def resolved(cfg: dict) -> dict:
+    """The model section with its `${model.x}` / `${x}` interpolations resolved (a hand-written or older config may
+    keep them); left as it is where they do not resolve."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        root = OmegaConf.create({"model": cfg, **cfg})
+        return OmegaConf.to_container(root, resolve=True)["model"]
+    except (OmegaConfBaseException, ValueError, TypeError):
+        return cfg
+
+
+def _class_of(section: Any) -> str:
+    target = section.get("_target_", "") if isinstance(section, Mapping) else ""
+    return str(target).rpartition(".")[2]
+
+
+def check_runnable(nemo: NemoASR, what: str = "model") -> None:
+    """One line naming the key for what nest-ssl cannot run: another encoder (Citrinet, QuartzNet, Squeezeformer...)
+    or preprocessor class, adapters."""
+    for section, cls in SUPPORTED_SECTIONS.items():
+        node = nemo.cfg.get(section)
+        if not isinstance(node, Mapping):
+            raise ASRError(f"{what} {nemo.path}: its model_config.yaml has no {section} section; not an ASR model "
+                           "nest-ssl can load")
+        if _class_of(node) != cls:
+            raise ASRError(f"{what} {nemo.path}: {section}._target_ is {node.get('_target_')}; nest-ssl runs only "
+                           f"NeMo's {cls} there (a Conformer / FastConformer model)")
+    adapters = [k for k in nemo.state_dict if ".adapter_layer." in k]
+    if nemo.cfg.get("adapters") or adapters:
+        key = "adapters" if nemo.cfg.get("adapters") else adapters[0]
+        raise ASRError(f"{what} {nemo.path}: {key}: adapters are not implemented in nest-ssl; merge or remove them "
+                       "in NeMo first")
+
+
+def our_sections(nemo: NemoASR) -> dict:
+    """sample_rate, preprocessor, spec_augment and encoder of our model config, from a checked NeMo config (NeMo's
+    `_target_`s are kept: nest_ssl.config maps them to our classes)."""
+    cfg = nemo.cfg
+    spec = dict(cfg.get("spec_augment") or {})
+    dropped = [k for k in _UNIMPLEMENTED_SPEC_AUGMENT if spec.pop(k, None)]
+    if dropped:
+        log.warning("%s: spec_augment.%s is not implemented here and is left out (it only masks during training)",
+                    nemo.path, dropped[0])
+    spec.pop("rng", None)
+    preprocessor = copy.deepcopy(dict(cfg["preprocessor"]))
+    sample_rate = int(cfg.get("sample_rate") or preprocessor.get("sample_rate", 16000))
+    return {"sample_rate": sample_rate, "preprocessor": preprocessor,
+            "spec_augment": {**spec, "_target_": f"{NEMO_MODULES}.SpectrogramAugmentation"},
+            "encoder": copy.deepcopy(dict(cfg["encoder"]))}
+
+
+def tokenizer_from_nemo(nemo: NemoASR, labels: list[str] | None, what: str = "model"):
+    """The tokenizer of an ASR archive: its SentencePiece model (the `tokenizer.model_path` artifact), or, with no
+    tokenizer section, the character labels the head gives (`labels`)."""
+    from nest_ssl.asr.tokenizer import CharTokenizer, SentencePieceTokenizer
+    from nest_ssl.checkpoint.nemo import read_nemo_files
+    from nest_ssl.errors import UserError
+
+    section = nemo.cfg.get("tokenizer")
+    if section:
+        kind = str(section.get("type", "")).lower()
+        if kind != "bpe":
+            raise ASRError(f"{what} {nemo.path}: tokenizer.type is {section.get('type')!r}; nest-ssl reads "
+                           "SentencePiece tokenizers (type bpe) and character labels, not WordPiece or aggregate ones")
+        model_path = section.get("model_path")
+        if not model_path:
+            raise ASRError(f"{what} {nemo.path}: tokenizer.model_path is missing; the archive does not say where its "
+                           "SentencePiece model is")
+        try:
+            blob = read_nemo_files(nemo.path, [str(model_path)])[str(model_path)]
+        except UserError as err:
+            raise ASRError(f"{what} {err}") from None
+        return SentencePieceTokenizer(blob, "bpe")
+    if not labels:
+        raise ASRError(f"{what} {nemo.path}: has neither a tokenizer section nor a label vocabulary; cannot tell its "
+                       "output classes apart")
+    bad = [c for c in labels if not isinstance(c, str) or len(c) != 1]
+    if bad:
+        raise ASRError(f"{what} {nemo.path}: its labels are not single characters ({bad[0]!r}); not a character model "
+                       "nest-ssl reads")
+    return CharTokenizer(list(labels))

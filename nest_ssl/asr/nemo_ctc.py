@@ -1,0 +1,174 @@
+"""The CTC recognizer as a NeMo 2.7.3 ASR model, both ways.
+
+- export_ctc: our CTCModel and its tokenizer -> a `.nemo` that `nemo.collections.asr.models.ASRModel.restore_from`
+  loads (strict) with no network: `EncDecCTCModelBPE` for a SentencePiece tokenizer (inside the archive),
+  `EncDecCTCModel` with the characters as `decoder.vocabulary` (and `labels`) for the char tokenizer.
+- ctc_from_nemo: a NeMo CTC `.nemo` (EncDecCTCModelBPE or EncDecCTCModel with a Conformer encoder; NeMo's own or
+  one exported here) -> (our CTCModel in eval mode, its tokenizer).
+
+The weights cross unchanged: the state-dict keys are NeMo's on both sides (ctc_model.py). The shared archive,
+tokenizer and encoder parts are in .nemo_archive; this module holds the CTC head (`decoder`: ConvASRDecoder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from nest_ssl.asr.ctc_model import CTCModel
+from nest_ssl.asr.errors import ASRError
+from nest_ssl.asr.nemo_archive import (
+    NEMO_MODELS,
+    NEMO_MODULES,
+    NemoASR,
+    base_config,
+    check_runnable,
+    our_sections,
+    read_asr_nemo,
+    tokenizer_from_nemo,
+    tokenizer_section,
+    write_asr_nemo,
+)
+
+CTC_BPE = f"{NEMO_MODELS}.ctc_bpe_models.EncDecCTCModelBPE"
+CTC_CHAR = f"{NEMO_MODELS}.ctc_models.EncDecCTCModel"
+CTC_CLASSES = ("EncDecCTCModelBPE", "EncDecCTCModel")
+
+
+def _decoder_section(feat_in: int, vocabulary: list[str]) -> dict:
+    return {"_target_": f"{NEMO_MODULES}.ConvASRDecoder", "feat_in": int(feat_in), "num_classes": len(vocabulary),
+            "vocabulary": list(vocabulary)}
+
+
+def ctc_nemo_config(model: CTCModel, tok) -> tuple[dict, str, dict[str, bytes]]:
+    """(model_config.yaml's model section, NeMo's class path, artifacts) for our CTC model and tokenizer."""
+    if tok.vocab_size != model.blank:
+        raise ASRError(f"the tokenizer has {tok.vocab_size} tokens but the model's CTC head has {model.blank}; give "
+                       "the tokenizer the model was fine-tuned with")
+    section, artifacts = tokenizer_section(tok)
+    if section is None:  # characters: NeMo's labels are the characters themselves (the space too)
+        labels = list(tok.characters)
+        cfg = base_config(model.cfg, labels)
+        cfg["decoder"] = _decoder_section(model.cfg["decoder"]["feat_in"], labels)
+        target = CTC_CHAR
+    else:
+        cfg = base_config(model.cfg)
+        cfg["tokenizer"] = section
+        # NeMo rebuilds this list from the tokenizer on restore (its pieces in id order); written the same here
+        cfg["decoder"] = _decoder_section(model.cfg["decoder"]["feat_in"], tok.tokens())
+        target = CTC_BPE
+    cfg["ctc_reduction"] = "mean_batch"  # our loss's reduction (NeMo's yaml says mean_volume)
+    cfg["interctc"] = {"loss_weights": [], "apply_at_layers": []}
+    # keys in the order of NeMo's yaml: data, tokenizer, preprocessor, spec_augment, encoder, decoder, optim
+    order = ["sample_rate", "labels", "log_prediction", "ctc_reduction", "skip_nan_grad", "train_ds", "validation_ds",
+             "test_ds", "tokenizer", "preprocessor", "spec_augment", "encoder", "decoder", "interctc", "optim"]
+    return {k: cfg[k] for k in order if k in cfg}, target, artifacts
+
+
+def export_ctc(model: CTCModel, tok, out_path: str | Path) -> Path:
+    cfg, target, artifacts = ctc_nemo_config(model, tok)
+    return write_asr_nemo(out_path, cfg, model.state_dict(), target, artifacts)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Import
+
+
+def _check_ctc(nemo: NemoASR, what: str) -> Mapping[str, Any]:
+    if nemo.model_class and nemo.model_class not in CTC_CLASSES:
+        hint = (" (a pretrained NEST model: fine-tune it with --init-from)" if "MaskedTokenPred" in nemo.model_class
+                else "")
+        raise ASRError(f"{what} {nemo.path}: target is {nemo.cfg.get('target')}{hint}; nest-ssl loads NeMo's CTC "
+                       f"models ({', '.join(CTC_CLASSES)})")
+    decoder = nemo.cfg.get("decoder")
+    if not isinstance(decoder, Mapping) or str(decoder.get("_target_", "")).rpartition(".")[2] != "ConvASRDecoder":
+        found = decoder.get("_target_") if isinstance(decoder, Mapping) else None
+        raise ASRError(f"{what} {nemo.path}: decoder._target_ is {found}; a CTC model of nest-ssl has NeMo's "
+                       "ConvASRDecoder head")
+    if decoder.get("add_blank", True) is not True:
+        raise ASRError(f"{what} {nemo.path}: decoder.add_blank is {decoder.get('add_blank')}; nest-ssl's CTC head has "
+                       "the blank as its last class")
+    check_runnable(nemo, what)
+    return decoder
+
+
+def ctc_from_nemo(path: str | Path, what: str = "model", tokenizer=None):
+    """(CTCModel in eval mode, tokenizer) of a NeMo CTC archive; `tokenizer` replaces the archive's (its size must
+    match the head). Anything nest-ssl cannot run is one line naming the key."""
+    from nest_ssl.errors import UserError
+
+    nemo = read_asr_nemo(path, what)
+    decoder = _check_ctc(nemo, what)
+    tok = tokenizer if tokenizer is not None else tokenizer_from_nemo(nemo, decoder.get("vocabulary"), what)
+    weight = nemo.state_dict.get("decoder.decoder_layers.0.weight")
+    if weight is None:
+        raise ASRError(f"{what} {nemo.path}: has no decoder.decoder_layers.0.weight; not a CTC model's weights")
+    if weight.shape[0] != tok.vocab_size + 1:
+        raise ASRError(f"{what} {nemo.path}: its CTC head has {weight.shape[0]} classes but the tokenizer has "
+                       f"{tok.vocab_size} tokens (+1 blank); give the tokenizer the model was trained with")
+    cfg = our_sections(nemo)
+    cfg["decoder"] = _decoder_section(weight.shape[1], tok.tokens())
+    cfg["tokenizer"] = {"type": tok.kind}
+    try:
+        model = CTCModel(cfg)
+    except (UserError, ValueError, TypeError, NotImplementedError, KeyError) as err:
+        raise ASRError(f"{what} {nemo.path}: its config cannot be built here: {str(err).splitlines()[0]}") from None
+    ours = model.state_dict()
+    unexpected = [k for k in nemo.state_dict if k not in ours]
+    missing = [k for k in ours if k not in nemo.state_dict]
+    shapes = [k for k in ours if k in nemo.state_dict and ours[k].shape != nemo.state_dict[k].shape]
+    for what_is, keys in (("holds weights nest-ssl's CTC model has no place for", unexpected),
+                          ("lacks the weight", missing), ("has another shape for", shapes)):
+        if keys:
+            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+            raise ASRError(f"{what} {nemo.path}: {what_is}: {keys[0]}{more}; a NeMo feature nest-ssl does not "
+                           "implement, or a damaged archive")
+    model.load_state_dict(nemo.state_dict)
+    return model.eval(), tok
+
+
+def ctc_sections(path: str | Path, what: str = "--init-from") -> dict:
+    """The preprocessor and encoder config of a NeMo CTC archive nest-ssl can run (checked), to build a model
+    like it."""
+    nemo = read_asr_nemo(path, what)
+    _check_ctc(nemo, what)
+    return our_sections(nemo)
+
+
+def tokenizer_of_nemo(path: str | Path, what: str = "--tokenizer"):
+    """The tokenizer inside a NeMo CTC archive (`--tokenizer X.nemo`); the weights are not read."""
+    cfg = _read_config_only(Path(path))
+    nemo = NemoASR(Path(path), cfg, {}, str(cfg.get("target") or "").rpartition(".")[2]) if cfg else None
+    if nemo is None:
+        nemo = read_asr_nemo(path, what)  # says what is wrong with the file
+    decoder = _check_ctc(nemo, what)
+    return tokenizer_from_nemo(nemo, decoder.get("vocabulary"), what)
+
+
+def is_nemo_ctc(path: str | Path) -> bool:
+    """Whether a .nemo archive's config names a CTC ASR model (cheap: the yaml only); False for NEST or others."""
+    from nest_ssl.asr.nemo_archive import is_nemo_archive
+
+    if not is_nemo_archive(path):
+        return False
+    cfg = _read_config_only(Path(path))
+    cls = str(cfg.get("target") or "").rpartition(".")[2]
+    if cls:
+        return cls in CTC_CLASSES
+    decoder = cfg.get("decoder") or {}
+    return isinstance(decoder, Mapping) and str(decoder.get("_target_", "")).endswith("ConvASRDecoder")
+
+
+def _read_config_only(path: Path) -> dict:
+    import yaml
+
+    from nest_ssl.checkpoint.nemo import MODEL_CONFIG_YAML, read_nemo_files
+    from nest_ssl.errors import UserError
+
+    try:
+        cfg = yaml.safe_load(read_nemo_files(path, [MODEL_CONFIG_YAML])[MODEL_CONFIG_YAML])
+    except (UserError, yaml.YAMLError):
+        return {}  # the reader that follows reports what is wrong with the file
+    if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
+        cfg = cfg["model"]
+    return cfg if isinstance(cfg, dict) else {}
