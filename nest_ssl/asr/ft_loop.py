@@ -111,16 +111,9 @@ class FinetuneLoop:
                 "best": self.best.__dict__.copy(), "data": dict(self.x.identity)}
 
     def optimizer_state(self) -> dict:
-        def cpu(o):
-            if isinstance(o, torch.Tensor):
-                return o.detach().cpu()
-            if isinstance(o, dict):
-                return {k: cpu(v) for k, v in o.items()}
-            if isinstance(o, list):
-                return [cpu(v) for v in o]
-            return o
+        from nest_ssl.train.checkpoint_state import to_cpu
 
-        return cpu(self.x.optimizer.state_dict())
+        return to_cpu(self.x.optimizer.state_dict())
 
     def restore(self, training: dict, global_step: int, log_rows: list[str]) -> None:
         self.x.optimizer.load_state_dict(training["optimizer"])

@@ -62,7 +62,7 @@ def build_checkpoint(tr: "Trainer", writer: bool = True) -> dict | None:
                                "epoch_loop.batch_progress": {"current": {"completed": st.batch_idx}},
                                "epoch_loop.state_dict": {"_batches_that_stepped": st.global_step}}},
         "callbacks": {tr.ckpt.key: tr.ckpt.state_dict()},
-        "optimizer_states": [_to_cpu(tr.optimizer.state_dict())],
+        "optimizer_states": [to_cpu(tr.optimizer.state_dict())],
         "lr_schedulers": [tr.scheduler.state_dict()] if tr.scheduler is not None else [],
         "hparams_name": "cfg",
         "hyper_parameters": {"cfg": cfg_plain["model"]},
@@ -130,13 +130,13 @@ def restore_checkpoint(tr: "Trainer", ckpt: dict, path: Path) -> None:
              path, st.epoch, st.global_step, st.batch_idx)
 
 
-def _to_cpu(obj: Any) -> Any:
+def to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
+        return [to_cpu(v) for v in obj]
     if isinstance(obj, tuple):
-        return tuple(_to_cpu(v) for v in obj)
+        return tuple(to_cpu(v) for v in obj)
     return obj
