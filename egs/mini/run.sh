@@ -56,17 +56,19 @@ master_port=29500
 launcher=torchrun                # stage 6: torchrun on each node, or srun (in a SLURM job: a task per device)
 # Training: a checkpoint and a validation every 250 optimizer steps, counted over the run (an epoch here is shorter
 # than that); stage 6 gets these overrides (NeMo's keys; README.md says why these values), then --train-opts, which
-# win (e.g. --train-opts "trainer.max_steps=2000" for the longer setting). A training run that learns within the
+# win (e.g. --train-opts "trainer.max_steps=5000" for the longer setting). A training run that learns within the
 # demo's budget (docs/learning.md): 160 ms mask blocks instead of NEST's 400 ms, which a 2-layer model on an hour of
 # speech cannot bridge; NEST's augmentation off, which holds a model this small at the floor; gradient clipping.
 save_every_steps=250
 val_every_steps=250
-mini_train_opts="trainer.max_steps=2000"
+mini_train_opts="trainer.max_steps=1000"
 mini_train_opts+=" model.train_ds.batch_size=8 model.masking.block_size=16 model.masking.mask_prob=0.025"
 mini_train_opts+=" model.train_ds.batch_augmentor.prob=0.0 model.validation_ds.batch_augmentor.prob=0.0"
 mini_train_opts+=" trainer.gradient_clip_val=1.0 ++nest_trainer.health.floor_patience_steps=500"
 train_opts=""
-eval_opts="--threads 2"   # stage 8: options of nest-ssl evaluate (see nest-ssl evaluate --help)
+# Stage 8: options of nest-ssl evaluate (see nest-ssl evaluate --help). The frozen probes only: its fine-tuning task
+# (character CTC, 100 steps) is what stages 9-13 do at length; --eval-opts "--threads 2" runs it too.
+eval_opts="--threads 2 --tasks phone,speaker,asr"
 # Stages 9-13: ASR fine-tuning (docs/asr.md). Stage 9's labelled sets: nested training budgets read by
 # --asr-train-speakers speakers, dev and test sets of other speakers (none of them pretrained on), an LM text.
 asr_train_speakers=24
@@ -168,8 +170,8 @@ fi
 . "$nest_repo/local/stages.sh"
 
 # Stage 8: how good is the encoder? nest-ssl evaluate (docs/evaluation.md) on the labelled set: frozen phone,
-# speaker and CTC-ASR probes and CTC fine-tuning, the pretrained model against its random-init twins and log-mel
-# features, in one run. The table is printed and written to $run_dir/eval/results.json.
+# speaker and CTC-ASR probes (by default; and evaluate's short CTC fine-tuning with other --eval-opts), the pretrained
+# model against its random-init twins and log-mel features, in one run. The table is printed and written to $run_dir/eval/results.json.
 if stage_begin 8 "downstream evaluation on the labelled set" opt:eval_opts="$eval_opts" \
     in:"$run_dir/export/model.nemo" in:"$data_dir/labelled" out:"$run_dir/eval"; then
   [ -f "$run_dir/export/model.nemo" ] || die "Stage 8: $run_dir/export/model.nemo is missing; run stages 6-7 first"
