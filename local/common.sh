@@ -9,7 +9,8 @@
 #   check_float MIN VAR...  written); check_float takes decimals (1, 2.5, .5, 1e-3) >= MIN
 #   check_choice VAR CHOICE...  the option VAR is one of CHOICE..., else one message and exit 2
 #   recipe_cd VAR...    make the path options in VAR... that the user gave absolute, then cd to the recipe folder
-#   recipe_lock DIR     hold a lock on DIR (DIR/.lock) for data preparation; a second run preparing DIR is refused
+#   recipe_lock DIR [OPTION]  hold a lock on DIR (DIR/.lock) for data preparation; a second run preparing DIR is
+#                       refused, told to wait or to give another OPTION (default --data-dir)
 #   recipe_unlock       drop it (before training: any number of runs train from one prepared DIR)
 #   stage_in_range N    whether N lies in [--stage, --stop-stage]
 #   stage_begin N DESC [opt:KEY=VALUE]... [in:PATH]... [out:PATH]...
@@ -101,7 +102,7 @@ recipe_cd() {
 # recipe_unlock or at exit; one left by a killed run is taken over once its holder is provably gone.
 # NEST_SSL_LOCK_MODE=flock: flock only, no fallback.
 recipe_lock() {
-  local dir=$1 holder rc out mode=${NEST_SSL_LOCK_MODE:-auto}
+  local dir=$1 other=${2:---data-dir} holder rc out mode=${NEST_SSL_LOCK_MODE:-auto}
   case $mode in
     auto | flock | file) ;;
     *) die "NEST_SSL_LOCK_MODE=$mode: expected auto, flock or file" ;;
@@ -119,7 +120,7 @@ recipe_lock() {
     exec 9>&-
     if [ $rc -eq 200 ]; then
       holder=$(cat "$dir/.lock" 2>/dev/null || true)
-      die "$dir is in use by another run (${holder:-holder unknown}); wait for it to end or give another --data-dir"
+      die "$dir is in use by another run (${holder:-holder unknown}); wait for it to end or give another $other"
     fi
     [ "$mode" = auto ] || die "flock on $dir/.lock failed (the file system refuses flock?); NEST_SSL_LOCK_MODE=auto" \
       "falls back to a lock file there"
@@ -136,7 +137,7 @@ recipe_lock() {
       trap recipe_unlock EXIT
       ;;
     3) die "$dir is in use by another run ($out holds $dir/.lock.excl); wait for it to end or give another" \
-      "--data-dir (if that run is gone, remove the file)" ;;
+      "$other (if that run is gone, remove the file)" ;;
     *) die "$dir/.lock.excl: ${out:-the lock helper failed (exit $rc)}" ;;
   esac
 }

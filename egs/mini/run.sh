@@ -190,6 +190,7 @@ fi
 # dev or test one. Its own random streams: stage 0's outputs do not change.
 asr_dir=$data_dir/asr
 done_dir=$data_dir/.done
+if stage_in_range 9; then recipe_lock "$data_dir"; fi   # it writes the data folder, as stages 0-5 do
 if stage_begin 9 "labelled ASR sets: training budgets, dev and test of unseen speakers, LM text" \
     opt:speakers="$speakers" opt:eval_speakers="$eval_speakers" opt:corpus_seed="$corpus_seed" \
     opt:asr_train_speakers="$asr_train_speakers" opt:asr_dev_speakers="$asr_dev_speakers" \
@@ -204,6 +205,7 @@ if stage_begin 9 "labelled ASR sets: training budgets, dev and test of unseen sp
     --lm-sentences "$lm_sentences" --seed "$corpus_seed"
   stage_end 9
 fi
+recipe_unlock
 done_dir=$run_dir/.done
 
 # The grid: --ft-table picks budgets, seeds and steps; --ft-budgets/--ft-seeds/--ft-steps override them.
@@ -234,6 +236,10 @@ for b in $ft_budgets; do
     done
   done
 done
+
+# Stages 10-13 write $ft_dir and their markers in $run_dir/.done: one run of them at a time per run folder (each
+# fine-tuning also locks its own folder).
+if [ "$stop_stage" -ge 10 ] && [ "$stage" -le 13 ]; then recipe_lock "$ft_dir" --exp-name; fi
 
 # Stage 10: one tokenizer for every run (trained on the largest budget's transcripts, so every budget spells with
 # the same vocabulary) and the n-gram LM from lm.txt (ARPA, our own Kneser-Ney estimation).
