@@ -1,5 +1,5 @@
-"""NeMo 2.7.3 ASR `.nemo` archives: the parts every recognizer head shares (CTC in .nemo_ctc; RNN-T can be one
-more module of the same shape).
+"""NeMo 2.7.3 ASR `.nemo` archives: the parts every recognizer head shares (the heads: CTC in .nemo_ctc,
+RNN-T in .nemo_rnnt).
 
 Writing: the config NeMo's ASR models read (the keys of NeMo's `fast-conformer_ctc_bpe.yaml`: `train_ds`,
 `validation_ds`, `test_ds` stubs with `manifest_filepath: null`, `preprocessor`, `spec_augment`, `encoder` with
@@ -100,6 +100,24 @@ def base_config(model_cfg: Mapping[str, Any], labels: list[str] | None = None) -
     out.update({"preprocessor": cfg["preprocessor"], "spec_augment": spec, "encoder": cfg["encoder"],
                 "optim": copy.deepcopy(NEMO_OPTIM)})
     return out
+
+
+def head_config(model, tok, head: str) -> tuple[dict, list[str], dict[str, bytes]]:
+    """What every head's export opens with: the tokenizer checked against the head's size (its blank is the last
+    class), then base_config with the tokenizer as NeMo keeps it. Returns (the config so far, the head's vocabulary
+    in id order, the artifacts); a character model has its characters (the space too) as `labels` and no
+    `tokenizer:` section, a SentencePiece model the section and no `labels`."""
+    if tok.vocab_size != model.blank:
+        raise ASRError(f"the tokenizer has {tok.vocab_size} tokens but the model's {head} head has {model.blank}; "
+                       "give the tokenizer the model was fine-tuned with")
+    section, artifacts = tokenizer_section(tok)
+    if section is None:
+        vocabulary = list(tok.characters)
+        return base_config(model.cfg, vocabulary), vocabulary, artifacts
+    cfg = base_config(model.cfg)
+    cfg["tokenizer"] = section
+    # NeMo rebuilds the head's vocabulary from the tokenizer on restore (its pieces in id order): written the same
+    return cfg, tok.tokens(), artifacts
 
 
 def write_asr_nemo(out_path: str | Path, cfg: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor],

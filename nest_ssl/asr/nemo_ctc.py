@@ -21,12 +21,11 @@ from nest_ssl.asr.nemo_archive import (
     NEMO_MODELS,
     NEMO_MODULES,
     NemoASR,
-    base_config,
     check_runnable,
+    head_config,
     our_sections,
     read_asr_nemo,
     tokenizer_from_nemo,
-    tokenizer_section,
     write_asr_nemo,
 )
 
@@ -42,21 +41,9 @@ def _decoder_section(feat_in: int, vocabulary: list[str]) -> dict:
 
 def ctc_nemo_config(model: CTCModel, tok) -> tuple[dict, str, dict[str, bytes]]:
     """(model_config.yaml's model section, NeMo's class path, artifacts) for our CTC model and tokenizer."""
-    if tok.vocab_size != model.blank:
-        raise ASRError(f"the tokenizer has {tok.vocab_size} tokens but the model's CTC head has {model.blank}; give "
-                       "the tokenizer the model was fine-tuned with")
-    section, artifacts = tokenizer_section(tok)
-    if section is None:  # characters: NeMo's labels are the characters themselves (the space too)
-        labels = list(tok.characters)
-        cfg = base_config(model.cfg, labels)
-        cfg["decoder"] = _decoder_section(model.cfg["decoder"]["feat_in"], labels)
-        target = CTC_CHAR
-    else:
-        cfg = base_config(model.cfg)
-        cfg["tokenizer"] = section
-        # NeMo rebuilds this list from the tokenizer on restore (its pieces in id order); written the same here
-        cfg["decoder"] = _decoder_section(model.cfg["decoder"]["feat_in"], tok.tokens())
-        target = CTC_BPE
+    cfg, vocabulary, artifacts = head_config(model, tok, "CTC")
+    cfg["decoder"] = _decoder_section(model.cfg["decoder"]["feat_in"], vocabulary)
+    target = CTC_CHAR if "labels" in cfg else CTC_BPE
     cfg["ctc_reduction"] = "mean_batch"  # our loss's reduction (NeMo's yaml says mean_volume)
     cfg["interctc"] = {"loss_weights": [], "apply_at_layers": []}
     # keys in the order of NeMo's yaml: data, tokenizer, preprocessor, spec_augment, encoder, decoder, optim

@@ -13,8 +13,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from nest_ssl.asr.errors import ASRError
-from nest_ssl.asr.nemo_archive import NEMO_MODELS, base_config, tokenizer_section, write_asr_nemo
+from nest_ssl.asr.nemo_archive import NEMO_MODELS, head_config, write_asr_nemo
 from nest_ssl.asr.rnnt_model import HEAD_SECTIONS, RNNTModel
 
 RNNT_BPE = f"{NEMO_MODELS}.rnnt_bpe_models.EncDecRNNTBPEModel"
@@ -23,19 +22,8 @@ RNNT_CHAR = f"{NEMO_MODELS}.rnnt_models.EncDecRNNTModel"
 
 def rnnt_nemo_config(model: RNNTModel, tok) -> tuple[dict, str, dict[str, bytes]]:
     """(model_config.yaml's model section, NeMo's class path, artifacts) for our RNN-T model and tokenizer."""
-    if tok.vocab_size != model.blank:
-        raise ASRError(f"the tokenizer has {tok.vocab_size} tokens but the model's RNN-T head has {model.blank}; "
-                       "give the tokenizer the model was fine-tuned with")
-    section, artifacts = tokenizer_section(tok)
-    if section is None:  # characters: NeMo's labels are the characters themselves (the space too)
-        vocabulary = list(tok.characters)
-        cfg = base_config(model.cfg, vocabulary)
-        target = RNNT_CHAR
-    else:
-        vocabulary = tok.tokens()  # NeMo rebuilds this list from the tokenizer on restore (its pieces in id order)
-        cfg = base_config(model.cfg)
-        cfg["tokenizer"] = section
-        target = RNNT_BPE
+    cfg, vocabulary, artifacts = head_config(model, tok, "RNN-T")
+    target = RNNT_CHAR if "labels" in cfg else RNNT_BPE
     for key in HEAD_SECTIONS:
         if key in model.cfg:
             cfg[key] = copy.deepcopy(model.cfg[key])
