@@ -205,6 +205,47 @@ def test_two_gloo_ranks_train_as_one_rank_with_the_doubled_batch(corpus, tmp_pat
     assert (diff / norm) ** 0.5 < 1e-3
 
 
+def torchrun(*args, nproc=2):
+    """`nest-ssl` under torchrun on this node: nproc processes, a free rendezvous port."""
+    from nest_ssl.train.distributed import free_port
+
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                             "--master-port", str(free_port()), "-m", "nest_ssl.cli", *map(str, args)], env=ENV,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_prepares_and_both_train_as_the_processes_started_here(corpus, tmp_path):
+    """torchrun starts the two processes (as on every node of a multi-node job): global rank 0 checks the data,
+    trains the tokenizer and writes the folder, and the run is the one `--devices 2` starts itself, to the last
+    digit of every loss and dev score. A mistake found by rank 0 stops both ranks with its one line, and a
+    trainer.num_nodes that does not match torchrun's world is named before anything is written."""
+    common = ["finetune", "--train-manifest", corpus["train"], "--dev-manifest", corpus["test"], "--tokenizer-type",
+              "char", "--steps", 4, "--save-every", 4, "--val-every", 2, "--batch-size", 2, "--devices", 2, *TINY]
+    spawned = nest_ssl(*common, "--out-dir", tmp_path / "spawned")
+    o1, e1 = spawned.communicate(timeout=600)
+    assert spawned.returncode == 0, o1 + e1
+    launched = torchrun(*common, "--out-dir", tmp_path / "launched")
+    o2, e2 = launched.communicate(timeout=600)
+    assert launched.returncode == 0, o2 + e2
+    assert o2.count("encoder initialised at random") == 1, o2  # rank 0 alone prints
+    names = ["log.tsv"] + [f"tokenizer/{p.name}" for p in (tmp_path / "spawned" / "tokenizer").iterdir()]
+    for name in names:
+        assert (tmp_path / "launched" / name).read_bytes() == (tmp_path / "spawned" / name).read_bytes(), name
+    status = json.loads((tmp_path / "launched" / "train_status.json").read_text())
+    assert (status["stop_reason"], status["global_step"]) == ("max_steps", 4), status
+
+    wrong = torchrun(*common, "--tokenizer", tmp_path / "no-such-tokenizer", "--out-dir", tmp_path / "bad")
+    out, err = wrong.communicate(timeout=600)
+    assert wrong.returncode != 0 and not (tmp_path / "bad").exists(), out + err
+    lines = [line for line in err.splitlines() if "no-such-tokenizer" in line and "Traceback" not in line]
+    assert len(lines) == 2, err  # one line from each rank: rank 0's error, raised again by rank 1
+    nodes = torchrun(*common, "--num-nodes", 2, "--out-dir", tmp_path / "nodes")
+    out, err = nodes.communicate(timeout=600)
+    assert nodes.returncode != 0 and not (tmp_path / "nodes").exists(), out + err
+    assert "torchrun's WORLD_SIZE is 2, but trainer.num_nodes=2 x 2 processes per node is 4" in err, err
+
+
 def test_config_mistakes_give_one_line_exit_2_and_write_nothing(corpus, tmp_path, capsys):
     base = ["finetune", "--config-name", "fast-conformer_ctc_bpe", f"model.train_ds.manifest_filepath={corpus['train']}",
             "model.tokenizer.type=char"]

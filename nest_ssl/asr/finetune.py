@@ -6,8 +6,9 @@ second run: nest_ssl.train.run_lock) gets `tokenizer/`, `hparams.yaml`, `step-N.
 at the end (all kept, for `--avg`), `best.ckpt` (lowest dev WER), `log.tsv` (step, loss, dev WER/CER),
 `metrics.jsonl` and TensorBoard events, `finetune.log` (what was printed: where the encoder came from, progress)
 and `train_status.json` (how the run ended). With trainer.devices > 1 the processes are started here (DDP; gloo on
-the CPU). Run again on the same folder, it resumes from the last checkpoint (model, optimizer, scheduler, the
-sampler's position in the epoch), so the losses are those of an uninterrupted run; max_steps may grow.
+the CPU); under torchrun or srun (one process per device, trainer.num_nodes nodes) the launcher starts them. Run
+again on the same folder, it resumes from the last checkpoint (model, optimizer, scheduler, the sampler's position
+in the epoch), so the losses are those of an uninterrupted run; max_steps may grow.
 """
 
 from __future__ import annotations
@@ -150,24 +151,70 @@ def _prepare(cfg: DictConfig, nest_overrides: list[str]):
 
 def finetune(cfg: DictConfig, nest_overrides: list[str] | None = None,
              say: Callable[[str], None] = print) -> FinetuneResult:
-    """Runs (or resumes) the fine-tuning; every line `say` gets also goes to OUT/finetune.log."""
+    """Runs (or resumes) the fine-tuning; every line `say` gets also goes to OUT/finetune.log.
+
+    Three ways it starts, as `nest-ssl train` does (nest_ssl.train.distributed): one process; trainer.devices=N
+    processes started here; or under torchrun / srun (one process per device, on one node or many: the processes
+    are started by the launcher and each calls this)."""
     from nest_ssl.asr.heads import check_head
-    from nest_ssl.asr.model_io import read_asr_checkpoint
-    from nest_ssl.asr.tokenizer import load_tokenizer
     from nest_ssl.train.distributed import under_launcher
-    from nest_ssl.train.run_lock import RunFolderLock
-    from nest_ssl.train.run_status import clear_status, read_status
+    from nest_ssl.train.slurm import adopt_slurm_env
 
     if cfg.exp_manager.explicit_log_dir is None:
         raise ASRError("no run folder: give --out-dir (exp_manager.explicit_log_dir)")
-    out_dir = Path(cfg.exp_manager.explicit_log_dir)
     settings = loop_settings(cfg)
     check_head(str(cfg.head))
-    if under_launcher():
-        raise ASRError("nest-ssl finetune starts its own processes (--devices N / trainer.devices=N); run it "
-                       "without torchrun")
-    if settings.precision == "16-mixed" and _plan(cfg).accelerator != "gpu":
+    adopt_slurm_env()  # an srun task: SLURM's variables as torchrun's (torchrun's own win when present)
+    plan = _plan(cfg)  # a mismatch of trainer.devices / num_nodes and the launcher's processes is one line
+    if settings.precision == "16-mixed" and plan.accelerator != "gpu":
         raise ASRError("trainer.precision=16-mixed needs a GPU; on the CPU use bf16-mixed or 32")
+    if under_launcher():
+        return _finetune_launched(cfg, nest_overrides or [], say)
+    start = _start_run(cfg, nest_overrides or [], say)
+    try:
+        if settings.devices > 1:
+            from nest_ssl.train.distributed import spawn
+            from nest_ssl.train.run import _child_error
+            from nest_ssl.train.run_status import read_status
+
+            try:
+                spawn(_spawned, settings.devices, start.process_args())
+            except Exception as err:  # a process's error, re-raised as its own type (a user error: one line)
+                raise _child_error(err) from err
+            status = read_status(start.out_dir) or {}
+            return FinetuneResult(start.out_dir, status.get("stop_reason"), int(status.get("global_step", 0)))
+        return _run_process(*start.process_args(), model=start.model, say=start.note)
+    finally:
+        start.lock.release()
+
+
+@dataclass
+class _Start:
+    """A run checked and its folder locked and written: what every training process needs."""
+
+    out_dir: Path
+    lock: object  # nest_ssl.train.run_lock.RunFolderLock, held
+    container: dict  # the resolved config
+    asr_cfg: dict
+    last: Path | None  # the checkpoint resumed from
+    identity: dict
+    model: torch.nn.Module | None  # built and initialised (a new run), else None
+    note: Callable[[str], None]
+
+    def process_args(self) -> tuple:
+        return self.container, self.asr_cfg, str(self.last) if self.last else None, self.identity
+
+
+def _start_run(cfg: DictConfig, nest_overrides: list[str], say: Callable[[str], None]) -> _Start:
+    """Every check (manifests, transcripts, tokenizer, the pretrained checkpoint; or the run to resume), then the
+    folder: locked, `tokenizer/`, `hparams.yaml`, what was found printed and logged. Nothing is written on error."""
+    from nest_ssl.asr.model_io import read_asr_checkpoint
+    from nest_ssl.asr.tokenizer import load_tokenizer
+    from nest_ssl.train.run_lock import RunFolderLock
+    from nest_ssl.train.run_status import clear_status
+
+    out_dir = Path(cfg.exp_manager.explicit_log_dir)
+    settings = loop_settings(cfg)
     last = _last_checkpoint(out_dir)
     pending: list[str] = []
     if last is not None:
@@ -191,41 +238,69 @@ def finetune(cfg: DictConfig, nest_overrides: list[str] | None = None,
         utterances = train.utterances
         del ckpt
     else:
-        model, tok, asr_cfg, reports, utterances = _prepare(cfg, nest_overrides or [])
+        model, tok, asr_cfg, reports, utterances = _prepare(cfg, nest_overrides)
         pending.extend([r.line() for r in reports] or ["encoder initialised at random (no --init-from)"])
     _check_data_sections(cfg, settings.seed)
     build_optim(cfg, [torch.nn.Parameter(torch.zeros(1))], settings.max_steps)
     # Everything checked: the folder is written from here on.
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = RunFolderLock(out_dir).acquire()
-    try:
-        def note(line: str) -> None:
-            say(line)
-            log.info("%s", line)
-            with open(out_dir / "finetune.log", "a", encoding="utf-8") as f:
-                f.write(line + "\n")
 
+    def note(line: str) -> None:
+        say(line)
+        log.info("%s", line)
+        with open(out_dir / "finetune.log", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    try:
         for line in pending:
             note(line)
         if last is None:
             tok.save(out_dir / "tokenizer")
         (out_dir / "hparams.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
         clear_status(out_dir)
-        identity = _identity(cfg, utterances)
-        container = OmegaConf.to_container(cfg, resolve=True)
-        if settings.devices > 1:
-            from nest_ssl.train.distributed import spawn
-            from nest_ssl.train.run import _child_error
-
-            try:
-                spawn(_spawned, settings.devices, (container, asr_cfg, str(last) if last else None, identity))
-            except Exception as err:  # a process's error, re-raised as its own type (a user error: one line)
-                raise _child_error(err) from err
-            status = read_status(out_dir) or {}
-            return FinetuneResult(out_dir, status.get("stop_reason"), int(status.get("global_step", 0)))
-        return _run_process(container, asr_cfg, last, identity, model=model, say=note)
-    finally:
+    except BaseException:
         lock.release()
+        raise
+    return _Start(out_dir, lock, OmegaConf.to_container(cfg, resolve=True), asr_cfg, last,
+                  _identity(cfg, utterances), model, note)
+
+
+def _finetune_launched(cfg: DictConfig, nest_overrides: list[str], say: Callable[[str], None]) -> FinetuneResult:
+    """Under torchrun or srun: every process joins the group first; global rank 0 checks the run and locks and
+    writes its folder, exactly as a single process does, and tells the others what to train (or its error, which
+    every rank then raises: one line each, exit 2); every rank trains (rank 0 initialises the weights, DDP gives them
+    to the others at the start); rank 0 lets the folder go at the end. The run folder must be on a file system every
+    node sees, as `nest-ssl train`'s."""
+    from nest_ssl.train.distributed import broadcast_object, destroy_distributed, init_distributed
+    from nest_ssl.train.run import _user_error_classes
+
+    info = init_distributed(_plan(cfg))
+    start = error = None
+    try:
+        failure = args = None
+        if info.is_global_zero:
+            try:
+                start = _start_run(cfg, nest_overrides, say)
+                args = start.process_args()
+            except Exception as err:
+                error, failure = err, (f"{type(err).__module__}.{type(err).__qualname__}", str(err))
+        failure, args = broadcast_object(info, (failure, args))
+        if error is not None:
+            raise error
+        if failure is not None:
+            name, message = failure
+            for cls in _user_error_classes():
+                if f"{cls.__module__}.{cls.__qualname__}" == name:
+                    raise cls(message)
+            raise RuntimeError(f"global rank 0 failed before training: {name}: {message}")
+        if info.is_global_zero:
+            return _run_process(*args, model=start.model, say=start.note)
+        return _run_process(*args, model=None, say=lambda line: None)
+    finally:
+        if start is not None:
+            start.lock.release()
+        destroy_distributed()
 
 
 def _spawned(container: dict, asr_cfg: dict, last: str | None, identity: dict) -> None:
@@ -236,7 +311,7 @@ def _spawned(container: dict, asr_cfg: dict, last: str | None, identity: dict) -
         with open(out_dir / "finetune.log", "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
-    _run_process(container, asr_cfg, Path(last) if last else None, identity, model=None, say=note)
+    _run_process(container, asr_cfg, last, identity, model=None, say=note)
 
 
 def _plan(cfg: DictConfig):
@@ -246,12 +321,12 @@ def _plan(cfg: DictConfig):
 
     t = cfg.trainer
     return plan_launch(SimpleNamespace(accelerator=str(t.get("accelerator", "auto")), devices=int(t.devices),
-                                       num_nodes=1))
+                                       num_nodes=int(t.get("num_nodes", 1))))
 
 
-def _run_process(container: dict, asr_cfg: dict, last: Path | None, identity: dict, *, model,
+def _run_process(container: dict, asr_cfg: dict, last: str | Path | None, identity: dict, *, model,
                  say: Callable[[str], None]) -> FinetuneResult:
-    """One training process (rank 0 of 1, or one of the spawned DDP processes)."""
+    """One training process (rank 0 of 1, or one of the DDP processes: spawned here or by a launcher)."""
     from nest_ssl.asr.dataset import ASRDataset
     from nest_ssl.asr.ft_loop import LOG_TSV, FinetuneLoop, FitInputs
     from nest_ssl.asr.model_io import read_asr_checkpoint, save_asr
@@ -266,6 +341,7 @@ def _run_process(container: dict, asr_cfg: dict, last: Path | None, identity: di
     cfg = OmegaConf.create(container)
     s = loop_settings(cfg)
     out_dir = Path(cfg.exp_manager.explicit_log_dir)
+    last = Path(last) if last else None
     info = init_distributed(_plan(cfg))
     stops = StopRequests(handle_signals=True, max_time_per_run=None)
     stops.install()

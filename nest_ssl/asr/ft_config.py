@@ -52,8 +52,8 @@ DEFAULTS: dict[str, Any] = {
                          "time_masks": 0, "freq_width": 27, "time_width": 0.05},
         "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-3, "sched": None},
     },
-    "trainer": {"accelerator": "auto", "devices": 1, "max_epochs": -1, "max_steps": 200, "val_check_interval": None,
-                "precision": "32", "gradient_clip_val": 5.0, "log_every_n_steps": 1},
+    "trainer": {"accelerator": "auto", "devices": 1, "num_nodes": 1, "max_epochs": -1, "max_steps": 200,
+                "val_check_interval": None, "precision": "32", "gradient_clip_val": 5.0, "log_every_n_steps": 1},
     "exp_manager": {"explicit_log_dir": None, "create_tensorboard_logger": True,
                     "checkpoint_callback_params": {"monitor": "val_wer", "mode": "min", "every_n_train_steps": 50}},
 }
@@ -79,6 +79,7 @@ FLAG_KEYS = {
     "precision": "trainer.precision",
     "val_every": "trainer.val_check_interval",
     "devices": "trainer.devices",
+    "num_nodes": "trainer.num_nodes",
     "head": "head",
 }
 PRECISIONS = {"32": "32", "32-true": "32", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed", "16": "16-mixed",

@@ -38,7 +38,10 @@ def add_arguments(parser) -> None:
                         help="seconds of audio per batch: Lhotse's DynamicBucketingSampler (bucketing on)")
     parser.add_argument("--num-workers", type=int, help="DataLoader workers (default 0)")
     parser.add_argument("--precision", help="32 (default), bf16-mixed or 16-mixed (GPU)")
-    parser.add_argument("--devices", type=int, help="processes (DDP; gloo on the CPU); default 1")
+    parser.add_argument("--devices", type=int,
+                        help="processes per node (DDP; gloo on the CPU), started here or by torchrun/srun; default 1")
+    parser.add_argument("--num-nodes", type=int,
+                        help="nodes (trainer.num_nodes), each starting its processes with torchrun or srun; default 1")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--save-every", type=int, help="step-N.ckpt every N steps (default 50)")
     parser.add_argument("--val-every", type=int, help="dev WER every N steps (default: --save-every)")
