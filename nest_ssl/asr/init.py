@@ -144,9 +144,9 @@ def _continued_head(model, source, source_tok, tokenizer) -> tuple[dict, str]:
 
 def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] = (), tokenizer=None,
                          include: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> InitReport:
-    """Encoder and preprocessor from a NEST checkpoint or a CTC / RNN-T `.nemo`; from such a `.nemo` also its head when
-    the model's is of its kind and size and `tokenizer` (the run's) is the archive's. `include`/`exclude`: NeMo's selection (init_from_nemo_model entries);
-    the tensors it leaves out count as named in `skip`."""
+    """Encoder and preprocessor from a NEST checkpoint or a CTC / RNN-T `.nemo`; from such a `.nemo` also its head
+    when the model's is of its kind and size and `tokenizer` (the run's) is the archive's. `include`/`exclude`: NeMo's
+    selection (init_from_nemo_model entries); the tensors it leaves out count as named in `skip`."""
     from nest_ssl.asr.nemo_archive import asr_from_nemo, nemo_head
     from nest_ssl.checkpoint.model import load_model
     from nest_ssl.errors import UserError

@@ -1,10 +1,11 @@
 """RNN-T recognizers across NeMo 2.7.3 both ways (run: .venv-nemo/bin/python -m pytest -s this file).
 
-Ours -> NeMo: a model fine-tuned by `nest-ssl finetune --head rnnt` (70 steps on the tone corpus of tests/asr_corpus.py: partly
-right transcripts, so the text is varied) is exported by `nest-ssl export-asr` and restored by NeMo's
-ASRModel.restore_from (strict): EncDecRNNTBPEModel for a SentencePiece tokenizer, EncDecRNNTModel for characters.
-NeMo's eval-mode encoder output and joint log-probabilities equal ours (to 1e-4), its transcribe() (greedy_batch)
-gives our greedy text, and with its decoding strategy switched to `beam` our beam text.
+Ours -> NeMo: a model fine-tuned by `nest-ssl finetune --head rnnt` (70 steps on the tone corpus of
+tests/asr_corpus.py: partly right transcripts, so the text is varied) is exported by `nest-ssl export-asr` and
+restored by NeMo's ASRModel.restore_from (strict): EncDecRNNTBPEModel for a SentencePiece tokenizer,
+EncDecRNNTModel for characters. NeMo's eval-mode encoder output and joint log-probabilities equal ours (to 1e-4),
+its transcribe() (greedy_batch) gives our greedy text, and with its decoding strategy switched to `beam` our beam
+text.
 
 NeMo -> ours: EncDecRNNTBPEModel (tokenizer trained by NeMo's create_spt_model) and EncDecRNNTModel built by NeMo from
 a config dict (NeMo's transducer yaml keys, `${model_defaults.*}` interpolations), trained 150 steps by NeMo's own
