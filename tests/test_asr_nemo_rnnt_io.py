@@ -36,6 +36,11 @@ def runs(tmp_path_factory):
                      "5e-3", *TINY, *HEAD]) == 0
         run[kind], exported[kind] = root / kind, root / f"{kind}.nemo"
         assert main(["export-asr", str(run[kind]), str(exported[kind])]) == 0
+    # and a CTC one, to start an RNN-T fine-tuning from
+    assert main(["finetune", "--train-manifest", str(corpus["train"]), "--out-dir", str(root / "ctc"),
+                 "--tokenizer-type", "char", "--steps", "1", "--save-every", "1", *TINY]) == 0
+    exported["ctc"] = root / "ctc.nemo"
+    assert main(["export-asr", str(root / "ctc"), str(exported["ctc"])]) == 0
     return corpus, run, exported
 
 
@@ -111,13 +116,30 @@ def test_finetune_init_from_an_rnnt_nemo_continues_its_head_only_when_it_fits(ru
                                   "(decoder.prediction.embed.weight: (21, 32) there, (21, 16) here)"), \
         report.line()
     assert all(torch.equal(v, theirs[k]) for k, v in model.state_dict().items() if k.startswith("encoder."))
+    # --init-skip naming a head tensor leaves the whole head out
+    model, _, report, _, _ = prepare(FinetuneOptions(
+        train_manifest=corpus["train"], out_dir=tmp_path / "e", init_from=path, tokenizer_dir=path, head="rnnt",
+        init_skip=["joint.enc."]))
+    assert report.line().endswith("; its RNN-T head is left out, as include/exclude or --init-skip name "
+                                  "joint.enc.bias"), report.line()
+    assert not torch.equal(model.state_dict()["joint.pred.weight"], theirs["joint.pred.weight"])
     # a CTC fine-tuning from the RNN-T archive: its encoder only
     model, tok, report, _, _ = prepare(FinetuneOptions(
         train_manifest=corpus["train"], out_dir=tmp_path / "c", init_from=path, tokenizer_dir=path, head="ctc"))
     assert report.line().endswith("; its RNN-T head is left out (this model's head is CTC)"), report.line()
     assert report.loaded == report.encoder_tensors > 0
     assert model.decoder.decoder_layers[0].weight.shape[0] == tok.vocab_size + 1
-    assert not any((tmp_path / n).exists() for n in "abc")
+    # an RNN-T fine-tuning from a CTC archive: its encoder only, the RNN-T head of the yaml (and overrides)
+    ctc = exported["ctc"]
+    ctc_encoder = {k: v for k, v in load_asr(ctc)[0].state_dict().items() if k.startswith("encoder.")}
+    model, tok, report, asr_cfg, _ = prepare(FinetuneOptions(
+        train_manifest=corpus["train"], out_dir=tmp_path / "d", init_from=ctc, tokenizer_dir=ctc, head="rnnt",
+        overrides=HEAD))
+    assert report.line().endswith("; its CTC head is left out (this model's head is RNN-T)"), report.line()
+    assert report.loaded == report.encoder_tensors == len(ctc_encoder)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in ctc_encoder.items())
+    assert asr_cfg["joint"]["num_classes"] == tok.vocab_size and asr_cfg["model_defaults"]["joint_hidden"] == 40
+    assert not any((tmp_path / n).exists() for n in "abcde")
 
 
 def test_what_nest_ssl_cannot_run_of_an_rnnt_nemo_is_one_line(runs, tmp_path, capsys):

@@ -181,6 +181,10 @@ def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] 
             raise ASRError(f"--init-from {path}: the checkpoint {what} {keys[0]}{detail} and {len(keys) - 1} more; "
                            f"pass --init-skip {keys[0].rsplit('.', 1)[0]}. to leave them as initialised")
     take = {k: v for k, v in theirs.items() if k in ours and not named(k)}
+    left_out = sorted(k for k in head if named(k))
+    if left_out:  # a head is taken whole or not at all
+        head, head_note = {}, (f"its {HEAD_NAMES[head_of(nest_cfg)]} head is left out, as include/exclude or "
+                               f"--init-skip name {left_out[0]}")
     take.update(head)
     with torch.no_grad():
         state = model.state_dict()
