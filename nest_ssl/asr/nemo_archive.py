@@ -213,7 +213,7 @@ def nemo_head(path: str | Path) -> str | None:
     return "ctc" if class_of(cfg.get("decoder")) == "ConvASRDecoder" else None
 
 
-def _reader(path: str | Path, what: str):
+def _reader(path: str | Path):
     """The head module that reads this archive (the CTC one for what is no ASR model: it says what the file is)."""
     if nemo_head(path) == "rnnt":
         from nest_ssl.asr import nemo_rnnt
@@ -226,18 +226,18 @@ def _reader(path: str | Path, what: str):
 
 def asr_from_nemo(path: str | Path, what: str = "model", tokenizer=None):
     """(our CTCModel or RNNTModel in eval mode, tokenizer) of a NeMo CTC or RNN-T archive."""
-    return _reader(path, what).model_from_nemo(path, what, tokenizer)
+    return _reader(path).model_from_nemo(path, what, tokenizer)
 
 
 def sections_from_nemo(path: str | Path, what: str = "--init-from") -> dict:
     """The config sections to build a model like the archive's (checked): preprocessor and encoder, and for an
     RNN-T archive its head sections too."""
-    return _reader(path, what).sections_of_nemo(path, what)
+    return _reader(path).sections_of_nemo(path, what)
 
 
 def tokenizer_of_asr_nemo(path: str | Path, what: str = "--tokenizer"):
     """The tokenizer inside a NeMo CTC or RNN-T archive (`--tokenizer X.nemo`); the weights are not read."""
-    return _reader(path, what).tokenizer_of_nemo(path, what)
+    return _reader(path).tokenizer_of_nemo(path, what)
 
 
 def config_only(path: str | Path, what: str) -> NemoASR:
