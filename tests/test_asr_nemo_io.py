@@ -205,7 +205,7 @@ def test_what_cannot_be_loaded_is_one_line_naming_the_key(runs, exported, tmp_pa
     transcribe(citrinet, "encoder._target_ is nemo.collections.asr.modules.ConvASREncoder", "ConformerEncoder")
     rnnt = rewrite(bpe, tmp_path / "rnnt.nemo", config=lambda c: c.update(
         target=f"{NEMO_MODELS}.rnnt_bpe_models.EncDecRNNTBPEModel"))
-    transcribe(rnnt, "target is nemo.collections.asr.models.rnnt_bpe_models.EncDecRNNTBPEModel", "EncDecCTCModelBPE")
+    transcribe(rnnt, "decoder._target_ is 'nemo.collections.asr.modules.ConvASRDecoder'", "RNNTDecoder")
     wpe = rewrite(bpe, tmp_path / "wpe.nemo", config=lambda c: c["tokenizer"].update(type="wpe"))
     transcribe(wpe, "tokenizer.type is 'wpe'")
     no_blank = rewrite(bpe, tmp_path / "noblank.nemo", config=lambda c: c["decoder"].update(add_blank=False))

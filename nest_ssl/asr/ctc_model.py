@@ -124,10 +124,12 @@ def asr_config(nest_model_cfg: Mapping[str, Any], tokenizer_kind: str, vocabular
         "tokenizer": {"type": tokenizer_kind},
     }
     if head == "rnnt":
-        from nest_ssl.asr.rnnt_model import rnnt_sections
+        from nest_ssl.asr.rnnt_model import HEAD_SECTIONS, rnnt_sections
 
         del cfg["decoder"]
-        cfg.update(rnnt_sections(d_model, list(vocabulary), head_overrides))
+        # a NeMo RNN-T .nemo started from (nest_model_cfg holds its head sections): its head sizes, not the yaml's
+        base = {k: v for k, v in nest.items() if k in HEAD_SECTIONS} or None
+        cfg.update(rnnt_sections(d_model, list(vocabulary), head_overrides, base))
     elif head != "ctc" or head_overrides:
         raise ValueError(f"asr_config: head {head!r} with overrides {list(head_overrides)}: not a CTC config")
     return cfg

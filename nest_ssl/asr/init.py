@@ -1,9 +1,11 @@
-"""Initialising the CTC model's encoder (and preprocessor) from a pretrained NEST checkpoint, loudly.
+"""Initialising the ASR model's encoder (and preprocessor) from a pretrained NEST checkpoint, loudly.
 
 The checkpoint is read through nest_ssl.checkpoint.model.load_model (our .ckpt, a .nemo of ours or NeMo's, a NeMo
-Lightning .ckpt), or is a CTC ASR `.nemo` (NeMo's EncDecCTCModel(BPE), or our export), read by nemo_ctc.py: then its
-CTC head is taken too when the run's tokenizer is the archive's (same tokens, same order), and starts at random
-otherwise; the report says which.
+Lightning .ckpt), or is a CTC or RNN-T ASR `.nemo` (NeMo's EncDecCTCModel(BPE) / EncDecRNNT(BPE)Model, or our export),
+read by nemo_ctc.py / nemo_rnnt.py: then its head (the CTC decoder; the RNN-T prediction network and joint) is taken
+too when the model's head is of the same kind and size and the run's tokenizer is the archive's (same tokens, same
+order), and starts at random otherwise; the report says which. A CTC archive into an RNN-T model (or the other way)
+gives its encoder only.
 
 Nothing fails silently: a config that does not match the checkpoint's encoder (layers, d_model,
 mel bins), or a tensor that is missing, unexpected or of another shape, is an ASRError of one line, unless the user
@@ -35,7 +37,7 @@ class InitReport:
     encoder_tensors: int  # encoder tensors of the model
     preprocessor: int  # preprocessor buffers loaded
     skipped: list[str]
-    head: str = ""  # from a CTC model: whether its CTC head was taken too, and why (not)
+    head: str = ""  # from a CTC / RNN-T .nemo: whether its head was taken too, and why (not)
 
     def line(self) -> str:
         skipped = f"; skipped {len(self.skipped)} as asked ({', '.join(self.skipped[:3])}...)" if self.skipped else ""
@@ -74,13 +76,13 @@ def _read_config(path: str | Path) -> dict:
     from nest_ssl.checkpoint.nemo import load_checkpoint_any, model_config_of, read_nemo
     from nest_ssl.errors import UserError
 
-    from nest_ssl.asr.nemo_ctc import ctc_sections, is_nemo_ctc
+    from nest_ssl.asr.nemo_archive import nemo_head, sections_from_nemo
 
     path = Path(path)
     if not path.is_file():
-        raise ASRError(f"--init-from {path}: does not exist; give a NEST .ckpt or .nemo, or a CTC .nemo")
-    if is_nemo_ctc(path):
-        return ctc_sections(path, "--init-from")
+        raise ASRError(f"--init-from {path}: does not exist; give a NEST .ckpt or .nemo, or a CTC / RNN-T .nemo")
+    if nemo_head(path):
+        return sections_from_nemo(path, "--init-from")
     try:
         if path.suffix == ".nemo" or (os.access(path, os.R_OK) and tarfile.is_tarfile(path)):
             cfg, _ = read_nemo(path)
@@ -102,42 +104,61 @@ def nest_parts(nest) -> dict:
     return theirs
 
 
-def _ctc_head(model: CTCModel, source: CTCModel, source_tok, tokenizer) -> tuple[dict, str]:
-    """The CTC head of a CTC model we start from, when the run's tokenizer is the same (the same tokens in the same
-    order, so that every output class means the same); else nothing, and why."""
+HEAD_NAMES = {"ctc": "CTC", "rnnt": "RNN-T"}
+HEAD_PARTS = ("decoder.", "joint.")  # CTC: decoder.decoder_layers; RNN-T: decoder.prediction, joint
+
+
+def _same_tokens(tokenizer, source_tok) -> bool:
+    if tokenizer.kind == "char" and source_tok.kind == "char":
+        return tokenizer.characters == source_tok.characters
+    return tokenizer.kind != "char" and source_tok.kind != "char" and tokenizer.tokens() == source_tok.tokens()
+
+
+def _continued_head(model, source, source_tok, tokenizer) -> tuple[dict, str]:
+    """The head of an ASR model we start from, when the model's head is of its kind and size and the run's
+    tokenizer is the same (the same tokens in the same order, so that every output class means the same); else
+    nothing, and why."""
     if tokenizer is None:
         return {}, ""
-    if head_of(model.cfg) != "ctc":
-        return {}, "its CTC head is left out (this model's head is RNN-T)"
-    if tokenizer.kind == "char" and source_tok.kind == "char":
-        same = tokenizer.characters == source_tok.characters
-    else:
-        same = tokenizer.kind != "char" and source_tok.kind != "char" and tokenizer.tokens() == source_tok.tokens()
-    ours = model.decoder.decoder_layers[0].weight.shape
-    if not same or source.decoder.decoder_layers[0].weight.shape != ours:
-        return {}, ("the CTC head starts at random: the run's tokenizer is not the checkpoint's (pass --tokenizer "
+    kind, theirs_kind = head_of(model.cfg), head_of(source.cfg)
+    name = HEAD_NAMES[theirs_kind]
+    if kind != theirs_kind:
+        return {}, f"its {name} head is left out (this model's head is {HEAD_NAMES[kind]})"
+    if not _same_tokens(tokenizer, source_tok):
+        return {}, (f"the {name} head starts at random: the run's tokenizer is not the checkpoint's (pass --tokenizer "
                     "with the .nemo itself to continue its head)")
-    head = {k: v for k, v in source.state_dict().items() if k.startswith("decoder.")}
-    return head, f"and its CTC head ({ours[0]} classes, the tokenizer being the same)"
+    theirs = {k: v for k, v in source.state_dict().items() if k.startswith(HEAD_PARTS)}
+    ours = {k: v for k, v in model.state_dict().items() if k.startswith(HEAD_PARTS)}
+    other = sorted(k for k in set(ours) ^ set(theirs)) or [k for k in ours if ours[k].shape != theirs[k].shape]
+    if other:
+        k = other[0]
+        sizes = (f"{tuple(theirs[k].shape)} there, {tuple(ours[k].shape)} here" if k in ours and k in theirs
+                 else "there only" if k in theirs else "here only")
+        return {}, f"the {name} head starts at random: it is not the checkpoint's size ({k}: {sizes})"
+    classes = model.blank + 1
+    if kind == "ctc":
+        return theirs, f"and its CTC head ({classes} classes, the tokenizer being the same)"
+    return theirs, (f"and its RNN-T head ({len(theirs)} tensors of the prediction network and joint, {classes} "
+                    "classes, the tokenizer being the same)")
 
 
 def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] = (), tokenizer=None,
                          include: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> InitReport:
-    """Encoder and preprocessor from a NEST checkpoint or a CTC `.nemo`; from a CTC `.nemo` also its CTC head when
-    `tokenizer` (the run's) is the archive's. `include`/`exclude`: NeMo's selection (init_from_nemo_model entries);
-    the tensors it leaves out count as named in `skip`."""
-    from nest_ssl.asr.nemo_ctc import ctc_from_nemo, is_nemo_ctc
+    """Encoder and preprocessor from a NEST checkpoint or a CTC / RNN-T `.nemo`; from such a `.nemo` also its head
+    when the model's is of its kind and size and `tokenizer` (the run's) is the archive's. `include`/`exclude`: NeMo's
+    selection (init_from_nemo_model entries); the tensors it leaves out count as named in `skip`."""
+    from nest_ssl.asr.nemo_archive import asr_from_nemo, nemo_head
     from nest_ssl.checkpoint.model import load_model
     from nest_ssl.errors import UserError
 
     path = Path(path)
     if not path.is_file():
-        raise ASRError(f"--init-from {path}: does not exist; give a NEST .ckpt or .nemo, or a CTC .nemo")
+        raise ASRError(f"--init-from {path}: does not exist; give a NEST .ckpt or .nemo, or a CTC / RNN-T .nemo")
     head, head_note = {}, ""
-    if is_nemo_ctc(path):
-        nest, source_tok = ctc_from_nemo(path, "--init-from")
+    if nemo_head(path):
+        nest, source_tok = asr_from_nemo(path, "--init-from")
         nest_cfg = nest.cfg
-        head, head_note = _ctc_head(model, nest, source_tok, tokenizer)
+        head, head_note = _continued_head(model, nest, source_tok, tokenizer)
     else:
         try:
             nest, nest_cfg = load_model(path)
@@ -160,6 +181,10 @@ def init_from_pretrained(model: CTCModel, path: str | Path, skip: Sequence[str] 
             raise ASRError(f"--init-from {path}: the checkpoint {what} {keys[0]}{detail} and {len(keys) - 1} more; "
                            f"pass --init-skip {keys[0].rsplit('.', 1)[0]}. to leave them as initialised")
     take = {k: v for k, v in theirs.items() if k in ours and not named(k)}
+    left_out = sorted(k for k in head if named(k))
+    if left_out:  # a head is taken whole or not at all
+        head, head_note = {}, (f"its {HEAD_NAMES[head_of(nest_cfg)]} head is left out, as include/exclude or "
+                               f"--init-skip name {left_out[0]}")
     take.update(head)
     with torch.no_grad():
         state = model.state_dict()

@@ -1,7 +1,7 @@
 """A fine-tuned ASR model (CTC or RNN-T) on disk: `step-N.ckpt` files (our checkpoint format: digest, atomic
 write) holding the model config and weights, beside the `tokenizer/` folder of the run. `load_asr` reads one
-checkpoint, a run folder (its last checkpoint), the average of a run's last N checkpoints, or a NeMo CTC `.nemo`
-(nemo_ctc.py)."""
+checkpoint, a run folder (its last checkpoint), the average of a run's last N checkpoints, or a NeMo CTC or RNN-T
+`.nemo` (nemo_ctc.py, nemo_rnnt.py)."""
 
 from __future__ import annotations
 
@@ -54,20 +54,20 @@ def _step_of(path: Path) -> int:
 
 
 def load_asr(model: str | Path, avg: int = 1, tokenizer_dir: str | Path | None = None):
-    """(CTCModel or RNNTModel in eval mode, tokenizer, [checkpoints used]). `model` may also be a NeMo CTC `.nemo`
-    (NeMo's own or one of `nest-ssl export-asr`), whose tokenizer is read from the archive unless `tokenizer_dir` is
-    given."""
+    """(CTCModel or RNNTModel in eval mode, tokenizer, [checkpoints used]). `model` may also be a NeMo CTC or RNN-T
+    `.nemo` (NeMo's own or one of `nest-ssl export-asr`), whose tokenizer is read from the archive unless
+    `tokenizer_dir` is given."""
     from nest_ssl.asr.nemo_archive import is_nemo_archive
 
     model = Path(model)
     if is_nemo_archive(model):
-        from nest_ssl.asr.nemo_ctc import ctc_from_nemo
+        from nest_ssl.asr.nemo_archive import asr_from_nemo
 
         if avg > 1:
             raise ASRError(f"--avg {avg}: {model} is one model (a .nemo archive); --avg averages the checkpoints of a "
                            "`nest-ssl finetune` run folder")
         tok = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
-        net, tok = ctc_from_nemo(model, "model", tok)
+        net, tok = asr_from_nemo(model, "model", tok)
         return net, tok, [model]
     if model.is_dir():
         paths = last_checkpoints(model, avg)

@@ -11,6 +11,8 @@ model has no tokenizer section: its labels are the head's vocabulary, which the 
 
 Reading: a NeMo ASR archive (made by NeMo or by us) is checked for what nest-ssl can run (the Conformer encoder,
 NeMo's mel preprocessor, no adapters) before anything is built; what it cannot run is one line naming the key.
+`nemo_head` tells a CTC archive from an RNN-T one by its config alone, and `asr_from_nemo`, `sections_from_nemo`,
+`tokenizer_of_asr_nemo` hand the archive to its head's reader (.nemo_ctc, .nemo_rnnt).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 
 NEMO_MODELS = "nemo.collections.asr.models"
 NEMO_MODULES = "nemo.collections.asr.modules"
+CTC_CLASSES = ("EncDecCTCModelBPE", "EncDecCTCModel")
+RNNT_CLASSES = ("EncDecRNNTBPEModel", "EncDecRNNTModel")
+ASR_CLASSES = CTC_CLASSES + RNNT_CLASSES
 SUPPORTED_SECTIONS = {"preprocessor": "AudioToMelSpectrogramPreprocessor", "encoder": "ConformerEncoder"}
 # NeMo's tokenizer config key -> the file of a SentencePiece tokenizer folder it names
 SP_ARTIFACTS = {"model_path": "tokenizer.model", "vocab_path": "vocab.txt", "spe_tokenizer_vocab": "tokenizer.vocab"}
@@ -177,7 +182,87 @@ def resolved(cfg: dict) -> dict:
         return cfg
 
 
-def _class_of(section: Any) -> str:
+def read_config_only(path: Path) -> dict:
+    """The model section of an archive's model_config.yaml, the weights not read; {} when it cannot be read (the
+    reader that follows reports what is wrong with the file)."""
+    import yaml
+
+    from nest_ssl.checkpoint.nemo import MODEL_CONFIG_YAML, read_nemo_files
+    from nest_ssl.errors import UserError
+
+    try:
+        cfg = yaml.safe_load(read_nemo_files(Path(path), [MODEL_CONFIG_YAML])[MODEL_CONFIG_YAML])
+    except (UserError, yaml.YAMLError):
+        return {}
+    if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
+        cfg = cfg["model"]
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def nemo_head(path: str | Path) -> str | None:
+    """"ctc" or "rnnt" for a NeMo ASR archive (by its `target`, else its head sections; a hybrid RNN-T + CTC model
+    counts as RNN-T, whose reader refuses it by name), None for anything else (a NEST model, not an archive)."""
+    if not is_nemo_archive(path):
+        return None
+    cfg = read_config_only(Path(path))
+    cls = str(cfg.get("target") or "").rpartition(".")[2]
+    if cls:
+        return "ctc" if cls in CTC_CLASSES else "rnnt" if "RNNT" in cls else None
+    if isinstance(cfg.get("joint"), Mapping):
+        return "rnnt"
+    return "ctc" if class_of(cfg.get("decoder")) == "ConvASRDecoder" else None
+
+
+def _reader(path: str | Path):
+    """The head module that reads this archive (the CTC one for what is no ASR model: it says what the file is)."""
+    if nemo_head(path) == "rnnt":
+        from nest_ssl.asr import nemo_rnnt
+
+        return nemo_rnnt
+    from nest_ssl.asr import nemo_ctc
+
+    return nemo_ctc
+
+
+def asr_from_nemo(path: str | Path, what: str = "model", tokenizer=None):
+    """(our CTCModel or RNNTModel in eval mode, tokenizer) of a NeMo CTC or RNN-T archive."""
+    return _reader(path).model_from_nemo(path, what, tokenizer)
+
+
+def sections_from_nemo(path: str | Path, what: str = "--init-from") -> dict:
+    """The config sections to build a model like the archive's (checked): preprocessor and encoder, and for an
+    RNN-T archive its head sections too."""
+    return _reader(path).sections_of_nemo(path, what)
+
+
+def tokenizer_of_asr_nemo(path: str | Path, what: str = "--tokenizer"):
+    """The tokenizer inside a NeMo CTC or RNN-T archive (`--tokenizer X.nemo`); the weights are not read."""
+    return _reader(path).tokenizer_of_nemo(path, what)
+
+
+def config_only(path: str | Path, what: str) -> NemoASR:
+    """The archive with its config and no weights (enough for its tokenizer); a damaged file is reported."""
+    cfg = read_config_only(Path(path))
+    if not cfg:
+        return read_asr_nemo(path, what)  # says what is wrong with the file
+    return NemoASR(Path(path), resolved(cfg), {}, str(cfg.get("target") or "").rpartition(".")[2])
+
+
+def refuse_class(nemo: NemoASR, what: str, allowed: tuple[str, ...]) -> None:
+    """One line when the archive's `target` is not one of `allowed` (the head's classes)."""
+    if not nemo.model_class or nemo.model_class in allowed:
+        return
+    if "Hybrid" in nemo.model_class:
+        hint = " (a hybrid RNN-T + CTC model, which is not read here)"
+    elif "MaskedTokenPred" in nemo.model_class:
+        hint = " (a pretrained NEST model: fine-tune it with --init-from)"
+    else:
+        hint = ""
+    raise ASRError(f"{what} {nemo.path}: target is {nemo.cfg.get('target')}{hint}; nest-ssl loads NeMo's CTC and "
+                   f"RNN-T models ({', '.join(ASR_CLASSES)})")
+
+
+def class_of(section: Any) -> str:
     target = section.get("_target_", "") if isinstance(section, Mapping) else ""
     return str(target).rpartition(".")[2]
 
@@ -190,7 +275,7 @@ def check_runnable(nemo: NemoASR, what: str = "model") -> None:
         if not isinstance(node, Mapping):
             raise ASRError(f"{what} {nemo.path}: its model_config.yaml has no {section} section; not an ASR model "
                            "nest-ssl can load")
-        if _class_of(node) != cls:
+        if class_of(node) != cls:
             raise ASRError(f"{what} {nemo.path}: {section}._target_ is {node.get('_target_')}; nest-ssl runs only "
                            f"NeMo's {cls} there (a Conformer / FastConformer model)")
     adapters = [k for k in nemo.state_dict if ".adapter_layer." in k]
@@ -215,6 +300,22 @@ def our_sections(nemo: NemoASR) -> dict:
     return {"sample_rate": sample_rate, "preprocessor": preprocessor,
             "spec_augment": {**spec, "_target_": f"{NEMO_MODULES}.SpectrogramAugmentation"},
             "encoder": copy.deepcopy(dict(cfg["encoder"]))}
+
+
+def load_weights(model: torch.nn.Module, nemo: NemoASR, what: str, head: str) -> None:
+    """The archive's weights into the model built from its config, strictly (the names are NeMo's on both sides):
+    a tensor missing, left over or of another shape is one line."""
+    ours = model.state_dict()
+    unexpected = [k for k in nemo.state_dict if k not in ours]
+    missing = [k for k in ours if k not in nemo.state_dict]
+    shapes = [k for k in ours if k in nemo.state_dict and ours[k].shape != nemo.state_dict[k].shape]
+    for what_is, keys in ((f"holds weights nest-ssl's {head} model has no place for", unexpected),
+                          ("lacks the weight", missing), ("has another shape for", shapes)):
+        if keys:
+            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+            raise ASRError(f"{what} {nemo.path}: {what_is}: {keys[0]}{more}; a NeMo feature nest-ssl does not "
+                           "implement, or a damaged archive")
+    model.load_state_dict(nemo.state_dict)
 
 
 def tokenizer_from_nemo(nemo: NemoASR, labels: list[str] | None, what: str = "model"):

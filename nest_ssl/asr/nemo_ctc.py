@@ -18,20 +18,23 @@ from typing import Any, Mapping
 from nest_ssl.asr.ctc_model import CTCModel
 from nest_ssl.asr.errors import ASRError
 from nest_ssl.asr.nemo_archive import (
+    CTC_CLASSES,
     NEMO_MODELS,
     NEMO_MODULES,
     NemoASR,
     check_runnable,
+    config_only,
     head_config,
+    load_weights,
     our_sections,
     read_asr_nemo,
+    refuse_class,
     tokenizer_from_nemo,
     write_asr_nemo,
 )
 
 CTC_BPE = f"{NEMO_MODELS}.ctc_bpe_models.EncDecCTCModelBPE"
 CTC_CHAR = f"{NEMO_MODELS}.ctc_models.EncDecCTCModel"
-CTC_CLASSES = ("EncDecCTCModelBPE", "EncDecCTCModel")
 
 
 def _decoder_section(feat_in: int, vocabulary: list[str]) -> dict:
@@ -62,11 +65,7 @@ def export_ctc(model: CTCModel, tok, out_path: str | Path) -> Path:
 
 
 def _check_ctc(nemo: NemoASR, what: str) -> Mapping[str, Any]:
-    if nemo.model_class and nemo.model_class not in CTC_CLASSES:
-        hint = (" (a pretrained NEST model: fine-tune it with --init-from)" if "MaskedTokenPred" in nemo.model_class
-                else "")
-        raise ASRError(f"{what} {nemo.path}: target is {nemo.cfg.get('target')}{hint}; nest-ssl loads NeMo's CTC "
-                       f"models ({', '.join(CTC_CLASSES)})")
+    refuse_class(nemo, what, CTC_CLASSES)
     decoder = nemo.cfg.get("decoder")
     if not isinstance(decoder, Mapping) or str(decoder.get("_target_", "")).rpartition(".")[2] != "ConvASRDecoder":
         found = decoder.get("_target_") if isinstance(decoder, Mapping) else None
@@ -100,17 +99,7 @@ def ctc_from_nemo(path: str | Path, what: str = "model", tokenizer=None):
         model = CTCModel(cfg)
     except (UserError, ValueError, TypeError, NotImplementedError, KeyError) as err:
         raise ASRError(f"{what} {nemo.path}: its config cannot be built here: {str(err).splitlines()[0]}") from None
-    ours = model.state_dict()
-    unexpected = [k for k in nemo.state_dict if k not in ours]
-    missing = [k for k in ours if k not in nemo.state_dict]
-    shapes = [k for k in ours if k in nemo.state_dict and ours[k].shape != nemo.state_dict[k].shape]
-    for what_is, keys in (("holds weights nest-ssl's CTC model has no place for", unexpected),
-                          ("lacks the weight", missing), ("has another shape for", shapes)):
-        if keys:
-            more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
-            raise ASRError(f"{what} {nemo.path}: {what_is}: {keys[0]}{more}; a NeMo feature nest-ssl does not "
-                           "implement, or a damaged archive")
-    model.load_state_dict(nemo.state_dict)
+    load_weights(model, nemo, what, "CTC")
     return model.eval(), tok
 
 
@@ -124,38 +113,11 @@ def ctc_sections(path: str | Path, what: str = "--init-from") -> dict:
 
 def tokenizer_of_nemo(path: str | Path, what: str = "--tokenizer"):
     """The tokenizer inside a NeMo CTC archive (`--tokenizer X.nemo`); the weights are not read."""
-    cfg = _read_config_only(Path(path))
-    nemo = NemoASR(Path(path), cfg, {}, str(cfg.get("target") or "").rpartition(".")[2]) if cfg else None
-    if nemo is None:
-        nemo = read_asr_nemo(path, what)  # says what is wrong with the file
+    nemo = config_only(path, what)
     decoder = _check_ctc(nemo, what)
     return tokenizer_from_nemo(nemo, decoder.get("vocabulary"), what)
 
 
-def is_nemo_ctc(path: str | Path) -> bool:
-    """Whether a .nemo archive's config names a CTC ASR model (cheap: the yaml only); False for NEST or others."""
-    from nest_ssl.asr.nemo_archive import is_nemo_archive
-
-    if not is_nemo_archive(path):
-        return False
-    cfg = _read_config_only(Path(path))
-    cls = str(cfg.get("target") or "").rpartition(".")[2]
-    if cls:
-        return cls in CTC_CLASSES
-    decoder = cfg.get("decoder") or {}
-    return isinstance(decoder, Mapping) and str(decoder.get("_target_", "")).endswith("ConvASRDecoder")
-
-
-def _read_config_only(path: Path) -> dict:
-    import yaml
-
-    from nest_ssl.checkpoint.nemo import MODEL_CONFIG_YAML, read_nemo_files
-    from nest_ssl.errors import UserError
-
-    try:
-        cfg = yaml.safe_load(read_nemo_files(path, [MODEL_CONFIG_YAML])[MODEL_CONFIG_YAML])
-    except (UserError, yaml.YAMLError):
-        return {}  # the reader that follows reports what is wrong with the file
-    if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
-        cfg = cfg["model"]
-    return cfg if isinstance(cfg, dict) else {}
+# the names nemo_archive's dispatch (asr_from_nemo, sections_from_nemo) calls every head's reader by
+model_from_nemo = ctc_from_nemo
+sections_of_nemo = ctc_sections

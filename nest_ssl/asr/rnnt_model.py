@@ -123,14 +123,46 @@ def reduce_losses(losses: torch.Tensor, target_len: torch.Tensor, reduction: str
     return losses.sum()
 
 
-def rnnt_sections(d_model: int, vocabulary: list[str], overrides: Iterable[str] = ()) -> dict:
+# the leaves of the head sections that follow model_defaults (NeMo's yaml interpolates them)
+_LINKED = {("decoder", "prednet", "pred_hidden"): "pred_hidden", ("joint", "jointnet", "joint_hidden"): "joint_hidden",
+           ("joint", "jointnet", "encoder_hidden"): "enc_hidden", ("joint", "jointnet", "pred_hidden"): "pred_hidden"}
+
+
+def _relinked(base: Mapping[str, Any]) -> dict:
+    """A model's (resolved) head sections with the leaves equal to their model_defaults value interpolated again,
+    so that an override of model_defaults.pred_hidden resizes the head as it does NeMo's yaml."""
+    out = copy.deepcopy({k: v for k, v in base.items() if k in HEAD_SECTIONS})
+    defaults = out.get("model_defaults") or {}
+    for (section, sub, leaf), name in _LINKED.items():
+        node = (out.get(section) or {}).get(sub)
+        if isinstance(node, dict) and name in defaults and node.get(leaf) == defaults[name]:
+            node[leaf] = f"${{model_defaults.{name}}}"
+    return out
+
+
+def rnnt_sections(d_model: int, vocabulary: list[str], overrides: Iterable[str] = (),
+                  base: Mapping[str, Any] | None = None) -> dict:
     """NeMo's fast-conformer_transducer_bpe.yaml `model_defaults`/`decoder`/`joint`/`decoding`/`loss` sections for
     an encoder of width d_model and this vocabulary; `overrides` (model_defaults.pred_hidden=320,
-    decoder.prednet.pred_rnn_layers=2, joint.jointnet.activation=tanh, ...) apply before the interpolation."""
+    decoder.prednet.pred_rnn_layers=2, joint.jointnet.activation=tanh, ...) apply before the interpolation. `base`:
+    the head sections of a model fine-tuning starts from (a NeMo RNN-T .nemo), instead of the yaml's values."""
     from omegaconf import OmegaConf
 
     from nest_ssl.config import apply_overrides
 
+    if base is not None and "decoder" in base and "joint" in base:
+        cfg = OmegaConf.create(_relinked(base))
+        # the joint reads the encoder being built (an encoder override may have resized it)
+        if "model_defaults" in cfg:
+            cfg.model_defaults.enc_hidden = d_model
+            cfg.joint.jointnet.encoder_hidden = "${model_defaults.enc_hidden}"
+        else:
+            cfg.joint.jointnet.encoder_hidden = d_model
+        cfg.decoder.vocab_size = len(vocabulary)
+        cfg.joint.num_classes = len(vocabulary)
+        cfg.joint.vocabulary = list(vocabulary)
+        apply_overrides(cfg, list(overrides))
+        return OmegaConf.to_container(cfg, resolve=True)
     cfg = OmegaConf.create({
         "model_defaults": {"enc_hidden": d_model, "pred_hidden": 640, "joint_hidden": 640},
         "decoder": {"_target_": "nemo.collections.asr.modules.RNNTDecoder", "normalization_mode": None,

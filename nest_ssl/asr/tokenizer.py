@@ -161,9 +161,9 @@ def load_tokenizer(folder: str | Path, kind: str | None = None):
     inside an ASR `.nemo` archive given instead of a folder."""
     folder = Path(folder)
     if folder.is_file() and folder.suffix == ".nemo":
-        from nest_ssl.asr.nemo_ctc import tokenizer_of_nemo
+        from nest_ssl.asr.nemo_archive import tokenizer_of_asr_nemo
 
-        return tokenizer_of_nemo(folder)
+        return tokenizer_of_asr_nemo(folder)
     if not folder.is_dir():
         raise ASRError(f"tokenizer folder {folder}: does not exist; train one with `nest-ssl finetune --tokenizer-"
                        "type ...` or give the folder that holds tokenizer.model / vocab.txt")

@@ -45,7 +45,8 @@ def rnnt_methods(args, model, beam: bool) -> list:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="a step-N.ckpt of `nest-ssl finetune`, its --out-dir, or a NeMo CTC .nemo")
+    parser.add_argument("--model", required=True,
+                        help="a step-N.ckpt of `nest-ssl finetune`, its --out-dir, or a NeMo CTC / RNN-T .nemo")
     parser.add_argument("--avg", type=int, default=1, help="average the last N checkpoints (icefall's --avg)")
     parser.add_argument("--tokenizer", help="tokenizer folder or .nemo (default: the run's tokenizer/, a .nemo's own)")
     parser.add_argument("--test", action="append", required=True, metavar="NAME=MANIFEST", help="repeatable")

@@ -15,12 +15,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dev-manifest", help="dev manifest: greedy WER/CER at every validation")
     parser.add_argument("--dev-cuts", help="dev Lhotse CutSet (.jsonl.gz) with supervision text")
     parser.add_argument("--out-dir", help="run folder: tokenizer/, step-N.ckpt, best.ckpt, log.tsv, metrics.jsonl")
-    parser.add_argument("--tokenizer", help="an existing tokenizer folder, or a CTC .nemo whose tokenizer to use (else "
-                        "one is trained from the transcripts)")
+    parser.add_argument("--tokenizer", help="an existing tokenizer folder, or a CTC / RNN-T .nemo whose tokenizer to "
+                        "use (else one is trained from the transcripts)")
     parser.add_argument("--tokenizer-type", choices=("bpe", "unigram", "char"), help="default bpe")
     parser.add_argument("--vocab-size", type=int, help="SentencePiece vocabulary size (default 128)")
-    parser.add_argument("--init-from", help="pretrained NEST .ckpt or .nemo (ours or NeMo's), or a CTC .nemo (its head "
-                        "too with its tokenizer); default: random init")
+    parser.add_argument("--init-from", help="pretrained NEST .ckpt or .nemo (ours or NeMo's), or a CTC / RNN-T .nemo "
+                        "(its head too with its tokenizer and a head of its kind); default: random init")
     parser.add_argument("--init-skip", action="append", default=[],
                         help="tolerate a config key (n_layers, d_model, feat_in) or a state-dict key prefix; repeatable")
     parser.add_argument("--config-path", help="folder of --config-name (default: the package's nest_ssl/conf)")

@@ -9,7 +9,8 @@ HELP = "transcribe audio files with a fine-tuned model (CTC: greedy or n-gram LM
 def add_arguments(parser) -> None:
     from nest_ssl.cli.decode import add_lm_arguments, add_rnnt_arguments
 
-    parser.add_argument("model", help="a step-N.ckpt of `nest-ssl finetune`, its --out-dir, or a NeMo CTC .nemo")
+    parser.add_argument("model",
+                        help="a step-N.ckpt of `nest-ssl finetune`, its --out-dir, or a NeMo CTC / RNN-T .nemo")
     parser.add_argument("audio", nargs="+", help="audio files (any rate soundfile reads; resampled)")
     parser.add_argument("--avg", type=int, default=1)
     parser.add_argument("--tokenizer", help="tokenizer folder or .nemo (default: the run's tokenizer/, a .nemo's own)")
