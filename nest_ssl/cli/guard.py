@@ -83,7 +83,10 @@ def report(err: BaseException, debug: bool) -> int | None:
         return None
     if debug:
         traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
-    print(PREFIX + msg, file=sys.stderr, flush=True)
+    # One write with its newline: the ranks of a torchrun share one stderr, and print's separate write of "\n"
+    # let another rank's line land in the middle.
+    sys.stderr.write(PREFIX + msg + "\n")
+    sys.stderr.flush()
     return USER_ERROR_EXIT
 
 
