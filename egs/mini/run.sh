@@ -155,7 +155,7 @@ if stage_begin 0 "generate a LibriLight-format corpus and a MUSAN-format noise s
     opt:corpus_seed="$corpus_seed" opt:noise_files="$noise_files" opt:eval_speakers="$eval_speakers" \
     opt:eval_utterances="$eval_utterances" in:"$nest_repo/local/make_mini_corpus.py" \
     in:"$nest_repo/nest_ssl/prepare/tts_corpus.py" in:"$nest_repo/nest_ssl/prepare/sentences.py" \
-    out:"$data_dir/corpus" out:"$data_dir/labelled" out:"$data_dir/musan"; then
+    in:"$nest_repo/nest_ssl/prepare/tts.py" out:"$data_dir/corpus" out:"$data_dir/labelled" out:"$data_dir/musan"; then
   rm -rf "$data_dir/corpus" "$data_dir/labelled" "$data_dir/musan"
   python "$nest_repo/local/make_mini_corpus.py" corpus "$data_dir/corpus" --subsets small --speakers "$speakers" \
     --books "$books" --files "$files" --min-seconds "$min_seconds" --max-seconds "$max_seconds" --seed "$corpus_seed" \
@@ -197,7 +197,8 @@ if stage_begin 9 "labelled ASR sets: training budgets, dev and test of unseen sp
     opt:asr_test_speakers="$asr_test_speakers" opt:asr_budgets="$asr_budgets" \
     opt:asr_dev_utterances="$asr_dev_utterances" opt:asr_test_utterances="$asr_test_utterances" \
     opt:lm_sentences="$lm_sentences" in:"$nest_repo/local/make_mini_corpus.py" \
-    in:"$nest_repo/nest_ssl/prepare/tts_asr.py" in:"$nest_repo/nest_ssl/prepare/sentences.py" out:"$asr_dir"; then
+    in:"$nest_repo/nest_ssl/prepare/tts_asr.py" in:"$nest_repo/nest_ssl/prepare/sentences.py" \
+    in:"$nest_repo/nest_ssl/prepare/tts.py" out:"$asr_dir"; then
   rm -rf "$asr_dir"
   python "$nest_repo/local/make_mini_corpus.py" asr "$asr_dir" --skip-speakers $((speakers + eval_speakers)) \
     --train-speakers "$asr_train_speakers" --dev-speakers "$asr_dev_speakers" --test-speakers "$asr_test_speakers" \

@@ -35,6 +35,7 @@ _PARAM_RATE = 1
 _PARAM_PITCH = 3
 _PARAM_RANGE = 4
 _PARAM_WORDGAP = 7
+RAND_SEED = 1  # espeak-ng's random generator (breath noise), set once per process
 
 
 class _EventId(ctypes.Union):
@@ -127,6 +128,14 @@ class Synthesizer:
             raise TTSError(f"espeak_Initialize failed (returned {rate}) with the voice data in {data_path}; "
                            "reinstall espeakng-loader")
         self.sample_rate = int(rate)
+        # espeak-ng seeds its random generator from the clock at start: the breath noise of the breathy variants
+        # (f2, f3, f5, ...) then differs from run to run. A fixed seed makes a process's synthesis reproducible.
+        if not hasattr(lib, "espeak_ng_SetRandSeed"):
+            raise TTSError(f"{lib._name} has no espeak_ng_SetRandSeed (espeak-ng older than 1.51), so its "
+                           "speech would differ from run to run; install the pinned espeakng-loader")
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_ng_SetRandSeed.restype = None
+        lib.espeak_ng_SetRandSeed(RAND_SEED)
         self._lib = lib
         self._chunks: list[np.ndarray] = []
         self._events: list[tuple[int, int, int, int, str]] = []
