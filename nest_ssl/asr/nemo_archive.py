@@ -318,6 +318,29 @@ def load_weights(model: torch.nn.Module, nemo: NemoASR, what: str, head: str) ->
     model.load_state_dict(nemo.state_dict)
 
 
+def head_weight(nemo: NemoASR, key: str, tok, what: str, head: str, article: str = "a") -> torch.Tensor:
+    """The head's output weight `key` (one row per class), checked against the tokenizer: its tokens + 1 blank."""
+    weight = nemo.state_dict.get(key)
+    if weight is None:
+        raise ASRError(f"{what} {nemo.path}: has no {key}; not {article} {head} model's weights")
+    if weight.shape[0] != tok.vocab_size + 1:
+        raise ASRError(f"{what} {nemo.path}: its {head} head has {weight.shape[0]} classes but the tokenizer has "
+                       f"{tok.vocab_size} tokens (+1 blank); give the tokenizer the model was trained with")
+    return weight
+
+
+def model_from_archive(model_class, cfg: dict, nemo: NemoASR, what: str, head: str) -> torch.nn.Module:
+    """`model_class(cfg)` with the archive's weights, in eval mode; a config nest-ssl cannot build is one line."""
+    from nest_ssl.errors import UserError
+
+    try:
+        model = model_class(cfg)
+    except (UserError, ValueError, TypeError, NotImplementedError, KeyError) as err:
+        raise ASRError(f"{what} {nemo.path}: its config cannot be built here: {str(err).splitlines()[0]}") from None
+    load_weights(model, nemo, what, head)
+    return model.eval()
+
+
 def tokenizer_from_nemo(nemo: NemoASR, labels: list[str] | None, what: str = "model"):
     """The tokenizer of an ASR archive: its SentencePiece model (the `tokenizer.model_path` artifact), or, with no
     tokenizer section, the character labels the head gives (`labels`)."""

@@ -25,7 +25,8 @@ from nest_ssl.asr.nemo_archive import (
     check_runnable,
     config_only,
     head_config,
-    load_weights,
+    head_weight,
+    model_from_archive,
     our_sections,
     read_asr_nemo,
     refuse_class,
@@ -81,26 +82,14 @@ def _check_ctc(nemo: NemoASR, what: str) -> Mapping[str, Any]:
 def ctc_from_nemo(path: str | Path, what: str = "model", tokenizer=None):
     """(CTCModel in eval mode, tokenizer) of a NeMo CTC archive; `tokenizer` replaces the archive's (its size must
     match the head). Anything nest-ssl cannot run is one line naming the key."""
-    from nest_ssl.errors import UserError
-
     nemo = read_asr_nemo(path, what)
     decoder = _check_ctc(nemo, what)
     tok = tokenizer if tokenizer is not None else tokenizer_from_nemo(nemo, decoder.get("vocabulary"), what)
-    weight = nemo.state_dict.get("decoder.decoder_layers.0.weight")
-    if weight is None:
-        raise ASRError(f"{what} {nemo.path}: has no decoder.decoder_layers.0.weight; not a CTC model's weights")
-    if weight.shape[0] != tok.vocab_size + 1:
-        raise ASRError(f"{what} {nemo.path}: its CTC head has {weight.shape[0]} classes but the tokenizer has "
-                       f"{tok.vocab_size} tokens (+1 blank); give the tokenizer the model was trained with")
+    weight = head_weight(nemo, "decoder.decoder_layers.0.weight", tok, what, "CTC")
     cfg = our_sections(nemo)
     cfg["decoder"] = _decoder_section(weight.shape[1], tok.tokens())
     cfg["tokenizer"] = {"type": tok.kind}
-    try:
-        model = CTCModel(cfg)
-    except (UserError, ValueError, TypeError, NotImplementedError, KeyError) as err:
-        raise ASRError(f"{what} {nemo.path}: its config cannot be built here: {str(err).splitlines()[0]}") from None
-    load_weights(model, nemo, what, "CTC")
-    return model.eval(), tok
+    return model_from_archive(CTCModel, cfg, nemo, what, "CTC"), tok
 
 
 def ctc_sections(path: str | Path, what: str = "--init-from") -> dict:

@@ -29,7 +29,8 @@ from nest_ssl.asr.nemo_archive import (
     class_of,
     config_only,
     head_config,
-    load_weights,
+    head_weight,
+    model_from_archive,
     our_sections,
     read_asr_nemo,
     refuse_class,
@@ -147,24 +148,12 @@ def rnnt_from_nemo(path: str | Path, what: str = "model", tokenizer=None):
     """(RNNTModel in eval mode, tokenizer) of a NeMo RNN-T archive (EncDecRNNTBPEModel or EncDecRNNTModel with a
     Conformer encoder; NeMo's own or one exported here); `tokenizer` replaces the archive's (its size must match the
     head). The blank is the last class on both sides. Anything nest-ssl cannot run is one line naming the key."""
-    from nest_ssl.errors import UserError
-
     nemo = read_asr_nemo(path, what)
     _, joint = _check_rnnt(nemo, what)
     tok = tokenizer if tokenizer is not None else tokenizer_from_nemo(nemo, _labels(nemo, joint), what)
-    embed = nemo.state_dict.get("decoder.prediction.embed.weight")
-    if embed is None:
-        raise ASRError(f"{what} {nemo.path}: has no decoder.prediction.embed.weight; not an RNN-T model's weights")
-    if embed.shape[0] != tok.vocab_size + 1:
-        raise ASRError(f"{what} {nemo.path}: its RNN-T head has {embed.shape[0]} classes but the tokenizer has "
-                       f"{tok.vocab_size} tokens (+1 blank); give the tokenizer the model was trained with")
+    head_weight(nemo, "decoder.prediction.embed.weight", tok, what, "RNN-T", article="an")
     cfg = {**our_sections(nemo), **_head_sections(nemo, tok), "tokenizer": {"type": tok.kind}}
-    try:
-        model = RNNTModel(cfg)
-    except (UserError, ValueError, TypeError, NotImplementedError, KeyError) as err:
-        raise ASRError(f"{what} {nemo.path}: its config cannot be built here: {str(err).splitlines()[0]}") from None
-    load_weights(model, nemo, what, "RNN-T")
-    return model.eval(), tok
+    return model_from_archive(RNNTModel, cfg, nemo, what, "RNN-T"), tok
 
 
 def rnnt_sections_of_nemo(path: str | Path, what: str = "--init-from") -> dict:
