@@ -10,9 +10,6 @@
   and CTC head.
 """
 
-import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,29 +18,9 @@ import torch
 
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS / "parity"))
 from asr_corpus import SENTENCES, TINY, make_asr_corpus  # noqa: E402
-
-REPO = TESTS.parent
-
-
-def quiet_nemo():
-    logging.getLogger("nemo_logger").setLevel(logging.ERROR)
-
-
-def norm(text: str) -> str:
-    """Our transcripts have their whitespace collapsed (docs/asr.md); NeMo's are compared the same way."""
-    return " ".join(text.split())
-
-
-def batch_of(wavs):
-    import soundfile as sf
-
-    audio = [torch.from_numpy(sf.read(str(w), dtype="float32")[0]) for w in wavs]
-    lengths = torch.tensor([len(a) for a in audio])
-    batch = torch.zeros(len(audio), int(lengths.max()))
-    for i, a in enumerate(audio):
-        batch[i, :len(a)] = a
-    return batch, lengths
+from nemo_asr import batch_of, cli_transcribe, nemo_base_config, norm, padded_targets, quiet_nemo  # noqa: E402
 
 
 def assert_same_log_probs(ours, nemo, wavs, label):
@@ -111,38 +88,11 @@ def test_nemo_restores_our_export_with_our_text_and_log_probs(kind, nemo_class, 
 
 def nemo_config(tmp_path, kind):
     """A small Conformer CTC model as a NeMo user would configure it (NeMo's yaml keys and _targets_)."""
-    cfg = {
-        "sample_rate": 16000,
-        "preprocessor": {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-                         "sample_rate": 16000, "normalize": "per_feature", "window_size": 0.025,
-                         "window_stride": 0.01, "window": "hann", "features": 40, "n_fft": 512, "log": True,
-                         "frame_splicing": 1, "dither": 1e-5, "pad_to": 0, "pad_value": 0.0},
-        # rect masks: an older NeMo setting nest-ssl does not implement; training only, so it is left out on import
-        "spec_augment": {"_target_": "nemo.collections.asr.modules.SpectrogramAugmentation", "freq_masks": 2,
-                         "time_masks": 2, "freq_width": 27, "time_width": 0.05, "rect_masks": 2},
-        "encoder": {"_target_": "nemo.collections.asr.modules.ConformerEncoder", "feat_in": 40, "feat_out": -1,
-                    "n_layers": 2, "d_model": 64, "subsampling": "dw_striding", "subsampling_factor": 8,
-                    "subsampling_conv_channels": 32, "ff_expansion_factor": 4, "self_attention_model": "rel_pos",
-                    "n_heads": 4, "att_context_size": [-1, -1], "xscaling": True, "untie_biases": True,
-                    "pos_emb_max_len": 5000, "conv_kernel_size": 9, "conv_norm_type": "batch_norm",
-                    "dropout": 0.1, "dropout_pre_encoder": 0.1, "dropout_emb": 0.0, "dropout_att": 0.1},
-        "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": None, "num_classes": -1,
-                    "vocabulary": []},
-        "validation_ds": {"manifest_filepath": None, "sample_rate": 16000, "batch_size": 2, "shuffle": False,
-                          "use_start_end_token": False},
-    }
-    if kind == "bpe":
-        from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
-
-        text = tmp_path / "text.txt"
-        text.write_text("\n".join(SENTENCES * 4) + "\n")
-        create_spt_model(str(text), vocab_size=16, sample_size=-1, do_lower_case=False, tokenizer_type="bpe",
-                         output_dir=str(tmp_path / "tok"))
-        cfg["tokenizer"] = {"dir": str(tmp_path / "tok"), "type": "bpe"}
-    else:
-        labels = [" ", *"abcdefghijklmnopqrstuvwxyz", "'"]
-        cfg["labels"] = labels
-        cfg["decoder"]["vocabulary"] = labels
+    cfg = nemo_base_config(tmp_path, kind)
+    # rect masks: an older NeMo setting nest-ssl does not implement; training only, so it is left out on import
+    cfg["spec_augment"]["rect_masks"] = 2
+    cfg["decoder"] = {"_target_": "nemo.collections.asr.modules.ConvASRDecoder", "feat_in": None, "num_classes": -1,
+                      "vocabulary": list(cfg.get("labels", []))}
     return cfg
 
 
@@ -168,10 +118,7 @@ def nemo_made(request, corpus, tmp_path_factory):
         targets = [model.tokenizer.text_to_ids(i["text"]) for i in items]
     else:
         targets = [[model.decoder.vocabulary.index(c) for c in i["text"]] for i in items]
-    target_len = torch.tensor([len(t) for t in targets])
-    padded = torch.zeros(len(targets), int(target_len.max()), dtype=torch.long)
-    for i, t in enumerate(targets):
-        padded[i, :len(t)] = torch.tensor(t)
+    padded, target_len = padded_targets(targets)
     optim = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     masking, model.spec_augmentation = model.spec_augmentation, None  # too strong for 30 steps on 8 utterances
@@ -198,13 +145,7 @@ def test_ours_decodes_a_nemo_made_ctc_model_as_nemo_does(nemo_made, corpus, tmp_
     assert_same_log_probs(ours, nemo, wavs[:3], f"import {kind}")
 
     theirs = [norm(h.text) for h in nemo.transcribe([str(w) for w in wavs], batch_size=2, verbose=False)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.run([sys.executable, "-m", "nest_ssl.cli", "transcribe", str(path), *map(str, wavs)],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert p.returncode == 0, p.stderr
-    printed = dict(line.split("\t", 1) if "\t" in line else (line, "") for line in p.stdout.splitlines())
-    mine = [printed[str(w)] for w in wavs]
+    mine = cli_transcribe(path, wavs)
     print(f"[parity] import {kind}: NeMo transcribe {theirs}; `nest-ssl transcribe` {mine}")
     assert len(set(mine)) > 1 and any(mine), mine
     assert mine == theirs

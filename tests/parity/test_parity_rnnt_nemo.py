@@ -14,9 +14,6 @@ log-probabilities are NeMo's (to 1e-4), and `finetune --head rnnt --init-from X.
 every one of its tensors.
 """
 
-import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,17 +22,13 @@ import torch
 
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
-from asr_corpus import SENTENCES, TINY, make_asr_corpus  # noqa: E402
-
-REPO = TESTS.parent
+sys.path.insert(0, str(TESTS / "parity"))
+from asr_corpus import TINY, make_asr_corpus  # noqa: E402
+from nemo_asr import batch_of, cli_transcribe, nemo_base_config, norm, padded_targets, quiet_nemo  # noqa: E402
 
 HEAD = ["model_defaults.pred_hidden=32", "model_defaults.joint_hidden=64", "decoder.prednet.dropout=0",
         "joint.jointnet.dropout=0"]
 pytestmark = pytest.mark.filterwarnings("ignore:.*_rnnt_loss has been deprecated:UserWarning")  # torchaudio 2.9
-
-
-def norm(text: str) -> str:
-    return " ".join(text.split())
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +39,24 @@ def corpus(tmp_path_factory):
 def wav_files(corpus):
     root = Path(corpus["test"]).parent
     return sorted(root.joinpath("test").glob("*.wav")) + sorted(root.joinpath("train").glob("*.wav"))
+
+
+def assert_same_joint_log_probs(ours, nemo, tok, wavs, label):
+    """The encoder outputs (to 1e-4) and then the joint's log-probabilities over three transcripts agree (to 1e-4)."""
+    batch, lengths = batch_of(wavs)
+    targets = [torch.tensor(tok.encode(t)) for t in ("the cat sat", "a dog", "ran")]
+    with torch.no_grad():
+        enc_o, len_o = ours(batch, lengths)
+        enc_n, len_n = nemo(input_signal=batch, input_signal_length=lengths)
+        assert torch.equal(len_o, len_n.to(len_o.dtype))
+        torch.testing.assert_close(enc_o, enc_n, rtol=0, atol=1e-4)
+        logits, padded, target_len = ours.joint_logits(enc_o, len_o, targets)
+        g, _, _ = nemo.decoder(targets=padded, target_length=target_len)
+        frames = int(len_n.max())  # the encoder's padded output can be longer; the joint runs on the valid frames
+        theirs = nemo.joint.joint(enc_n[:, :, :frames].transpose(1, 2), g.transpose(1, 2))  # log-softmax on the CPU
+    diff = (logits.log_softmax(-1) - theirs).abs().max().item()
+    print(f"\n[parity] {label}: joint log-probs {tuple(theirs.shape)}, max |ours - NeMo| = {diff:.3e}")
+    torch.testing.assert_close(logits.log_softmax(-1), theirs, rtol=0, atol=1e-4)
 
 
 @pytest.fixture(scope="module", params=[("bpe", "EncDecRNNTBPEModel"), ("char", "EncDecRNNTModel")])
@@ -64,38 +75,20 @@ def exported(request, corpus, tmp_path_factory):
 
 
 def test_nemo_restores_our_rnnt_export_with_our_outputs_and_text(exported, corpus):
-    import soundfile as sf
     from nemo.collections.asr.models import ASRModel
 
     from nest_ssl.asr.model_io import load_asr
     from nest_ssl.asr.rnnt_decoding import RNNTSearch
     from nest_ssl.asr.transcribe import transcribe
 
-    logging.getLogger("nemo_logger").setLevel(logging.ERROR)
+    quiet_nemo()
     kind, cls, run, path = exported
     ours, tok, _ = load_asr(run)
     nemo = ASRModel.restore_from(str(path), map_location="cpu").eval()  # strict; no network
     assert type(nemo).__name__ == cls
     wavs = wav_files(corpus)
 
-    audio = [torch.from_numpy(sf.read(str(w), dtype="float32")[0]) for w in wavs[:3]]
-    lengths = torch.tensor([len(a) for a in audio])
-    batch = torch.zeros(3, int(lengths.max()))
-    for i, a in enumerate(audio):
-        batch[i, :len(a)] = a
-    targets = [torch.tensor(tok.encode(t)) for t in ("the cat sat", "a dog", "ran")]
-    with torch.no_grad():
-        enc_o, len_o = ours(batch, lengths)
-        enc_n, len_n = nemo(input_signal=batch, input_signal_length=lengths)
-        assert torch.equal(len_o, len_n.to(len_o.dtype))
-        torch.testing.assert_close(enc_o, enc_n, rtol=0, atol=1e-4)
-        logits, padded, target_len = ours.joint_logits(enc_o, len_o, targets)
-        g, _, _ = nemo.decoder(targets=padded, target_length=target_len)
-        frames = int(len_n.max())  # the encoder's padded output can be longer; the joint runs on the valid frames
-        theirs = nemo.joint.joint(enc_n[:, :, :frames].transpose(1, 2), g.transpose(1, 2))  # log-softmax on the CPU
-    diff = (logits.log_softmax(-1) - theirs).abs().max().item()
-    print(f"\n[parity] RNN-T export {kind}: joint log-probs {tuple(theirs.shape)}, max |ours - NeMo| = {diff:.3e}")
-    torch.testing.assert_close(logits.log_softmax(-1), theirs, rtol=0, atol=1e-4)
+    assert_same_joint_log_probs(ours, nemo, tok, wavs[:3], f"RNN-T export {kind}")
 
     greedy_nemo = [norm(h.text) for h in nemo.transcribe([str(w) for w in wavs], batch_size=4, verbose=False)]
     greedy_ours = transcribe(ours, tok, wavs, batch_size=4).texts
@@ -118,34 +111,11 @@ def test_nemo_restores_our_rnnt_export_with_our_outputs_and_text(exported, corpu
 # NeMo -> ours
 
 
-def batch_of(wavs):
-    import soundfile as sf
-
-    audio = [torch.from_numpy(sf.read(str(w), dtype="float32")[0]) for w in wavs]
-    lengths = torch.tensor([len(a) for a in audio])
-    batch = torch.zeros(len(audio), int(lengths.max()))
-    for i, a in enumerate(audio):
-        batch[i, :len(a)] = a
-    return batch, lengths
-
-
 def nemo_rnnt_config(tmp_path, kind):
     """A small Conformer transducer as a NeMo user would configure it (fast-conformer_transducer_bpe.yaml's keys)."""
-    cfg = {
-        "sample_rate": 16000,
+    cfg = nemo_base_config(tmp_path, kind)
+    cfg.update({
         "model_defaults": {"enc_hidden": 64, "pred_hidden": 32, "joint_hidden": 64},
-        "preprocessor": {"_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-                         "sample_rate": 16000, "normalize": "per_feature", "window_size": 0.025,
-                         "window_stride": 0.01, "window": "hann", "features": 40, "n_fft": 512, "log": True,
-                         "frame_splicing": 1, "dither": 1e-5, "pad_to": 0, "pad_value": 0.0},
-        "spec_augment": {"_target_": "nemo.collections.asr.modules.SpectrogramAugmentation", "freq_masks": 2,
-                         "time_masks": 2, "freq_width": 27, "time_width": 0.05},
-        "encoder": {"_target_": "nemo.collections.asr.modules.ConformerEncoder", "feat_in": 40, "feat_out": -1,
-                    "n_layers": 2, "d_model": 64, "subsampling": "dw_striding", "subsampling_factor": 8,
-                    "subsampling_conv_channels": 32, "ff_expansion_factor": 4, "self_attention_model": "rel_pos",
-                    "n_heads": 4, "att_context_size": [-1, -1], "xscaling": True, "untie_biases": True,
-                    "pos_emb_max_len": 5000, "conv_kernel_size": 9, "conv_norm_type": "batch_norm",
-                    "dropout": 0.1, "dropout_pre_encoder": 0.1, "dropout_emb": 0.0, "dropout_att": 0.1},
         "decoder": {"_target_": "nemo.collections.asr.modules.RNNTDecoder", "normalization_mode": None,
                     "random_state_sampling": False, "blank_as_pad": True,
                     "prednet": {"pred_hidden": "${model_defaults.pred_hidden}", "pred_rnn_layers": 1,
@@ -157,20 +127,9 @@ def nemo_rnnt_config(tmp_path, kind):
                                "pred_hidden": "${model_defaults.pred_hidden}"}},
         "decoding": {"strategy": "greedy_batch", "greedy": {"max_symbols": 10}},
         "loss": {"loss_name": "default"},
-        "validation_ds": {"manifest_filepath": None, "sample_rate": 16000, "batch_size": 2, "shuffle": False,
-                          "use_start_end_token": False},
-    }
-    if kind == "bpe":
-        from nemo.collections.common.tokenizers.sentencepiece_tokenizer import create_spt_model
-
-        text = tmp_path / "text.txt"
-        text.write_text("\n".join(SENTENCES * 4) + "\n")
-        create_spt_model(str(text), vocab_size=16, sample_size=-1, do_lower_case=False, tokenizer_type="bpe",
-                         output_dir=str(tmp_path / "tok"))
-        cfg["tokenizer"] = {"dir": str(tmp_path / "tok"), "type": "bpe"}
-    else:
-        labels = [" ", *"abcdefghijklmnopqrstuvwxyz", "'"]
-        cfg["labels"] = labels
+    })
+    if kind == "char":
+        labels = cfg["labels"]
         cfg["decoder"]["vocab_size"] = len(labels)
         cfg["joint"]["num_classes"] = len(labels)
         cfg["joint"]["vocabulary"] = labels
@@ -187,7 +146,7 @@ def nemo_made(request, corpus, tmp_path_factory):
 
     from nemo.collections.asr import models
 
-    logging.getLogger("nemo_logger").setLevel(logging.ERROR)
+    quiet_nemo()
     kind, cls = request.param
     tmp = tmp_path_factory.mktemp(f"nemo_rnnt_{kind}")
     torch.manual_seed(5)
@@ -198,10 +157,7 @@ def nemo_made(request, corpus, tmp_path_factory):
         targets = [model.tokenizer.text_to_ids(i["text"]) for i in items]
     else:
         targets = [[model.joint.vocabulary.index(c) for c in i["text"]] for i in items]
-    target_len = torch.tensor([len(t) for t in targets])
-    padded = torch.zeros(len(targets), int(target_len.max()), dtype=torch.long)
-    for i, t in enumerate(targets):
-        padded[i, :len(t)] = torch.tensor(t)
+    padded, target_len = padded_targets(targets)
     optim = torch.optim.Adam(model.parameters(), lr=5e-3)
     model.train()
     masking, model.spec_augmentation = model.spec_augmentation, None  # too strong for 150 steps on 8 utterances
@@ -230,30 +186,10 @@ def test_ours_transcribes_a_nemo_made_rnnt_model_as_nemo_does(nemo_made, corpus)
     assert ours.blank == nemo.decoder.blank_idx == tok.vocab_size  # the blank last on both sides
     wavs = wav_files(corpus)
 
-    batch, lengths = batch_of(wavs[:3])
-    texts = ["the cat sat", "a dog", "ran"]
-    targets = [torch.tensor(tok.encode(t)) for t in texts]
-    with torch.no_grad():
-        enc_o, len_o = ours(batch, lengths)
-        enc_n, len_n = nemo(input_signal=batch, input_signal_length=lengths)
-        assert torch.equal(len_o, len_n.to(len_o.dtype))
-        torch.testing.assert_close(enc_o, enc_n, rtol=0, atol=1e-4)
-        logits, padded, target_len = ours.joint_logits(enc_o, len_o, targets)
-        g, _, _ = nemo.decoder(targets=padded, target_length=target_len)
-        frames = int(len_n.max())
-        theirs = nemo.joint.joint(enc_n[:, :, :frames].transpose(1, 2), g.transpose(1, 2))  # log-softmax on the CPU
-    diff = (logits.log_softmax(-1) - theirs).abs().max().item()
-    print(f"\n[parity] NeMo-made RNN-T {kind}: joint log-probs {tuple(theirs.shape)}, max |ours - NeMo| = {diff:.3e}")
-    torch.testing.assert_close(logits.log_softmax(-1), theirs, rtol=0, atol=1e-4)
+    assert_same_joint_log_probs(ours, nemo, tok, wavs[:3], f"NeMo-made RNN-T {kind}")
 
     greedy_nemo = [norm(h.text) for h in nemo.transcribe([str(w) for w in wavs], batch_size=4, verbose=False)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.run([sys.executable, "-m", "nest_ssl.cli", "transcribe", str(path), *map(str, wavs)],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert p.returncode == 0, p.stderr
-    printed = dict(line.split("\t", 1) if "\t" in line else (line, "") for line in p.stdout.splitlines())
-    mine = [printed[str(w)] for w in wavs]
+    mine = cli_transcribe(path, wavs)
     print(f"[parity] NeMo-made RNN-T {kind} greedy: NeMo transcribe {greedy_nemo}; `nest-ssl transcribe` {mine}")
     assert len(set(mine)) > 1 and any(mine), mine  # varied text, so that agreeing says something
     assert mine == greedy_nemo
